@@ -1,0 +1,194 @@
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::{CustomResource, KubeSchema};
+use serde::{Deserialize, Serialize};
+
+use super::{SecretMetadata, WorkspaceRef};
+
+/// Go-style duration such as `2160h`, `10m` or `1h30m`.
+pub const DURATION_PATTERN: &str = r"^([0-9]+(\.[0-9]+)?(ns|us|ms|s|m|h))+$";
+
+/// An SSH key pair whose public half is a read-only access key on repositories and
+/// projects and whose private half lands in a Secret for CI pods.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[kube(
+    group = "bitbucket.credentials.dev",
+    version = "v1alpha1",
+    kind = "BitbucketAccessKey",
+    namespaced,
+    shortname = "bbak",
+    category = "bitbucket",
+    status = "AccessKeyStatus",
+    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
+    printcolumn(name = "Reason", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].reason"),
+    printcolumn(name = "Secret", type_ = "string", json_path = ".status.secretName"),
+    printcolumn(name = "Fingerprint", type_ = "string", json_path = ".status.fingerprint"),
+    printcolumn(name = "Next Rotation", type_ = "date", json_path = ".status.nextRotationTime"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("(has(self.repositories) ? size(self.repositories) : 0) + (has(self.projects) ? size(self.projects) : 0) > 0").message("at least one of repositories or projects must be listed"))]
+#[x_kube(validation = Rule::new("!has(self.rsaBits) || self.keyType == 'rsa'").message("rsaBits may be set only when keyType is rsa"))]
+#[x_kube(validation = Rule::new("!has(self.ecdsaCurve) || self.keyType == 'ecdsa'").message("ecdsaCurve may be set only when keyType is ecdsa"))]
+pub struct BitbucketAccessKeySpec {
+    /// The workspace object that says how to reach Bitbucket.
+    pub workspace_ref: WorkspaceRef,
+    /// Repository slugs; the key is added to each as an access key.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 100), inner(length(max = 62), regex(pattern = r"^[a-z0-9][a-z0-9._-]{0,61}$")))]
+    #[schemars(extend("x-kubernetes-list-type" = "set"))]
+    pub repositories: Vec<String>,
+    /// Project keys; the key is added to each as a project access key.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 100), inner(length(max = 128), regex(pattern = r"^[A-Z][A-Z0-9_]{0,127}$")))]
+    #[schemars(extend("x-kubernetes-list-type" = "set"))]
+    pub projects: Vec<String>,
+    /// Key algorithm.
+    #[serde(default)]
+    pub key_type: KeyType,
+    /// RSA modulus size (rsa only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 2048, max = 8192))]
+    pub rsa_bits: Option<u32>,
+    /// ECDSA curve (ecdsa only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ecdsa_curve: Option<EcdsaCurve>,
+    /// Bitbucket label of the key. Default: derived from the cluster, namespace and name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 255))]
+    pub label: Option<String>,
+    /// Scheduled rotation. Unset: never rotate on a schedule.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotation: Option<Rotation>,
+    /// The Secret that receives the private key.
+    #[serde(default)]
+    pub secret: AccessKeySecret,
+    /// What happens to the keys in Bitbucket when the object is deleted.
+    #[serde(default)]
+    pub deletion_policy: DeletionPolicy,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum KeyType {
+    #[default]
+    Ed25519,
+    Rsa,
+    Ecdsa,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum EcdsaCurve {
+    P256,
+    P384,
+    P521,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.period) || !has(self.gracePeriod) || duration(self.gracePeriod) < duration(self.period)").message("rotation.gracePeriod must be shorter than rotation.period"))]
+pub struct Rotation {
+    /// Rotate this often, e.g. `2160h`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ns|us|ms|s|m|h))+$"))]
+    pub period: Option<String>,
+    /// How long the old key stays registered after the Secret holds the new one. Default `10m`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ns|us|ms|s|m|h))+$"))]
+    pub grace_period: Option<String>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AccessKeySecret {
+    /// Name of the Secret. Default: the object's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"))]
+    pub name: Option<String>,
+    /// Layouts written into the one Secret.
+    #[serde(default = "default_access_key_formats")]
+    #[schemars(length(min = 1, max = 5))]
+    #[x_kube(validation = Rule::new("self.all(f, self.exists_one(g, g == f))").message("secret.formats must not repeat"))]
+    pub formats: Vec<AccessKeyFormat>,
+    #[serde(flatten)]
+    pub metadata: SecretMetadata,
+}
+
+impl Default for AccessKeySecret {
+    fn default() -> Self {
+        Self { name: None, formats: default_access_key_formats(), metadata: SecretMetadata::default() }
+    }
+}
+
+fn default_access_key_formats() -> Vec<AccessKeyFormat> {
+    vec![AccessKeyFormat::SshAuth]
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, schemars::JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum AccessKeyFormat {
+    SshAuth,
+    Flux,
+    Tekton,
+    Jenkins,
+    Argocd,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, schemars::JsonSchema)]
+pub enum DeletionPolicy {
+    #[default]
+    Delete,
+    Retain,
+}
+
+/// Where a key is registered: a repository or a project, with Bitbucket's key id.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Registration {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repository: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub project: Option<String>,
+    pub id: i64,
+}
+
+/// A previous key that stays registered until `removeAfter`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RetiringKey {
+    pub fingerprint: String,
+    #[serde(default)]
+    pub registrations: Vec<Registration>,
+    pub remove_after: Time,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AccessKeyStatus {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_type: Option<KeyType>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fingerprint: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_key: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub registrations: Vec<Registration>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub retiring_keys: Vec<RetiringKey>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_rotation_time: Option<Time>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_rotation_time: Option<Time>,
+    /// The value of the rotate annotation last acted on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotate_request: Option<String>,
+    /// When Bitbucket was last compared with this status (drift check).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_verified_time: Option<Time>,
+}

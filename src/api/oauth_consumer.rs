@@ -1,0 +1,95 @@
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::{CustomResource, KubeSchema};
+use serde::{Deserialize, Serialize};
+
+use super::{SecretMetadata, SecretRef, WorkspaceRef};
+
+fn default_refresh_before() -> String {
+    "15m".into()
+}
+
+/// A Bitbucket OAuth consumer whose short-lived access tokens the operator keeps fresh in
+/// a Secret, so CI pods never see the consumer's secret.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[kube(
+    group = "bitbucket.credentials.dev",
+    version = "v1alpha1",
+    kind = "BitbucketOAuthConsumer",
+    namespaced,
+    shortname = "bboc",
+    category = "bitbucket",
+    status = "OAuthConsumerStatus",
+    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
+    printcolumn(name = "Reason", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].reason"),
+    printcolumn(name = "Expires", type_ = "date", json_path = ".status.expiresAt"),
+    printcolumn(name = "Renewal", type_ = "date", json_path = ".status.renewalTime"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct BitbucketOAuthConsumerSpec {
+    /// The workspace object that gives the URLs and the policy.
+    pub workspace_ref: WorkspaceRef,
+    /// Secret in the same namespace holding the consumer's `key` and `secret`.
+    pub consumer_secret_ref: SecretRef,
+    /// Renew this long before the token expires.
+    #[serde(default = "default_refresh_before")]
+    #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ns|us|ms|s|m|h))+$"))]
+    pub refresh_before: String,
+    /// The Secret that receives the access token.
+    #[serde(default)]
+    pub secret: OAuthSecret,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct OAuthSecret {
+    /// Name of the Secret. Default: the object's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"))]
+    pub name: Option<String>,
+    /// Layouts written into the one Secret.
+    #[serde(default = "default_token_formats")]
+    #[schemars(length(min = 1, max = 3))]
+    #[x_kube(validation = Rule::new("self.all(f, self.exists_one(g, g == f))").message("secret.formats must not repeat"))]
+    pub formats: Vec<TokenFormat>,
+    #[serde(flatten)]
+    pub metadata: SecretMetadata,
+}
+
+impl Default for OAuthSecret {
+    fn default() -> Self {
+        Self { name: None, formats: default_token_formats(), metadata: SecretMetadata::default() }
+    }
+}
+
+fn default_token_formats() -> Vec<TokenFormat> {
+    vec![TokenFormat::Token]
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum TokenFormat {
+    Token,
+    BasicAuth,
+    GitCredentials,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct OAuthConsumerStatus {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<Time>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub renewal_time: Option<Time>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub scopes: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_name: Option<String>,
+    /// Hash of the consumer Secret's content the token was minted with (no secret material).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consumer_revision: Option<String>,
+}

@@ -1,0 +1,384 @@
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rand::Rng;
+use reqwest::{Method, StatusCode};
+use serde_json::json;
+
+use super::credential::{Auth, Credential, Token};
+use super::types::{DeployKey, ErrorBody, OAuthErrorBody, Page, Target, TokenBody};
+use super::{Error, Result};
+use crate::metrics::METRICS;
+use crate::sensitive::SecretString;
+
+/// Timeouts and retry policy for every Bitbucket call.
+#[derive(Clone, Debug)]
+pub struct ClientOptions {
+    pub timeout: Duration,
+    /// Attempts per call, the first included, for transient failures.
+    pub max_attempts: u32,
+    /// First backoff after a transient failure; doubles each attempt, with full jitter.
+    pub backoff_base: Duration,
+    pub backoff_max: Duration,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        Self {
+            timeout: Duration::from_secs(30),
+            max_attempts: 3,
+            backoff_base: Duration::from_millis(500),
+            backoff_max: Duration::from_secs(8),
+        }
+    }
+}
+
+/// Process-wide: one HTTP connection pool and one `Credential` (budget, token cache) per
+/// credential identity, shared by every workspace object that uses it.
+pub struct Bitbucket {
+    http: reqwest::Client,
+    options: ClientOptions,
+    credentials: Mutex<HashMap<(String, String), Arc<Credential>>>,
+}
+
+impl Bitbucket {
+    pub fn new(options: ClientOptions) -> Result<Self> {
+        let http = reqwest::Client::builder()
+            .user_agent(concat!("bitbucket-credentials-operator/", env!("CARGO_PKG_VERSION")))
+            .timeout(options.timeout)
+            .connect_timeout(options.timeout.min(Duration::from_secs(10)))
+            .build()
+            .map_err(|e| Error::Transport(e.to_string()))?;
+        Ok(Self { http, options, credentials: Mutex::new(HashMap::new()) })
+    }
+
+    /// The shared credential for `auth`, created on first use. Its budget and secret are
+    /// brought up to date; a changed secret drops the cached token at once.
+    pub fn credential(&self, api_url: &str, auth: &Auth, requests_per_hour: u32) -> Arc<Credential> {
+        let key = (api_url.trim_end_matches('/').to_string(), auth.identity());
+        let mut map = self.credentials.lock().unwrap_or_else(|e| e.into_inner());
+        let cred = map
+            .entry(key)
+            .or_insert_with(|| Arc::new(Credential::new(auth.clone(), requests_per_hour)))
+            .clone();
+        if cred.update(auth, requests_per_hour)
+            && let Ok(mut t) = cred.token.try_lock()
+        {
+            *t = None;
+        }
+        cred
+    }
+
+    pub fn workspace(
+        self: &Arc<Self>,
+        api_url: &str,
+        site_url: &str,
+        workspace: &str,
+        credential: Arc<Credential>,
+    ) -> WorkspaceClient {
+        WorkspaceClient {
+            bb: self.clone(),
+            api_url: api_url.trim_end_matches('/').to_string(),
+            site_url: site_url.trim_end_matches('/').to_string(),
+            workspace: workspace.to_string(),
+            credential,
+        }
+    }
+
+    /// Mints an access token with client_credentials. Counts against the consumer's budget.
+    pub async fn mint_token(&self, site_url: &str, credential: &Credential) -> Result<Token> {
+        let Auth::OAuthConsumer { key, secret } = credential.auth() else {
+            return Err(Error::BadRequest("an API token cannot mint OAuth tokens".into()));
+        };
+        let url = format!("{}/site/oauth2/access_token", site_url.trim_end_matches('/'));
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            credential.acquire().await;
+            let sent = self
+                .http
+                .post(&url)
+                .basic_auth(&key, Some(secret.expose()))
+                .form(&[("grant_type", "client_credentials")])
+                .send()
+                .await;
+            let result = match sent {
+                Err(e) => Err(transport_error(&e, self.options.timeout)),
+                Ok(resp) => {
+                    let status = resp.status();
+                    METRICS.request("token", status.as_str());
+                    let body = resp.bytes().await.map_err(|e| transport_error(&e, self.options.timeout))?;
+                    decode_token(status, &body)
+                }
+            };
+            if let Err(e) = &result {
+                if matches!(e, Error::Transport(_) | Error::Timeout(_)) {
+                    METRICS.request("token", "error");
+                }
+                if e.is_transient() && attempt < self.options.max_attempts {
+                    tokio::time::sleep(self.backoff(attempt)).await;
+                    continue;
+                }
+            }
+            return result;
+        }
+    }
+
+    fn backoff(&self, attempt: u32) -> Duration {
+        let cap = self
+            .options
+            .backoff_base
+            .saturating_mul(1u32 << attempt.min(16))
+            .min(self.options.backoff_max);
+        // Full jitter: Bitbucket sends no Retry-After, and many clients retrying in step
+        // would hit the limit together again.
+        let millis = cap.as_millis() as u64;
+        Duration::from_millis(rand::thread_rng().gen_range(millis / 4..=millis.max(1)))
+    }
+}
+
+fn decode_token(status: StatusCode, body: &[u8]) -> Result<Token> {
+    if status.is_success() {
+        let t: TokenBody = serde_json::from_slice(body).map_err(|e| Error::Decode(format!("token response: {e}")))?;
+        let scopes = t.scope.or(t.scopes).unwrap_or_default();
+        return Ok(Token {
+            access_token: SecretString::new(t.access_token),
+            scopes: scopes.split([' ', ',']).filter(|s| !s.is_empty()).map(String::from).collect(),
+            expires_in: Duration::from_secs(t.expires_in.unwrap_or(3600)),
+            obtained: Instant::now(),
+        });
+    }
+    if status == StatusCode::TOO_MANY_REQUESTS {
+        return Err(Error::RateLimited);
+    }
+    if status.is_server_error() {
+        return Err(Error::Server { status: status.as_u16() });
+    }
+    match serde_json::from_slice::<OAuthErrorBody>(body) {
+        Ok(e) => Err(Error::OAuth { error: e.error, description: e.error_description }),
+        Err(_) if status == StatusCode::UNAUTHORIZED => Err(Error::Unauthorized(error_message(body))),
+        Err(_) => Err(Error::Decode(format!("token endpoint answered {status}"))),
+    }
+}
+
+fn transport_error(e: &reqwest::Error, timeout: Duration) -> Error {
+    if e.is_timeout() {
+        return Error::Timeout(timeout);
+    }
+    // Walk the source chain for the root cause ("connection refused"); no part of it
+    // holds credentials.
+    let mut cause: &dyn std::error::Error = e;
+    while let Some(next) = cause.source() {
+        cause = next;
+    }
+    Error::Transport(cause.to_string())
+}
+
+fn error_message(body: &[u8]) -> String {
+    match serde_json::from_slice::<ErrorBody>(body) {
+        Ok(b) => {
+            let mut m = b.error.message;
+            if let Some(d) = b.error.detail.filter(|d| !d.is_empty()) {
+                m = format!("{m} ({d})");
+            }
+            if let Some(f) = b.error.fields.filter(|f| !f.is_null()) {
+                m = format!("{m} {f}");
+            }
+            m
+        }
+        Err(_) => String::from_utf8_lossy(&body[..body.len().min(300)]).trim().to_string(),
+    }
+}
+
+/// A client for one workspace with one credential.
+#[derive(Clone)]
+pub struct WorkspaceClient {
+    bb: Arc<Bitbucket>,
+    api_url: String,
+    site_url: String,
+    workspace: String,
+    credential: Arc<Credential>,
+}
+
+/// What a 404 on a call means: which thing was missing.
+#[derive(Clone, Copy)]
+enum Subject<'a> {
+    Target(&'a Target),
+    Key(&'a Target, i64),
+    Workspace,
+}
+
+impl WorkspaceClient {
+    pub fn credential(&self) -> &Arc<Credential> {
+        &self.credential
+    }
+
+    fn keys_url(&self, target: &Target) -> String {
+        match target {
+            Target::Repository(r) => format!("{}/repositories/{}/{}/deploy-keys", self.api_url, self.workspace, r),
+            Target::Project(p) => format!("{}/workspaces/{}/projects/{}/deploy-keys", self.api_url, self.workspace, p),
+        }
+    }
+
+    fn op(target: &Target, verb: &str) -> String {
+        match target {
+            Target::Repository(_) => format!("repository_key_{verb}"),
+            Target::Project(_) => format!("project_key_{verb}"),
+        }
+    }
+
+    /// Verifies the credentials with one cheap authenticated call.
+    pub async fn verify(&self) -> Result<()> {
+        let url = format!("{}/workspaces/{}", self.api_url, self.workspace);
+        self.call("workspace_get", Method::GET, &url, None, Subject::Workspace).await.map(|_| ())
+    }
+
+    /// Every deploy key of a repository or project, following `next` page by page.
+    pub async fn list_keys(&self, target: &Target) -> Result<Vec<DeployKey>> {
+        let mut url = format!("{}?pagelen=100", self.keys_url(target));
+        let mut keys = Vec::new();
+        let op = Self::op(target, "list");
+        for _ in 0..1000 {
+            let body = self.call(&op, Method::GET, &url, None, Subject::Target(target)).await?;
+            let page: Page<DeployKey> =
+                serde_json::from_slice(&body).map_err(|e| Error::Decode(format!("deploy key page: {e}")))?;
+            keys.extend(page.values);
+            match page.next {
+                Some(next) if !next.is_empty() => url = next,
+                _ => return Ok(keys),
+            }
+        }
+        Err(Error::Decode("more than 1000 pages of deploy keys".into()))
+    }
+
+    pub async fn get_key(&self, target: &Target, id: i64) -> Result<DeployKey> {
+        let url = format!("{}/{id}", self.keys_url(target));
+        let body = self.call(&Self::op(target, "get"), Method::GET, &url, None, Subject::Key(target, id)).await?;
+        serde_json::from_slice(&body).map_err(|e| Error::Decode(format!("deploy key: {e}")))
+    }
+
+    /// Adds `public_key` (an authorized_keys line; its comment becomes the key's comment).
+    pub async fn create_key(&self, target: &Target, public_key: &str, label: &str) -> Result<DeployKey> {
+        let body = json!({ "key": public_key, "label": label });
+        let body = self
+            .call(&Self::op(target, "create"), Method::POST, &self.keys_url(target), Some(body), Subject::Target(target))
+            .await?;
+        serde_json::from_slice(&body).map_err(|e| Error::Decode(format!("created deploy key: {e}")))
+    }
+
+    /// Changes the label of a repository key (projects have no PUT).
+    pub async fn update_label(&self, target: &Target, id: i64, label: &str) -> Result<DeployKey> {
+        let url = format!("{}/{id}", self.keys_url(target));
+        let body = json!({ "label": label });
+        let body = self
+            .call(&Self::op(target, "update"), Method::PUT, &url, Some(body), Subject::Key(target, id))
+            .await?;
+        serde_json::from_slice(&body).map_err(|e| Error::Decode(format!("updated deploy key: {e}")))
+    }
+
+    /// Removes a key. A key that is already gone counts as removed.
+    pub async fn delete_key(&self, target: &Target, id: i64) -> Result<()> {
+        let url = format!("{}/{id}", self.keys_url(target));
+        match self.call(&Self::op(target, "delete"), Method::DELETE, &url, None, Subject::Key(target, id)).await {
+            Ok(_) | Err(Error::KeyNotFound(_)) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn bearer(&self, force_new: bool) -> Result<Option<SecretString>> {
+        if let Auth::ApiToken { .. } = self.credential.auth() {
+            return Ok(None);
+        }
+        // One token per consumer, shared: the lock makes concurrent reconciles wait for
+        // the one mint instead of each minting their own.
+        let mut cached = self.credential.token.lock().await;
+        if !force_new && let Some(t) = cached.as_ref().filter(|t| t.is_fresh()) {
+            return Ok(Some(t.access_token.clone()));
+        }
+        let token = self.bb.mint_token(&self.site_url, &self.credential).await?;
+        let access = token.access_token.clone();
+        *cached = Some(token);
+        Ok(Some(access))
+    }
+
+    async fn call(
+        &self,
+        op: &str,
+        method: Method,
+        url: &str,
+        body: Option<serde_json::Value>,
+        subject: Subject<'_>,
+    ) -> Result<bytes::Bytes> {
+        let mut attempt = 0;
+        let mut renewed_token = false;
+        loop {
+            attempt += 1;
+            let bearer = self.bearer(false).await?;
+            self.credential.acquire().await;
+            let mut req = self.bb.http.request(method.clone(), url);
+            req = match (&bearer, self.credential.auth()) {
+                (Some(token), _) => req.bearer_auth(token.expose()),
+                (None, Auth::ApiToken { email, token }) => req.basic_auth(email, Some(token.expose())),
+                (None, Auth::OAuthConsumer { .. }) => req,
+            };
+            if let Some(b) = &body {
+                req = req.json(b);
+            }
+            let result: Result<()> = match req.send().await {
+                Err(e) => {
+                    METRICS.request(op, "error");
+                    Err(transport_error(&e, self.bb.options.timeout))
+                }
+                Ok(resp) => {
+                    let status = resp.status();
+                    METRICS.request(op, status.as_str());
+                    match resp.bytes().await {
+                        Err(e) => Err(transport_error(&e, self.bb.options.timeout)),
+                        Ok(bytes) if status.is_success() => return Ok(bytes),
+                        Ok(bytes) => Err(self.classify(status, &bytes, subject)),
+                    }
+                }
+            };
+            let Err(e) = result else { unreachable!() };
+            // An OAuth token can be revoked or expire early: mint a new one once.
+            if matches!(e, Error::Unauthorized(_)) && bearer.is_some() && !renewed_token {
+                renewed_token = true;
+                self.bearer(true).await?;
+                continue;
+            }
+            if e.is_transient() && attempt < self.bb.options.max_attempts {
+                tokio::time::sleep(self.bb.backoff(attempt)).await;
+                continue;
+            }
+            return Err(e);
+        }
+    }
+
+    fn classify(&self, status: StatusCode, body: &[u8], subject: Subject<'_>) -> Error {
+        let message = error_message(body);
+        let lower = message.to_lowercase();
+        match status.as_u16() {
+            401 => Error::Unauthorized(message),
+            403 if lower.contains("not accessible by this authentication mechanism") => Error::AuthMechanismRefused(message),
+            403 => Error::Forbidden(message),
+            404 => match subject {
+                Subject::Workspace => Error::WorkspaceNotFound(self.workspace.clone()),
+                Subject::Key(target, id) if !(lower.contains("repository") || lower.contains("project")) || lower.contains("key") => {
+                    let _ = target;
+                    Error::KeyNotFound(id)
+                }
+                Subject::Key(target, _) | Subject::Target(target) => match target {
+                    Target::Repository(r) => Error::RepositoryNotFound(format!("{}/{r}", self.workspace)),
+                    Target::Project(p) => Error::ProjectNotFound(format!("{}/{p}", self.workspace)),
+                },
+            },
+            400 if lower.contains("already added") => Error::DuplicateKey(message),
+            400 if lower.contains("key") => Error::InvalidKey(message),
+            400 => Error::BadRequest(message),
+            429 => Error::RateLimited,
+            s if s >= 500 => Error::Server { status: s },
+            s => Error::Decode(format!("HTTP {s}: {message}")),
+        }
+    }
+}

@@ -1,0 +1,76 @@
+use std::time::Duration;
+
+use thiserror::Error;
+
+/// Every way a Bitbucket call can fail, told apart so the user learns what to do.
+#[derive(Debug, Error, Clone, PartialEq)]
+pub enum Error {
+    #[error("Bitbucket rejected the credentials (401): {0}")]
+    Unauthorized(String),
+    #[error(
+        "Bitbucket refused this authentication mechanism (403): {0}. Repository, project and workspace access tokens cannot manage access keys; use an API token or an OAuth consumer"
+    )]
+    AuthMechanismRefused(String),
+    #[error("Bitbucket denied the request (403): {0}")]
+    Forbidden(String),
+    #[error("repository {0} not found in Bitbucket (or not visible to these credentials)")]
+    RepositoryNotFound(String),
+    #[error("project {0} not found in Bitbucket (or not visible to these credentials)")]
+    ProjectNotFound(String),
+    #[error("workspace {0} not found in Bitbucket (or not visible to these credentials)")]
+    WorkspaceNotFound(String),
+    #[error("access key {0} not found")]
+    KeyNotFound(i64),
+    #[error("Bitbucket says this key is already added: {0}")]
+    DuplicateKey(String),
+    #[error("Bitbucket rejected the key: {0}")]
+    InvalidKey(String),
+    #[error("Bitbucket rejected the request (400): {0}")]
+    BadRequest(String),
+    #[error("Bitbucket rate limit reached (429)")]
+    RateLimited,
+    #[error("Bitbucket server error ({status})")]
+    Server { status: u16 },
+    #[error("Bitbucket did not answer within {0:?}")]
+    Timeout(Duration),
+    #[error("cannot reach Bitbucket: {0}")]
+    Transport(String),
+    #[error("OAuth token endpoint refused the consumer ({error}): {description}")]
+    OAuth { error: String, description: String },
+    #[error("unexpected answer from Bitbucket: {0}")]
+    Decode(String),
+}
+
+impl Error {
+    /// Whether the same call may succeed later without anyone changing anything.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            Error::RateLimited | Error::Server { .. } | Error::Timeout(_) | Error::Transport(_)
+        )
+    }
+
+    /// The condition reason and metric label for this error.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Error::Unauthorized(_) => "Unauthorized",
+            Error::AuthMechanismRefused(_) => "AuthMechanismRefused",
+            Error::Forbidden(_) => "Forbidden",
+            Error::RepositoryNotFound(_) => "RepositoryNotFound",
+            Error::ProjectNotFound(_) => "ProjectNotFound",
+            Error::WorkspaceNotFound(_) => "WorkspaceNotFound",
+            Error::KeyNotFound(_) => "KeyNotFound",
+            Error::DuplicateKey(_) => "DuplicateKey",
+            Error::InvalidKey(_) => "InvalidKey",
+            Error::BadRequest(_) => "BadRequest",
+            Error::RateLimited => "RateLimited",
+            Error::Server { .. } => "BitbucketUnavailable",
+            Error::Timeout(_) => "BitbucketTimeout",
+            Error::Transport(_) => "BitbucketUnreachable",
+            Error::OAuth { error, .. } if error == "invalid_client" => "InvalidClient",
+            Error::OAuth { error, .. } if error == "invalid_grant" => "InvalidGrant",
+            Error::OAuth { .. } => "OAuthError",
+            Error::Decode(_) => "UnexpectedResponse",
+        }
+    }
+}

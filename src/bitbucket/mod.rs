@@ -1,0 +1,14 @@
+//! The operator's only window on Bitbucket Cloud: deploy keys of repositories and
+//! projects, and the OAuth client-credentials token endpoint.
+
+mod client;
+mod credential;
+mod error;
+mod types;
+
+pub use client::{Bitbucket, ClientOptions, WorkspaceClient};
+pub use credential::{Auth, Credential, Token};
+pub use error::Error;
+pub use types::{DeployKey, Target};
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,96 @@
+//! Prometheus metrics of the process. One registry, created once; every label value is
+//! an operation, a status, a reason or an object name: never secret material.
+
+use std::sync::{LazyLock, Mutex};
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub operation: String,
+    pub status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ControllerLabels {
+    pub controller: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorLabels {
+    pub controller: String,
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CredentialLabels {
+    pub credential: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ObjectLabels {
+    pub kind: String,
+    pub namespace: String,
+    pub name: String,
+}
+
+pub struct Metrics {
+    pub bitbucket_requests: Family<RequestLabels, Counter>,
+    pub reconciles: Family<ControllerLabels, Counter>,
+    pub reconcile_errors: Family<ErrorLabels, Counter>,
+    pub reconcile_duration: Family<ControllerLabels, Histogram>,
+    pub rate_budget_remaining: Family<CredentialLabels, Gauge>,
+    pub seconds_until_deadline: Family<ObjectLabels, Gauge>,
+    registry: Mutex<Registry>,
+}
+
+pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
+    let m = Metrics {
+        bitbucket_requests: Family::default(),
+        reconciles: Family::default(),
+        reconcile_errors: Family::default(),
+        reconcile_duration: Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.005, 2.0, 14))),
+        rate_budget_remaining: Family::default(),
+        seconds_until_deadline: Family::default(),
+        registry: Mutex::new(Registry::with_prefix("bitbucket_credentials_operator")),
+    };
+    {
+        let mut r = m.registry.lock().unwrap_or_else(|e| e.into_inner());
+        r.register("bitbucket_requests", "Bitbucket API requests by operation and HTTP status", m.bitbucket_requests.clone());
+        r.register("reconciles", "Reconciles by controller", m.reconciles.clone());
+        r.register("reconcile_errors", "Failed reconciles by controller and reason", m.reconcile_errors.clone());
+        r.register("reconcile_duration_seconds", "Duration of reconciles", m.reconcile_duration.clone());
+        r.register(
+            "rate_budget_remaining",
+            "Requests left in the operator's own hourly budget, per credential",
+            m.rate_budget_remaining.clone(),
+        );
+        r.register(
+            "seconds_until_deadline",
+            "Seconds until the next key rotation (BitbucketAccessKey) or token expiry (BitbucketOAuthConsumer)",
+            m.seconds_until_deadline.clone(),
+        );
+    }
+    m
+});
+
+impl Metrics {
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        let r = self.registry.lock().unwrap_or_else(|e| e.into_inner());
+        // Encoding into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &r);
+        out
+    }
+
+    pub fn request(&self, operation: &str, status: &str) {
+        self.bitbucket_requests
+            .get_or_create(&RequestLabels { operation: operation.into(), status: status.into() })
+            .inc();
+    }
+}
