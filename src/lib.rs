@@ -3,6 +3,12 @@
 
 pub mod api;
 pub mod bitbucket;
+pub mod controller;
+pub mod keys;
+pub mod leader;
 pub mod metrics;
+pub mod operator;
+pub mod secret;
 pub mod sensitive;
 pub mod sim;
+pub mod telemetry;

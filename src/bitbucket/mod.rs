@@ -9,6 +9,6 @@ mod types;
 pub use client::{Bitbucket, ClientOptions, WorkspaceClient};
 pub use credential::{Auth, Credential, Token};
 pub use error::Error;
-pub use types::{DeployKey, Target};
+pub use types::{DeployKey, Target, key_body};
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

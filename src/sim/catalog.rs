@@ -11,7 +11,6 @@ use super::state::Target;
 #[derive(Debug, Clone)]
 pub struct Workspace {
     pub slug: String,
-    pub name: String,
     pub uuid: String,
     pub repositories: Vec<Repository>,
     pub projects: Vec<Project>,
@@ -68,7 +67,6 @@ impl Catalog {
             .iter()
             .map(|ws| Workspace {
                 slug: ws.slug.clone(),
-                name: ws.name.clone().unwrap_or_else(|| ws.slug.clone()),
                 uuid: ws
                     .uuid
                     .clone()

@@ -52,8 +52,6 @@ pub struct SimConfig {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct WorkspaceConfig {
     pub slug: String,
-    #[serde(default)]
-    pub name: Option<String>,
     /// `{...}` form; derived from the slug when unset.
     #[serde(default)]
     pub uuid: Option<String>,

@@ -1,0 +1,681 @@
+#!/usr/bin/env bash
+# Packaging checks: the Helm chart, the plain manifests in deploy/, the Dockerfile, and the
+# chart's RBAC proven against a real kube-apiserver.
+#
+#   KUBECONFIG=.local/kubeconfig HELM=/path/to/helm hack/test-packaging.sh
+#   hack/test-packaging.sh --update-deploy     regenerate deploy/ from the chart, then exit
+#
+# Each check prints `ok - NAME` or `not ok - NAME` (followed by its output); the last line
+# is `N passed, M failed`; the exit status is non-zero when anything failed.
+# HELM defaults to `helm` on PATH, else the one hack/build-control-plane.sh builds.
+# Every run uses its own release and namespaces and removes them at the end.
+set -uo pipefail
+
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(cd "$here/.." && pwd)
+chart=$root/charts/bitbucket-credentials-operator
+deploy=$root/deploy
+chart_name=bitbucket-credentials-operator
+# The namespace and release name of the plain manifests in deploy/.
+deploy_namespace=bitbucket-credentials-operator
+# `helm template` has no cluster to ask; Helm built without its Makefile's ldflags assumes
+# v1.20, which the chart's kubeVersion (>=1.30) refuses.
+template_kube_version=${TEMPLATE_KUBE_VERSION:-1.35.0}
+# The Lease name is fixed in the operator binary.
+lease_name=bitbucket-credentials-operator
+
+if [ -z "${HELM:-}" ]; then
+  if command -v helm >/dev/null 2>&1; then
+    HELM=$(command -v helm)
+  else
+    HELM="$("$here/build-control-plane.sh" helm | tail -1)/helm"
+  fi
+fi
+
+work=$(mktemp -d "${TMPDIR:-/tmp}/bco-packaging.XXXXXX")
+
+# --- helpers -------------------------------------------------------------------------
+
+cat >"$work/pk.py" <<'PY'
+"""Small helpers for test-packaging.sh: YAML/JSON handling and render checks."""
+import fnmatch, json, os, sys
+
+def load(path):
+    with open(path) as f:
+        return [d for d in json.load(f) if d]
+
+def cmd_tojson(src, dst):
+    # YAML stream -> JSON list (PyYAML path).
+    import yaml
+    with open(src) as f:
+        docs = [d for d in yaml.safe_load_all(f) if d]
+    with open(dst, "w") as f:
+        json.dump(docs, f)
+
+def cmd_stream_tojson(src, dst):
+    # Concatenated JSON objects (kubectl -o json of several objects) -> JSON list.
+    text = open(src).read()
+    dec, i, docs = json.JSONDecoder(), 0, []
+    while True:
+        while i < len(text) and text[i].isspace():
+            i += 1
+        if i >= len(text):
+            break
+        obj, i = dec.raw_decode(text, i)
+        docs.extend(obj.get("items", []) if obj.get("kind") == "List" else [obj])
+    with open(dst, "w") as f:
+        json.dump(docs, f)
+
+def find(docs, kind, name=None, namespace=None):
+    return [d for d in docs if d.get("kind") == kind
+            and (name is None or d["metadata"]["name"] == name)
+            and (namespace is None or d["metadata"].get("namespace") == namespace)]
+
+def grants(rules, group, resource, verb):
+    return any(group in r.get("apiGroups", []) and resource in r.get("resources", [])
+               and verb in r.get("verbs", []) for r in rules)
+
+def check_workloads(docs, errors):
+    """Every container: restricted securityContext, resources, probes."""
+    pods = [(d["kind"] + "/" + d["metadata"]["name"], d["spec"]["template"]["spec"])
+            for d in docs if d.get("kind") in ("Deployment", "StatefulSet", "DaemonSet", "Job")]
+    if not pods:
+        errors.append("no workload rendered")
+    for where, pod in pods:
+        psc = pod.get("securityContext") or {}
+        containers = pod.get("containers", []) + pod.get("initContainers", [])
+        if not containers:
+            errors.append(f"{where}: no containers")
+        for c in containers:
+            w = f"{where} container {c['name']}"
+            sc = c.get("securityContext") or {}
+            eff = lambda k: sc.get(k, psc.get(k))
+            if eff("runAsNonRoot") is not True: errors.append(f"{w}: runAsNonRoot is not true")
+            if eff("runAsUser") != 65532: errors.append(f"{w}: runAsUser is {eff('runAsUser')!r}, want 65532")
+            if sc.get("readOnlyRootFilesystem") is not True: errors.append(f"{w}: readOnlyRootFilesystem is not true")
+            if sc.get("allowPrivilegeEscalation") is not False: errors.append(f"{w}: allowPrivilegeEscalation is not false")
+            if sc.get("privileged"): errors.append(f"{w}: privileged")
+            if "ALL" not in ((sc.get("capabilities") or {}).get("drop") or []): errors.append(f"{w}: capabilities.drop lacks ALL")
+            if (sc.get("capabilities") or {}).get("add"): errors.append(f"{w}: adds capabilities")
+            if ((eff("seccompProfile") or {}).get("type")) != "RuntimeDefault": errors.append(f"{w}: seccompProfile is not RuntimeDefault")
+            res = c.get("resources") or {}
+            for kind in ("requests", "limits"):
+                for r in ("cpu", "memory"):
+                    if not (res.get(kind) or {}).get(r): errors.append(f"{w}: resources.{kind}.{r} missing")
+            ports = {p.get("name"): p.get("containerPort") for p in c.get("ports", [])}
+            for probe, path in (("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")):
+                hg = (c.get(probe) or {}).get("httpGet") or {}
+                if hg.get("path") != path: errors.append(f"{w}: {probe} path is {hg.get('path')!r}, want {path}")
+                if hg.get("port") not in ("health", ports.get("health")): errors.append(f"{w}: {probe} is not on the health port")
+            env = {e["name"]: e for e in c.get("env", [])}
+            for name, field in (("POD_NAME", "metadata.name"), ("POD_NAMESPACE", "metadata.namespace")):
+                got = (((env.get(name) or {}).get("valueFrom") or {}).get("fieldRef") or {}).get("fieldPath")
+                if got != field: errors.append(f"{w}: env {name} is not the downward API {field}")
+            args = c.get("args", [])
+            for a in ("--metrics-addr=0.0.0.0:%s" % ports.get("metrics"), "--health-addr=0.0.0.0:%s" % ports.get("health")):
+                if a not in args: errors.append(f"{w}: missing arg {a}")
+        if pod.get("hostNetwork") or pod.get("hostPID") or pod.get("hostIPC"):
+            errors.append(f"{where}: uses host namespaces")
+        if any("hostPath" in v for v in pod.get("volumes", [])):
+            errors.append(f"{where}: mounts a hostPath")
+
+def cmd_check_render(path, mode, release_ns, cr_ns, *watch):
+    docs = load(path)
+    errors = []
+    check_workloads(docs, errors)
+    kinds = {d["kind"] for d in docs}
+    for k in ("Deployment", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Service"):
+        if k not in kinds: errors.append(f"no {k} rendered")
+    if "CustomResourceDefinition" in kinds: errors.append("templates render CRDs (they belong in crds/)")
+    dep = find(docs, "Deployment")[0]
+    args = dep["spec"]["template"]["spec"]["containers"][0].get("args", [])
+    if f"--cluster-resource-namespace={cr_ns}" not in args: errors.append(f"args lack --cluster-resource-namespace={cr_ns}: {args}")
+    if "--leader-elect" not in args: errors.append("args lack --leader-elect (default on)")
+    sa = find(docs, "ServiceAccount")[0]["metadata"]["name"]
+    if dep["spec"]["template"]["spec"].get("serviceAccountName") != sa: errors.append("Deployment does not use the chart's ServiceAccount")
+    for d in docs:
+        ns = d["metadata"].get("namespace")
+        if d["kind"] in ("Deployment", "ServiceAccount", "Service") and ns != release_ns:
+            errors.append(f"{d['kind']}/{d['metadata']['name']} is in namespace {ns!r}, want {release_ns}")
+        for s in d.get("subjects", []) or []:
+            if s.get("kind") == "ServiceAccount" and (s.get("name"), s.get("namespace")) != (sa, release_ns):
+                errors.append(f"{d['kind']}/{d['metadata']['name']} binds {s}")
+    cr = find(docs, "ClusterRole")
+    cluster_rules = [r for c in cr for r in c["rules"]]
+    G = "bitbucket.credentials.dev"
+    for res in ("clusterbitbucketworkspaces", "clusterbitbucketworkspaces/status"):
+        if not grants(cluster_rules, G, res, "patch"): errors.append(f"ClusterRole cannot patch {res}")
+    if not grants(cluster_rules, "", "namespaces", "list"): errors.append("ClusterRole cannot list namespaces")
+    if grants(cluster_rules, "apiextensions.k8s.io", "customresourcedefinitions", "get"): errors.append("ClusterRole grants CRD access")
+    for r in cluster_rules:
+        if "*" in r.get("verbs", []) or "*" in r.get("resources", []) or "*" in r.get("apiGroups", []):
+            errors.append(f"wildcard rule: {r}")
+    le_roles = [d for d in find(docs, "Role", namespace=release_ns) if grants(d["rules"], "coordination.k8s.io", "leases", "create")]
+    if not le_roles: errors.append("no Role for leader-election leases in the release namespace")
+    if mode == "cluster":
+        if "--watch-namespaces" in " ".join(args): errors.append("cluster-wide mode passes --watch-namespaces")
+        for v in ("get", "list", "watch", "create", "patch", "update", "delete"):
+            if not grants(cluster_rules, "", "secrets", v): errors.append(f"ClusterRole cannot {v} secrets")
+        for res in ("bitbucketaccesskeys", "bitbucketoauthconsumers", "bitbucketworkspaces"):
+            if not grants(cluster_rules, G, res, "watch"): errors.append(f"ClusterRole cannot watch {res}")
+    else:
+        want = "--watch-namespaces=" + ",".join(watch)
+        if want not in args: errors.append(f"args lack {want}: {args}")
+        if grants(cluster_rules, "", "secrets", "get"): errors.append("namespaced mode: ClusterRole grants secrets")
+        if grants(cluster_rules, "", "events", "create"): errors.append("namespaced mode: ClusterRole grants events")
+        if grants(cluster_rules, G, "bitbucketaccesskeys", "get"): errors.append("namespaced mode: ClusterRole grants namespaced CRs")
+        for ns in watch:
+            roles = find(docs, "Role", namespace=ns)
+            rules = [r for x in roles for r in x["rules"]]
+            if not find(docs, "RoleBinding", namespace=ns): errors.append(f"no RoleBinding in {ns}")
+            for v in ("get", "list", "watch", "create", "patch", "update", "delete"):
+                if not grants(rules, "", "secrets", v): errors.append(f"Role in {ns} cannot {v} secrets")
+            if not grants(rules, "events.k8s.io", "events", "create"): errors.append(f"Role in {ns} cannot create events")
+            for res in ("bitbucketaccesskeys", "bitbucketoauthconsumers", "bitbucketworkspaces"):
+                if not grants(rules, G, res, "update"): errors.append(f"Role in {ns} cannot update {res}")
+        if cr_ns not in watch:
+            rules = [r for x in find(docs, "Role", namespace=cr_ns) for r in x["rules"]]
+            if not grants(rules, "", "secrets", "get"): errors.append(f"no read access to secrets in cluster-resource namespace {cr_ns}")
+            if grants(rules, "", "secrets", "create") or grants(rules, "", "secrets", "delete"):
+                errors.append(f"cluster-resource namespace {cr_ns}: secrets are writable")
+    for e in errors:
+        print("  " + e)
+    sys.exit(1 if errors else 0)
+
+def cmd_check_optional(path, want_replicas):
+    docs, errors = load(path), []
+    check_workloads(docs, errors)
+    if not find(docs, "ServiceMonitor"): errors.append("no ServiceMonitor")
+    if not find(docs, "PodDisruptionBudget"): errors.append("no PodDisruptionBudget")
+    dep = find(docs, "Deployment")[0]
+    if dep["spec"]["replicas"] != int(want_replicas): errors.append(f"replicas {dep['spec']['replicas']}")
+    svc = find(docs, "Service")[0]
+    sm = find(docs, "ServiceMonitor")[0] if find(docs, "ServiceMonitor") else {"spec": {}}
+    if sm["spec"].get("selector", {}).get("matchLabels") != svc["spec"]["selector"]:
+        errors.append("ServiceMonitor selector does not match the Service's labels")
+    for e in errors:
+        print("  " + e)
+    sys.exit(1 if errors else 0)
+
+def cmd_check_crds(d):
+    import re
+    want = {"bitbucketworkspaces": ("BitbucketWorkspace", "Namespaced"),
+            "clusterbitbucketworkspaces": ("ClusterBitbucketWorkspace", "Cluster"),
+            "bitbucketaccesskeys": ("BitbucketAccessKey", "Namespaced"),
+            "bitbucketoauthconsumers": ("BitbucketOAuthConsumer", "Namespaced")}
+    errors = []
+    files = sorted(f for f in os.listdir(d) if not f.startswith("."))
+    if files != sorted(p + ".yaml" for p in want):
+        errors.append(f"files are {files}, want one per kind: {sorted(p + '.yaml' for p in want)}")
+    for plural, (kind, scope) in want.items():
+        p = os.path.join(d, plural + ".yaml")
+        if not os.path.exists(p):
+            continue
+        text = open(p).read()
+        if not text.startswith("---\n"): errors.append(f"{p}: does not start with ---")
+        if text.count("\n---\n") or text.count("\nkind: CustomResourceDefinition") != 1:
+            errors.append(f"{p}: not exactly one CustomResourceDefinition")
+        for needle in (f"name: {plural}.bitbucket.credentials.dev", "group: bitbucket.credentials.dev",
+                       f"kind: {kind}\n", f"scope: {scope}\n", "name: v1alpha1"):
+            if needle not in text: errors.append(f"{p}: lacks {needle.strip()!r}")
+    for e in errors:
+        print("  " + e)
+    sys.exit(1 if errors else 0)
+
+def cmd_print_rules(path, title):
+    docs = load(path)
+    print(f"# RBAC granted ({title}):")
+    for d in docs:
+        if d["kind"] not in ("ClusterRole", "Role"):
+            continue
+        scope = "cluster-wide" if d["kind"] == "ClusterRole" else "namespace " + d["metadata"]["namespace"]
+        print(f"#   {d['kind']} {d['metadata']['name']} ({scope}):")
+        for r in d["rules"]:
+            groups = ",".join(g or '""' for g in r.get("apiGroups", []))
+            names = (" resourceNames=" + ",".join(r["resourceNames"])) if r.get("resourceNames") else ""
+            print(f"#     [{groups}] {','.join(r['resources'])}{names}: {','.join(r['verbs'])}")
+    for d in docs:
+        if d["kind"] in ("ClusterRoleBinding", "RoleBinding"):
+            where = "" if d["kind"] == "ClusterRoleBinding" else " in " + d["metadata"]["namespace"]
+            subj = ", ".join(f"{s['kind']} {s.get('namespace', '')}/{s['name']}" for s in d["subjects"])
+            print(f"#   {d['kind']} {d['metadata']['name']}{where}: {d['roleRef']['kind']} {d['roleRef']['name']} -> {subj}")
+
+def ignored(rel, patterns):
+    """A .dockerignore match, for the simple patterns this repository uses."""
+    hit = False
+    for neg, pat in patterns:
+        pat = pat.strip("/")
+        parts = rel.split("/")
+        prefixes = ["/".join(parts[:i]) for i in range(1, len(parts) + 1)]
+        m = any(fnmatch.fnmatch(p, pat) or (pat.startswith("**/") and fnmatch.fnmatch(p.split("/")[-1], pat[3:]))
+                for p in prefixes)
+        if m:
+            hit = not neg
+    return hit
+
+def cmd_docker_context(root):
+    import tomllib
+    errors = []
+    pats = []
+    for line in open(os.path.join(root, ".dockerignore")):
+        line = line.strip()
+        if line and not line.startswith("#"):
+            pats.append((line.startswith("!"), line.lstrip("!")))
+    cargo = tomllib.load(open(os.path.join(root, "Cargo.toml"), "rb"))
+    needed = ["Cargo.toml", "Cargo.lock"]
+    lib = cargo.get("lib", {})
+    needed.append(lib.get("path", "src/lib.rs"))
+    for section in ("bin", "test", "bench", "example"):
+        for t in cargo.get(section, []):
+            if "path" in t:
+                needed.append(t["path"])
+    build = cargo.get("package", {}).get("build")
+    if isinstance(build, str):
+        needed.append(build)
+    elif os.path.exists(os.path.join(root, "build.rs")) and build is not False:
+        needed.append("build.rs")
+    for p in needed:
+        if not os.path.exists(os.path.join(root, p)):
+            errors.append(f"{p} (named by Cargo.toml) does not exist")
+        elif ignored(p, pats):
+            errors.append(f"{p} is needed by cargo but excluded by .dockerignore")
+    for p in ("target", ".git", ".local", "charts", "deploy"):
+        if not ignored(p, pats):
+            errors.append(f"{p}/ is not excluded by .dockerignore")
+    bins = [b["name"] for b in cargo.get("bin", [])]
+    if "bitbucket-credentials-operator" not in bins:
+        errors.append(f"Cargo.toml has no bin bitbucket-credentials-operator ({bins})")
+    df = open(os.path.join(root, "Dockerfile")).read()
+    for needle in ("FROM rust:1.95-bookworm AS builder",
+                   "cargo build --release --locked --bin bitbucket-credentials-operator",
+                   "FROM gcr.io/distroless/cc-debian12:nonroot",
+                   "USER 65532",
+                   'ENTRYPOINT ["/bitbucket-credentials-operator", "run"]'):
+        if needle not in df:
+            errors.append(f"Dockerfile lacks {needle!r}")
+    for e in errors:
+        print("  " + e)
+    sys.exit(1 if errors else 0)
+
+if __name__ == "__main__":
+    globals()["cmd_" + sys.argv[1].replace("-", "_")](*sys.argv[2:])
+PY
+
+py() { python3 "$work/pk.py" "$@"; }
+
+if python3 -c 'import yaml' 2>/dev/null && [ -z "${BCO_NO_PYYAML:-}" ]; then
+  yaml_parser="python3 + PyYAML"
+  to_json() { py tojson "$1" "$2"; }
+else
+  # No PyYAML: kubectl turns the YAML stream into JSON without contacting a server.
+  yaml_parser="kubectl --local -o json"
+  to_json() {
+    kubectl annotate --local -f "$1" -o json bitbucket.credentials.dev/packaging-test- >"$2.stream" &&
+      py stream-tojson "$2.stream" "$2"
+  }
+fi
+
+passed=0 failed=0
+# check NAME COMMAND...: runs COMMAND in this shell, output to a log shown on failure.
+check() {
+  local name=$1; shift
+  local log="$work/check.log"
+  if "$@" >"$log" 2>&1; then
+    echo "ok - $name"
+    passed=$((passed + 1))
+  else
+    echo "not ok - $name"
+    sed 's/^/    /' "$log" | tail -n 60
+    failed=$((failed + 1))
+  fi
+}
+# skip NAME REASON: reported as passing, with the reason (TAP's SKIP directive).
+skip() {
+  echo "ok - $1 # SKIP $2"
+  passed=$((passed + 1))
+}
+
+template() { # OUT RELEASE NAMESPACE [helm args...]
+  local out=$1 rel=$2 ns=$3; shift 3
+  "$HELM" template "$rel" "$chart" --namespace "$ns" --kube-version "$template_kube_version" "$@" >"$out"
+}
+
+generate_deploy() { # DIR: the plain manifests, from the chart's defaults
+  local dir=$1
+  rm -rf "$dir" && mkdir -p "$dir/crds" || return 1
+  cp "$chart"/crds/*.yaml "$dir/crds/" || return 1
+  cat >"$dir/namespace.yaml" <<EOF
+# Generated by hack/test-packaging.sh --update-deploy. Do not edit.
+apiVersion: v1
+kind: Namespace
+metadata:
+  name: $deploy_namespace
+  labels:
+    app.kubernetes.io/name: $chart_name
+    app.kubernetes.io/part-of: $chart_name
+    # The operator's pod meets the restricted Pod Security Standard.
+    pod-security.kubernetes.io/enforce: restricted
+    pod-security.kubernetes.io/enforce-version: latest
+EOF
+  {
+    echo "# Generated by hack/test-packaging.sh --update-deploy from charts/$chart_name with"
+    echo "# default values (helm template $chart_name --namespace $deploy_namespace). Do not edit:"
+    echo "# change the chart, or patch these objects in a kustomize overlay."
+    "$HELM" template "$chart_name" "$chart" --namespace "$deploy_namespace" \
+      --kube-version "$template_kube_version"
+  } >"$dir/$chart_name.yaml" || return 1
+  {
+    echo "# Generated by hack/test-packaging.sh --update-deploy. Do not edit."
+    echo "# The operator with the Helm chart's default values, as a kustomize base:"
+    echo "#   kubectl apply --server-side -k deploy/"
+    echo "apiVersion: kustomize.config.k8s.io/v1beta1"
+    echo "kind: Kustomization"
+    echo "resources:"
+    echo "  - namespace.yaml"
+    for f in "$dir"/crds/*.yaml; do echo "  - crds/$(basename "$f")"; done
+    echo "  - $chart_name.yaml"
+  } >"$dir/kustomization.yaml"
+}
+
+if [ "${1:-}" = "--update-deploy" ]; then
+  generate_deploy "$deploy" && echo "regenerated $deploy"
+  rc=$?; rm -rf "$work"; exit $rc
+fi
+
+# --- cluster bookkeeping -------------------------------------------------------------
+
+id=$(python3 -c 'import secrets; print(secrets.token_hex(3))')
+rel=bco-pkg-$id                 # release name
+ns=bco-pkg-$id                  # release namespace
+team_a=bco-pkg-$id-team-a       # watched namespaces in namespaced mode
+team_b=bco-pkg-$id-team-b
+fullname=$rel-$chart_name
+sa=$fullname
+as_sa="--as=system:serviceaccount:$ns:$sa"
+installed=""
+created_deploy_ns=""
+
+cleanup() {
+  if [ -n "$installed" ]; then "$HELM" uninstall "$rel" -n "$ns" >/dev/null 2>&1; fi
+  kubectl delete namespace "$ns" "$team_a" "$team_b" --ignore-not-found --wait=false >/dev/null 2>&1
+  if [ -n "$created_deploy_ns" ]; then
+    kubectl delete namespace "$deploy_namespace" --ignore-not-found --wait=false >/dev/null 2>&1
+  fi
+  rm -rf "$work"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# can-i rows: VERB RESOURCE[/NAME] NAMESPACE [SUBRESOURCE]
+#   NAMESPACE "-" = cluster-scoped resource, "*" = across all namespaces
+can_i() { # yes|no VERB RESOURCE NAMESPACE [SUBRESOURCE]
+  local want=$1 verb=$2 res=$3 where=$4 sub=${5:-}
+  local args=("$verb" "$res" "$as_sa")
+  case $where in
+    -) ;;
+    '*') args+=(--all-namespaces) ;;
+    *) args+=(-n "$where") ;;
+  esac
+  [ -n "$sub" ] && args+=("--subresource=$sub")
+  local got
+  got=$(kubectl auth can-i "${args[@]}" 2>/dev/null)
+  [ -z "$got" ] && got=no
+  local label="$verb $res${sub:+/$sub} ${where/#-/(cluster)}"
+  if [ "$got" = "$want" ]; then
+    echo "  $want: $label"
+  else
+    echo "  WRONG: $label -> $got, want $want"
+    return 1
+  fi
+}
+can_rows() { # yes|no < rows
+  local want=$1 rc=0 verb res where sub
+  while read -r verb res where sub; do
+    [ -z "$verb" ] && continue
+    can_i "$want" "$verb" "$res" "$where" "$sub" || rc=1
+  done
+  return $rc
+}
+
+G=bitbucket.credentials.dev
+crd_rows() { # NAMESPACE: what the operator needs on the namespaced custom resources there
+  local n=$1 r v
+  for r in bitbucketworkspaces bitbucketaccesskeys bitbucketoauthconsumers; do
+    for v in get list watch patch update; do echo "$v $r.$G $n"; done
+    echo "patch $r.$G $n status"
+    echo "update $r.$G $n status"
+    echo "update $r.$G $n finalizers"
+  done
+}
+secret_rows() { # NAMESPACE
+  local v
+  for v in get list watch create patch update delete; do echo "$v secrets $1"; done
+}
+event_rows() { # NAMESPACE
+  echo "create events.events.k8s.io $1"; echo "patch events.events.k8s.io $1"
+  echo "create events $1"; echo "patch events $1"
+}
+cluster_rows() {
+  local v
+  for v in get list watch patch update; do echo "$v clusterbitbucketworkspaces.$G -"; done
+  echo "patch clusterbitbucketworkspaces.$G - status"
+  echo "update clusterbitbucketworkspaces.$G - status"
+  echo "update clusterbitbucketworkspaces.$G - finalizers"
+  for v in get list watch; do echo "$v namespaces -"; done
+}
+lease_rows() {
+  echo "create leases.coordination.k8s.io $ns"
+  echo "get leases.coordination.k8s.io/$lease_name $ns"
+  echo "update leases.coordination.k8s.io/$lease_name $ns"
+}
+never_rows() { # what the operator must never be able to do, in any mode
+  cat <<EOF
+delete namespaces -
+create namespaces -
+create pods $ns
+create pods default
+create deployments.apps $ns
+update customresourcedefinitions.apiextensions.k8s.io -
+create customresourcedefinitions.apiextensions.k8s.io -
+delete customresourcedefinitions.apiextensions.k8s.io -
+create clusterroles.rbac.authorization.k8s.io -
+create rolebindings.rbac.authorization.k8s.io $ns
+create serviceaccounts/token $ns
+get configmaps $ns
+delete bitbucketaccesskeys.$G $ns
+create bitbucketaccesskeys.$G $ns
+delete clusterbitbucketworkspaces.$G -
+update leases.coordination.k8s.io/kube-controller-manager kube-system
+get leases.coordination.k8s.io/other-lease $ns
+create leases.coordination.k8s.io kube-system
+EOF
+}
+
+# --- checks --------------------------------------------------------------------------
+
+echo "# helm: $("$HELM" version --short 2>/dev/null) ($HELM)"
+echo "# kubectl: $(kubectl version --client 2>/dev/null | head -1); server: $(kubectl version 2>/dev/null | sed -n 's/^Server Version: //p')"
+echo "# YAML parsing: $yaml_parser; release $rel in namespace $ns"
+
+check "helm lint --strict (default values)" \
+  "$HELM" lint --strict "$chart"
+check "helm lint --strict (watchNamespaces set)" \
+  "$HELM" lint --strict "$chart" --set "watchNamespaces={team-a,team-b}" --set clusterResourceNamespace=bco-secrets
+
+check "chart crds/ holds one CRD per kind" py check-crds "$chart/crds"
+
+top_crds_match() {
+  local rc=0 f
+  for f in "$root"/crds/*.yaml; do
+    [ -f "$chart/crds/$(basename "$f")" ] || { echo "  chart lacks crds/$(basename "$f")"; rc=1; continue; }
+    cmp "$f" "$chart/crds/$(basename "$f")" || rc=1
+  done
+  for f in "$chart"/crds/*.yaml; do
+    [ -f "$root/crds/$(basename "$f")" ] || { echo "  top-level crds/ lacks $(basename "$f")"; rc=1; }
+  done
+  return $rc
+}
+if compgen -G "$root/crds/*.yaml" >/dev/null; then
+  check "chart crds/ identical to top-level crds/" top_crds_match
+else
+  skip "chart crds/ identical to top-level crds/" "top-level crds/ has no *.yaml yet"
+fi
+
+check "CRDs accepted by the API server (apply --dry-run=server)" \
+  kubectl apply --dry-run=server -f "$chart/crds/"
+
+deploy_matches() {
+  generate_deploy "$work/deploy" || return 1
+  diff -ru "$deploy" "$work/deploy" && echo "  deploy/ is up to date"
+}
+check "deploy/ matches the chart (regenerate: hack/test-packaging.sh --update-deploy)" deploy_matches
+
+render_cluster() {
+  template "$work/cluster.yaml" "$rel" "$ns" && to_json "$work/cluster.yaml" "$work/cluster.json" &&
+    py check-render "$work/cluster.json" cluster "$ns" "$ns"
+}
+check "helm template renders: cluster-wide mode (securityContext, resources, probes, RBAC shape)" render_cluster
+
+render_namespaced() {
+  template "$work/namespaced.yaml" "$rel" "$ns" --set "watchNamespaces={team-a,team-b}" &&
+    to_json "$work/namespaced.yaml" "$work/namespaced.json" &&
+    py check-render "$work/namespaced.json" namespaced "$ns" "$ns" team-a team-b &&
+    template "$work/namespaced-cr.yaml" "$rel" "$ns" --set "watchNamespaces={team-a}" \
+      --set clusterResourceNamespace=bco-secrets &&
+    to_json "$work/namespaced-cr.yaml" "$work/namespaced-cr.json" &&
+    py check-render "$work/namespaced-cr.json" namespaced "$ns" bco-secrets team-a
+}
+check "helm template renders: namespaced mode (Roles per namespace, small ClusterRole)" render_namespaced
+
+render_optional() {
+  template "$work/optional.yaml" "$rel" "$ns" --set metrics.serviceMonitor.enabled=true \
+    --set podDisruptionBudget.enabled=true --set replicas=2 --set image.digest="sha256:$(printf '%064d' 0)" &&
+    to_json "$work/optional.yaml" "$work/optional.json" && py check-optional "$work/optional.json" 2 &&
+    grep -q "image: \"ghcr.io/.*@sha256:0000" "$work/optional.yaml"
+}
+check "helm template renders: ServiceMonitor, PodDisruptionBudget, 2 replicas, image digest" render_optional
+
+rejects() { # helm template must fail with these values
+  if template "$work/bad.yaml" "$rel" "$ns" "$@" 2>"$work/bad.err"; then
+    echo "  accepted: $*"; return 1
+  fi
+  echo "  rejected: $* ($(grep -v '^$' "$work/bad.err" | grep -v 'Use --debug' | tail -1 | cut -c1-120))"
+}
+bad_values() {
+  rejects --set logFormat=xml &&
+    rejects --set replicas=2 --set leaderElection.enabled=false &&
+    rejects --set "watchNamespaces={Team_A}" &&
+    rejects --set "watchNamespaces={a,a}" &&
+    rejects --set clusterName= &&
+    rejects --set no.such.value=1 &&
+    rejects --set metrics.serviceMonitor.enabled=true --set metrics.service.enabled=false &&
+    rejects --set serviceAccount.create=false
+}
+check "invalid values are rejected (values.schema.json and template guards)" bad_values
+
+check "Dockerfile and .dockerignore fit the crate (static; no Docker engine here)" py docker-context "$root"
+check "Cargo.lock is current (the image builds with --locked)" \
+  cargo metadata --manifest-path "$root/Cargo.toml" --locked --offline --format-version 1 --no-deps -q
+
+size_info() {
+  local f=$1
+  echo "$(wc -c <"$f" | tr -d ' ') bytes, $(wc -l <"$f" | tr -d ' ') lines, $(grep -c '^kind:' "$f") objects"
+}
+
+# Against the real API server.
+install_cluster() {
+  kubectl create namespace "$ns" && installed=yes &&
+    "$HELM" install "$rel" "$chart" -n "$ns" --skip-crds --set clusterName=packaging-test
+}
+check "helm install (cluster-wide mode) into fresh namespace $ns" install_cluster
+
+objects_exist() {
+  kubectl -n "$ns" get "deployment/$fullname" "serviceaccount/$sa" "service/$fullname-metrics" \
+    "role/$fullname-leader-election" "rolebinding/$fullname-leader-election" -o name &&
+    kubectl get "clusterrole/$fullname" "clusterrolebinding/$fullname" -o name &&
+    kubectl -n "$ns" get "deployment/$fullname" -o jsonpath='{.spec.template.spec.containers[0].args}' |
+      grep -q -- '--cluster-name=packaging-test'
+}
+check "installed objects exist (Deployment, ServiceAccount, Service, ClusterRole, ClusterRoleBinding, leader-election Role)" objects_exist
+
+rbac_cluster_can() {
+  { crd_rows "$ns"; crd_rows default; crd_rows "*"; secret_rows "$ns"; secret_rows kube-system
+    secret_rows "*"; event_rows "$ns"; event_rows default; cluster_rows; lease_rows; } | can_rows yes
+}
+check "RBAC cluster-wide: the ServiceAccount can do all the operator needs" rbac_cluster_can
+check "RBAC cluster-wide: the ServiceAccount cannot do more" can_rows no < <(never_rows)
+
+upgrade_namespaced() {
+  kubectl create namespace "$team_a" && kubectl create namespace "$team_b" &&
+    "$HELM" upgrade "$rel" "$chart" -n "$ns" --skip-crds --set clusterName=packaging-test-2 \
+      --set "watchNamespaces={$team_a,$team_b}" --set logFormat=text --set replicas=2 \
+      --set podDisruptionBudget.enabled=true --set resources.limits.memory=300Mi &&
+    kubectl -n "$ns" get deployment "$fullname" -o jsonpath='{.spec.replicas} {.spec.template.spec.containers[0].args}{"\n"}' |
+      tee /dev/stderr | grep -- "--watch-namespaces=$team_a,$team_b" | grep -- '--log-format=text' |
+      grep -q -- '--cluster-name=packaging-test-2' &&
+    kubectl -n "$ns" get "poddisruptionbudget/$fullname" -o name &&
+    kubectl -n "$team_a" get "role/$fullname" "rolebinding/$fullname" -o name &&
+    kubectl -n "$team_b" get "role/$fullname" "rolebinding/$fullname" -o name &&
+    [ "$("$HELM" status "$rel" -n "$ns" -o json | python3 -c 'import json,sys; d=json.load(sys.stdin); print(d["version"], d["info"]["status"])')" = "2 deployed" ]
+}
+check "helm upgrade to namespaced mode with changed values" upgrade_namespaced
+
+rbac_namespaced_can() {
+  { crd_rows "$team_a"; crd_rows "$team_b"; secret_rows "$team_a"; secret_rows "$team_b"
+    event_rows "$team_a"; event_rows "$team_b"; event_rows default; cluster_rows; lease_rows
+    for v in get list watch; do echo "$v secrets $ns"; done; } | can_rows yes
+}
+check "RBAC namespaced: the ServiceAccount can do all the operator needs" rbac_namespaced_can
+rbac_namespaced_cannot() {
+  { never_rows
+    for v in get list watch create delete; do echo "$v secrets kube-system"; echo "$v secrets default"; done
+    for v in get list watch; do echo "$v secrets *"; done
+    for v in create update patch delete; do echo "$v secrets $ns"; done
+    echo "get bitbucketaccesskeys.$G kube-system"; echo "list bitbucketaccesskeys.$G *"
+    echo "watch bitbucketworkspaces.$G *"; echo "update bitbucketoauthconsumers.$G default"
+    echo "create events.events.k8s.io kube-system"; echo "create events kube-system"; } | can_rows no
+}
+check "RBAC namespaced: the ServiceAccount cannot do more (e.g. Secrets in kube-system)" rbac_namespaced_cannot
+
+uninstall() {
+  "$HELM" uninstall "$rel" -n "$ns" && installed="" || return 1
+  local left
+  left=$(kubectl get "clusterrole/$fullname" "clusterrolebinding/$fullname" --ignore-not-found -o name
+    kubectl -n "$team_a" get "role/$fullname" --ignore-not-found -o name
+    kubectl -n default get "role/$fullname-cluster-events" --ignore-not-found -o name
+    kubectl -n "$ns" get "deployment/$fullname" "serviceaccount/$sa" --ignore-not-found -o name)
+  [ -z "$left" ] || { echo "  left behind: $left"; return 1; }
+}
+check "helm uninstall removes every object" uninstall
+
+apply_kustomize() {
+  # A server-side dry run creates nothing, so the namespaced objects need their Namespace
+  # to exist already; create it for the run when it does not.
+  if ! kubectl get namespace "$deploy_namespace" >/dev/null 2>&1; then
+    kubectl create namespace "$deploy_namespace" >/dev/null && created_deploy_ns=yes
+  fi
+  kubectl apply -k "$deploy" --dry-run=server
+  local rc=$?
+  if [ -n "$created_deploy_ns" ]; then
+    kubectl delete namespace "$deploy_namespace" --wait=false >/dev/null && created_deploy_ns=""
+  fi
+  return $rc
+}
+check "kubectl apply -k deploy/ --dry-run=server" apply_kustomize
+
+# --- information for humans ----------------------------------------------------------
+if [ -f "$work/cluster.yaml" ]; then
+  echo "# helm template size, default values (cluster-wide): $(size_info "$work/cluster.yaml")"
+fi
+if [ -f "$work/namespaced.yaml" ]; then
+  echo "# helm template size, watchNamespaces={team-a,team-b}: $(size_info "$work/namespaced.yaml")"
+fi
+if [ -f "$work/cluster.yaml" ]; then
+  crd_bytes=$(cat "$chart"/crds/*.yaml | wc -c | tr -d ' ')
+  echo "# chart crds/: $crd_bytes bytes in $(ls "$chart"/crds/*.yaml | wc -l | tr -d ' ') files"
+fi
+[ -f "$work/cluster.json" ] && py print-rules "$work/cluster.json" "default values: cluster-wide mode, release $rel in $ns"
+[ -f "$work/namespaced.json" ] && py print-rules "$work/namespaced.json" "watchNamespaces={team-a,team-b}, release $rel in $ns"
+
+echo "$passed passed, $failed failed"
+[ "$failed" -eq 0 ]

@@ -1,0 +1,519 @@
+//! `BitbucketAccessKey`: a key pair whose public half is registered as an access key on
+//! repositories and projects, and whose private half is in a Secret.
+//!
+//! Crash safety comes from the order of the steps: a new private key is persisted in the
+//! Secret before it is registered anywhere (as the current key on first use, or under
+//! `rotation-pending-privatekey` during a rotation), the Secret switches to a new key
+//! only once it is registered everywhere, and every key carries the object's UID in its
+//! comment, so whatever a crash leaves half-done is found and adopted or removed.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::finalizer::{self, Event as Finalizer};
+use kube::{Api, Resource, ResourceExt};
+use serde_json::json;
+
+use super::workspace::{Resolved, resolve};
+use super::{Context, Error, FIELD_MANAGER, Result, condition, jitter, now, parse_duration, set_condition, time_after};
+use crate::api::{
+    AccessKeyStatus, BitbucketAccessKey, DeletionPolicy, FINALIZER, ROTATE_ANNOTATION, Registration, RetiringKey,
+};
+use crate::bitbucket::{self, DeployKey, Target};
+use crate::keys::{KeyPair, KeySpec, fingerprint_of_public};
+use crate::metrics::{ControllerLabels, ErrorLabels, METRICS, ObjectLabels};
+use crate::secret::{PENDING_KEY, SshTarget, access_key_secret, up_to_date};
+
+const CONTROLLER: &str = "accesskey";
+pub const DEFAULT_GRACE_PERIOD: Duration = Duration::from_secs(600);
+/// Bitbucket calls in flight at once for one object.
+const TARGET_CONCURRENCY: usize = 4;
+
+pub async fn reconcile(obj: Arc<BitbucketAccessKey>, ctx: Arc<Context>) -> Result<Action> {
+    let started = Instant::now();
+    let labels = ControllerLabels { controller: CONTROLLER.into() };
+    METRICS.reconciles.get_or_create(&labels).inc();
+    let ns = obj.namespace().unwrap_or_default();
+    let api: Api<BitbucketAccessKey> = Api::namespaced(ctx.client.clone(), &ns);
+    let result = finalizer::finalizer(&api, FINALIZER, obj.clone(), |event| async {
+        match event {
+            Finalizer::Apply(o) => apply(&o, &ctx).await,
+            Finalizer::Cleanup(o) => cleanup(&o, &ctx).await,
+        }
+    })
+    .await;
+    METRICS.reconcile_duration.get_or_create(&labels).observe(started.elapsed().as_secs_f64());
+    let error = match result {
+        Ok(action) => {
+            ctx.succeeded(&*obj);
+            return Ok(action);
+        }
+        Err(finalizer::Error::ApplyFailed(e) | finalizer::Error::CleanupFailed(e)) => e,
+        Err(e) => Error::Finalizer(e.to_string()),
+    };
+    METRICS
+        .reconcile_errors
+        .get_or_create(&ErrorLabels { controller: CONTROLLER.into(), reason: error.reason().into() })
+        .inc();
+    let delay = ctx.backoff(&*obj, &error);
+    report_failure(&obj, &ctx, &error, delay).await;
+    Ok(Action::requeue(delay))
+}
+
+/// Ready=False with the error's reason and when the next attempt comes, and a Warning event.
+async fn report_failure(obj: &BitbucketAccessKey, ctx: &Context, error: &Error, delay: Duration) {
+    let mut status = obj.status.clone().unwrap_or_default();
+    let retry = if error.is_transient() { format!("; retrying in {}s", delay.as_secs()) } else { format!("; checking again in {}s", delay.as_secs()) };
+    let message = format!("{error}{retry}");
+    let c = condition(&status.conditions, "Ready", false, error.reason(), message.clone(), obj.metadata.generation);
+    let unchanged = status.conditions.iter().any(|x| x.type_ == "Ready" && x.reason == c.reason && x.status == c.status);
+    set_condition(&mut status.conditions, c);
+    if let Err(e) = patch_status(obj, ctx, &status).await {
+        tracing::warn!(object = %super::display_name(obj), error = %e, "cannot record failure in status");
+    }
+    tracing::warn!(object = %super::display_name(obj), reason = error.reason(), error = %error, "reconcile failed");
+    if !unchanged {
+        ctx.event(obj, true, error.reason(), error.to_string()).await;
+    }
+}
+
+async fn patch_status(obj: &BitbucketAccessKey, ctx: &Context, status: &AccessKeyStatus) -> Result<()> {
+    let api: Api<BitbucketAccessKey> = Api::namespaced(ctx.client.clone(), &obj.namespace().unwrap_or_default());
+    let patch = json!({
+        "apiVersion": BitbucketAccessKey::api_version(&()),
+        "kind": BitbucketAccessKey::kind(&()),
+        "status": status,
+    });
+    api.patch_status(&obj.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(patch)).await?;
+    Ok(())
+}
+
+/// The repositories and projects the spec asks for.
+pub fn targets(obj: &BitbucketAccessKey) -> Vec<Target> {
+    let repos = obj.spec.repositories.iter().cloned().map(Target::Repository);
+    repos.chain(obj.spec.projects.iter().cloned().map(Target::Project)).collect()
+}
+
+fn target_of(r: &Registration) -> Target {
+    match (&r.repository, &r.project) {
+        (Some(repo), _) => Target::Repository(repo.clone()),
+        (None, Some(p)) => Target::Project(p.clone()),
+        (None, None) => Target::Repository(String::new()),
+    }
+}
+
+fn registration(target: &Target, id: i64) -> Registration {
+    match target {
+        Target::Repository(r) => Registration { repository: Some(r.clone()), project: None, id },
+        Target::Project(p) => Registration { repository: None, project: Some(p.clone()), id },
+    }
+}
+
+/// The mark every key of this object carries in its comment.
+fn mark(uid: &str) -> String {
+    format!("uid={uid}")
+}
+
+fn comment(ctx: &Context, uid: &str) -> String {
+    format!("bitbucket-credentials-operator cluster={} {}", ctx.settings.cluster_name, mark(uid))
+}
+
+fn is_ours(key: &DeployKey, uid: &str) -> bool {
+    let m = mark(uid);
+    key.comment.as_deref().is_some_and(|c| c.split_whitespace().any(|w| w == m))
+}
+
+fn label(obj: &BitbucketAccessKey, ctx: &Context) -> String {
+    let l = obj.spec.label.clone().filter(|l| !l.is_empty()).unwrap_or_else(|| {
+        format!("{}/{}/{}", ctx.settings.cluster_name, obj.namespace().unwrap_or_default(), obj.name_any())
+    });
+    l.chars().take(255).collect()
+}
+
+fn grace_period(obj: &BitbucketAccessKey) -> Duration {
+    obj.spec.rotation.as_ref().and_then(|r| r.grace_period.as_deref()).and_then(parse_duration).unwrap_or(DEFAULT_GRACE_PERIOD)
+}
+
+fn rotation_period(obj: &BitbucketAccessKey) -> Option<Duration> {
+    obj.spec.rotation.as_ref().and_then(|r| r.period.as_deref()).and_then(parse_duration)
+}
+
+/// Moves the current key of `status` into `retiringKeys`, to be removed after `grace`.
+fn retire_current(status: &mut AccessKeyStatus, grace: Duration) {
+    if let Some(fp) = status.fingerprint.take() {
+        status.retiring_keys.push(RetiringKey {
+            fingerprint: fp,
+            registrations: std::mem::take(&mut status.registrations),
+            remove_after: time_after(grace),
+        });
+    }
+    status.public_key = None;
+}
+
+fn adopt_key(status: &mut AccessKeyStatus, key: &KeyPair, obj: &BitbucketAccessKey) {
+    status.fingerprint = Some(key.fingerprint().into());
+    status.public_key = Some(key.public_key().into());
+    status.key_type = Some(obj.spec.key_type);
+    status.registrations.clear();
+    status.last_rotation_time = Some(now());
+}
+
+/// Everything one reconcile needs to act, resolved once.
+struct Run<'a> {
+    obj: &'a BitbucketAccessKey,
+    ctx: &'a Context,
+    ws: Resolved,
+    uid: String,
+    secret_name: String,
+    secrets: Api<Secret>,
+}
+
+impl Run<'_> {
+    fn desired_secret(&self, current: &KeyPair, pending: Option<&KeyPair>) -> Secret {
+        let owner = self.obj.controller_owner_ref(&()).expect("a stored object has a name and uid");
+        access_key_secret(
+            &self.secret_name,
+            &self.obj.namespace().unwrap_or_default(),
+            owner,
+            &self.obj.spec.secret.formats,
+            &self.obj.spec.secret.metadata,
+            current,
+            pending,
+            &SshTarget { ssh_host: &self.ws.ssh_host, known_hosts: &self.ws.known_hosts, workspace: &self.ws.workspace },
+        )
+    }
+
+    async fn write_secret(&self, desired: &Secret) -> Result<()> {
+        let mut body = serde_json::to_value(desired).map_err(|e| Error::Finalizer(e.to_string()))?;
+        body["apiVersion"] = json!("v1");
+        body["kind"] = json!("Secret");
+        self.secrets
+            .patch(&self.secret_name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(body))
+            .await?;
+        Ok(())
+    }
+
+    /// Makes sure `key` is registered on every target and returns the registrations.
+    /// With `list`, each target's keys are read first: the key is adopted if it is there,
+    /// and keys of this object that are not in `keep` (fingerprints) are removed.
+    /// Without, the key is created directly and adopted if Bitbucket says it exists.
+    async fn register(&self, key: &KeyPair, targets: &[Target], list: bool, keep: &BTreeSet<String>) -> Result<Vec<Registration>> {
+        let label = label(self.obj, self.ctx);
+        let regs: Vec<Registration> = futures::stream::iter(targets.iter().cloned())
+            .map(|target| {
+                let label = label.clone();
+                async move {
+                    let client = &self.ws.client;
+                    let wrap = |e| Error::bitbucket(&target, e);
+                    let existing = if list { Some(client.list_keys(&target).await.map_err(wrap)?) } else { None };
+                    if let Some(keys) = &existing {
+                        for k in keys.iter().filter(|k| is_ours(k, &self.uid)) {
+                            let fp = fingerprint_of_public(k.key_body()).unwrap_or_default();
+                            if k.key_body() != key.public_key_body() && !keep.contains(&fp) {
+                                client.delete_key(&target, k.id).await.map_err(wrap)?;
+                                tracing::info!(object = %super::display_name(self.obj), %target, id = k.id, "removed orphaned key");
+                            }
+                        }
+                    }
+                    let found = |keys: &[DeployKey]| keys.iter().find(|k| k.key_body() == key.public_key_body()).map(|k| k.id);
+                    if let Some(id) = existing.as_deref().and_then(found) {
+                        return Ok(registration(&target, id));
+                    }
+                    match client.create_key(&target, key.public_key(), &label).await {
+                        Ok(k) => {
+                            self.ctx
+                                .event(self.obj, false, "Registered", format!("access key {} registered on {target}", key.fingerprint()))
+                                .await;
+                            Ok(registration(&target, k.id))
+                        }
+                        Err(bitbucket::Error::DuplicateKey(m)) => {
+                            let keys = client.list_keys(&target).await.map_err(wrap)?;
+                            found(&keys)
+                                .map(|id| registration(&target, id))
+                                .ok_or_else(|| wrap(bitbucket::Error::DuplicateKey(m)))
+                        }
+                        Err(e) => Err(wrap(e)),
+                    }
+                }
+            })
+            .buffer_unordered(TARGET_CONCURRENCY)
+            .try_collect()
+            .await?;
+        let mut regs = regs;
+        regs.sort();
+        Ok(regs)
+    }
+
+    async fn delete_registrations(&self, regs: &[Registration]) -> Result<()> {
+        let client = &self.ws.client;
+        futures::stream::iter(regs.to_vec())
+            .map(|r| async move {
+                let target = target_of(&r);
+                match client.delete_key(&target, r.id).await {
+                    Ok(()) | Err(bitbucket::Error::RepositoryNotFound(_) | bitbucket::Error::ProjectNotFound(_)) => Ok(()),
+                    Err(e) => Err(Error::bitbucket(&target, e)),
+                }
+            })
+            .buffer_unordered(TARGET_CONCURRENCY)
+            .try_collect::<Vec<()>>()
+            .await?;
+        Ok(())
+    }
+}
+
+fn read_key(secret: Option<&Secret>, field: &str) -> Option<KeyPair> {
+    let bytes = secret?.data.as_ref()?.get(field)?;
+    KeyPair::from_openssh(&bytes.0).ok()
+}
+
+async fn apply(obj: &BitbucketAccessKey, ctx: &Context) -> Result<Action> {
+    let ns = obj.namespace().unwrap_or_default();
+    let uid = obj.uid().unwrap_or_default();
+    let generation = obj.metadata.generation;
+    let original = obj.status.clone().unwrap_or_default();
+    let mut st = original.clone();
+    let secret_name = obj.spec.secret.name.clone().unwrap_or_else(|| obj.name_any());
+
+    let ws = resolve(ctx, &ns, &obj.spec.workspace_ref).await?;
+    let targets = targets(obj);
+    for t in &targets {
+        ws.check_allowed(t.name())?;
+    }
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
+    let existing = secrets.get_opt(&secret_name).await?;
+    if let Some(s) = &existing
+        && !super::owned_by(s, &uid)
+    {
+        return Err(Error::SecretConflict(format!("{ns}/{secret_name}")));
+    }
+    let run = Run { obj, ctx, ws, uid: uid.clone(), secret_name: secret_name.clone(), secrets };
+    let grace = grace_period(obj);
+    let key_spec = KeySpec::new(obj.spec.key_type, obj.spec.rsa_bits, obj.spec.ecdsa_curve);
+    let mut current = read_key(existing.as_ref(), "ssh-privatekey");
+    let mut pending = read_key(existing.as_ref(), PENDING_KEY);
+    let mut secret_state = existing;
+
+    // The Secret is the truth about which key is current: a crash may have switched it
+    // without recording the switch in status.
+    if let Some(k) = &current
+        && st.fingerprint.as_deref() != Some(k.fingerprint())
+    {
+        retire_current(&mut st, grace);
+        adopt_key(&mut st, k, obj);
+    }
+    if pending.as_ref().zip(current.as_ref()).is_some_and(|(p, c)| p.fingerprint() == c.fingerprint()) {
+        pending = None;
+    }
+
+    let drift_due = st
+        .last_verified_time
+        .as_ref()
+        .is_none_or(|t| super::seconds_until(t) + ctx.settings.drift_check_interval.as_secs() as i64 <= 0);
+    let spec_changed = original.observed_generation.is_some() && original.observed_generation != generation;
+    let mut list = drift_due || spec_changed;
+
+    // First key, or the private key is gone (Secret deleted): a new key, persisted first.
+    let rotate_request = obj.annotations().get(ROTATE_ANNOTATION).cloned();
+    if current.is_none() {
+        let k = match pending.take() {
+            Some(p) => p,
+            None => KeyPair::generate_blocking(key_spec, comment(ctx, &uid)).await?,
+        };
+        if st.fingerprint.is_some() {
+            ctx.event(obj, true, "SecretRestored", format!("Secret {secret_name} lost its private key; a new key replaces it")).await;
+        }
+        retire_current(&mut st, grace);
+        adopt_key(&mut st, &k, obj);
+        st.rotate_request = rotate_request.clone();
+        let desired = run.desired_secret(&k, None);
+        run.write_secret(&desired).await?;
+        secret_state = Some(desired);
+        st.secret_name = Some(secret_name.clone());
+        patch_status(obj, ctx, &st).await?;
+        current = Some(k);
+    }
+    let Some(mut current) = current else { unreachable!("a key was just made") };
+
+    // Rotation: register the next key everywhere, then switch the Secret to it.
+    let manual = rotate_request.is_some() && rotate_request != st.rotate_request;
+    let scheduled = rotation_period(obj)
+        .zip(st.last_rotation_time.as_ref())
+        .is_some_and(|(p, last)| super::seconds_until(last) + p.as_secs() as i64 <= 0);
+    let kind_changed = !key_spec.matches(&current);
+    if manual || scheduled || kind_changed || pending.is_some() {
+        let next = match pending.take() {
+            Some(p) => p,
+            None => {
+                let k = KeyPair::generate_blocking(key_spec, comment(ctx, &uid)).await?;
+                let desired = run.desired_secret(&current, Some(&k));
+                run.write_secret(&desired).await?;
+                k
+            }
+        };
+        let mut keep: BTreeSet<String> = st.retiring_keys.iter().map(|r| r.fingerprint.clone()).collect();
+        keep.insert(current.fingerprint().into());
+        let regs = run.register(&next, &targets, true, &keep).await?;
+        let desired = run.desired_secret(&next, None);
+        run.write_secret(&desired).await?;
+        secret_state = Some(desired);
+        retire_current(&mut st, grace);
+        adopt_key(&mut st, &next, obj);
+        st.registrations = regs;
+        st.rotate_request = rotate_request.clone();
+        st.last_verified_time = Some(now());
+        let why = if manual { "requested by annotation" } else if kind_changed { "key type changed" } else { "scheduled" };
+        ctx.event(obj, false, "Rotated", format!("key rotated ({why}); new fingerprint {}", next.fingerprint())).await;
+        current = next;
+        list = false;
+    }
+
+    // Every target holds the current key; targets gone from the spec lose it.
+    let registered: BTreeSet<Target> = st.registrations.iter().map(target_of).collect();
+    let wanted: BTreeSet<Target> = targets.iter().cloned().collect();
+    if list || registered != wanted {
+        let keep: BTreeSet<String> = st.retiring_keys.iter().map(|r| r.fingerprint.clone()).collect();
+        let to_check: Vec<Target> = if list { targets.clone() } else { wanted.difference(&registered).cloned().collect() };
+        let mut regs: Vec<Registration> = st.registrations.iter().filter(|r| wanted.contains(&target_of(r)) && !to_check.contains(&target_of(r))).cloned().collect();
+        regs.extend(run.register(&current, &to_check, list, &keep).await?);
+        let removed: Vec<Registration> = st.registrations.iter().filter(|r| !wanted.contains(&target_of(r))).cloned().collect();
+        let removed_retiring: Vec<Registration> = st
+            .retiring_keys
+            .iter()
+            .flat_map(|k| k.registrations.iter())
+            .filter(|r| !wanted.contains(&target_of(r)))
+            .cloned()
+            .collect();
+        run.delete_registrations(&removed).await?;
+        run.delete_registrations(&removed_retiring).await?;
+        for r in &removed {
+            ctx.event(obj, false, "Unregistered", format!("access key removed from {}", target_of(r))).await;
+        }
+        for k in &mut st.retiring_keys {
+            k.registrations.retain(|r| wanted.contains(&target_of(r)));
+        }
+        regs.sort();
+        st.registrations = regs;
+        if list {
+            st.last_verified_time = Some(now());
+        }
+    }
+
+    // Old keys whose grace period is over.
+    let (due, keep): (Vec<RetiringKey>, Vec<RetiringKey>) =
+        st.retiring_keys.drain(..).partition(|k| super::seconds_until(&k.remove_after) <= 0);
+    st.retiring_keys = keep;
+    for k in &due {
+        run.delete_registrations(&k.registrations).await.inspect_err(|_| {})?;
+        ctx.event(obj, false, "RetiredKeyRemoved", format!("old key {} removed after its grace period", k.fingerprint)).await;
+    }
+
+    // The Secret as it should be (restores a hand edit).
+    let desired = run.desired_secret(&current, None);
+    if !secret_state.as_ref().is_some_and(|s| up_to_date(s, &desired)) {
+        run.write_secret(&desired).await?;
+        if secret_state.is_some() {
+            ctx.event(obj, false, "SecretRestored", format!("Secret {secret_name} was changed outside the operator and has been restored")).await;
+        }
+    }
+
+    st.secret_name = Some(secret_name);
+    st.observed_generation = generation;
+    st.next_rotation_time = rotation_period(obj).and_then(|p| {
+        st.last_rotation_time.as_ref().map(|t| k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(t.0 + jiff::SignedDuration::try_from(p).unwrap_or_default()))
+    });
+    let n = targets.len();
+    let ready = condition(
+        &st.conditions,
+        "Ready",
+        true,
+        "Registered",
+        format!("access key {} registered on {n} target{}", current.fingerprint(), if n == 1 { "" } else { "s" }),
+        generation,
+    );
+    set_condition(&mut st.conditions, ready);
+    if st != original {
+        patch_status(obj, ctx, &st).await?;
+    }
+
+    // Wake up for the next thing that is due.
+    let mut next = jitter(ctx.settings.drift_check_interval);
+    if let Some(t) = &st.next_rotation_time {
+        METRICS
+            .seconds_until_deadline
+            .get_or_create(&ObjectLabels { kind: "BitbucketAccessKey".into(), namespace: ns.clone(), name: obj.name_any() })
+            .set(super::seconds_until(t));
+        next = next.min(Duration::from_secs(super::seconds_until(t).max(1) as u64));
+    }
+    for k in &st.retiring_keys {
+        next = next.min(Duration::from_secs(super::seconds_until(&k.remove_after).max(1) as u64));
+    }
+    Ok(Action::requeue(next))
+}
+
+/// Deletion: with `Delete`, every key carrying this object's mark goes from every target it
+/// may be on; with `Retain`, the keys stay.
+async fn cleanup(obj: &BitbucketAccessKey, ctx: &Context) -> Result<Action> {
+    METRICS.seconds_until_deadline.remove(&ObjectLabels {
+        kind: "BitbucketAccessKey".into(),
+        namespace: obj.namespace().unwrap_or_default(),
+        name: obj.name_any(),
+    });
+    ctx.forget(obj);
+    if obj.spec.deletion_policy == DeletionPolicy::Retain {
+        return Ok(Action::await_change());
+    }
+    let ns = obj.namespace().unwrap_or_default();
+    let uid = obj.uid().unwrap_or_default();
+    let ws = resolve(ctx, &ns, &obj.spec.workspace_ref).await?;
+    let status = obj.status.clone().unwrap_or_default();
+    let mut all: BTreeSet<Target> = targets(obj).into_iter().collect();
+    all.extend(status.registrations.iter().map(target_of));
+    all.extend(status.retiring_keys.iter().flat_map(|k| k.registrations.iter().map(target_of)));
+    let mut removed = 0;
+    for target in all {
+        let keys = match ws.client.list_keys(&target).await {
+            Ok(k) => k,
+            Err(bitbucket::Error::RepositoryNotFound(_) | bitbucket::Error::ProjectNotFound(_)) => continue,
+            Err(e) => return Err(Error::bitbucket(&target, e)),
+        };
+        for k in keys.iter().filter(|k| is_ours(k, &uid)) {
+            ws.client.delete_key(&target, k.id).await.map_err(|e| Error::bitbucket(&target, e))?;
+            removed += 1;
+        }
+    }
+    tracing::info!(object = %super::display_name(obj), removed, "keys removed from Bitbucket");
+    Ok(Action::await_change())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_keys_with_this_uid_are_ours() {
+        let k = |c: &str| DeployKey { id: 1, key: "ssh-ed25519 AAAA".into(), comment: Some(c.into()), label: None };
+        assert!(is_ours(&k("bitbucket-credentials-operator cluster=a uid=123"), "123"));
+        assert!(!is_ours(&k("bitbucket-credentials-operator cluster=a uid=1234"), "123"));
+        assert!(!is_ours(&k("someone's laptop"), "123"));
+    }
+
+    #[test]
+    fn retiring_moves_the_current_key_with_its_registrations() {
+        let mut st = AccessKeyStatus {
+            fingerprint: Some("SHA256:old".into()),
+            registrations: vec![registration(&Target::Repository("api".into()), 7)],
+            ..Default::default()
+        };
+        retire_current(&mut st, Duration::from_secs(60));
+        assert_eq!(st.fingerprint, None);
+        assert!(st.registrations.is_empty());
+        assert_eq!(st.retiring_keys.len(), 1);
+        assert_eq!(st.retiring_keys[0].registrations[0].id, 7);
+        assert!(super::super::seconds_until(&st.retiring_keys[0].remove_after) > 50);
+    }
+}

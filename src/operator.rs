@@ -1,0 +1,291 @@
+//! The `run` command: the controllers, their watches, the metrics and health endpoints,
+//! leader election and graceful shutdown, wired together.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use axum::http::StatusCode;
+use axum::routing::get;
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Secret;
+use kube::runtime::controller::{Config as ControllerConfig, Controller};
+use kube::runtime::reflector::ObjectRef;
+use kube::core::PartialObjectMeta;
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client, ResourceExt};
+
+use crate::api::{
+    BitbucketAccessKey, BitbucketOAuthConsumer, BitbucketWorkspace, ClusterBitbucketWorkspace, MANAGED_BY_LABEL,
+    MANAGED_BY_VALUE, WorkspaceKind,
+};
+use crate::bitbucket::{Bitbucket, ClientOptions};
+use crate::controller::{Context, Settings, access_key, oauth_consumer, workspace};
+use crate::metrics::METRICS;
+use crate::telemetry::LogFormat;
+
+#[derive(clap::Args, Clone, Debug)]
+pub struct Config {
+    /// Name of this cluster, written into the comment of every key the operator registers.
+    #[arg(long, env = "BCO_CLUSTER_NAME", default_value = "kubernetes")]
+    pub cluster_name: String,
+    /// Namespace whose Secrets ClusterBitbucketWorkspaces may reference. Default: the
+    /// operator's own namespace (POD_NAMESPACE).
+    #[arg(long, env = "BCO_CLUSTER_RESOURCE_NAMESPACE")]
+    pub cluster_resource_namespace: Option<String>,
+    /// Comma-separated namespaces to serve. Default: all.
+    #[arg(long, env = "BCO_WATCH_NAMESPACES", value_delimiter = ',')]
+    pub watch_namespaces: Vec<String>,
+    #[arg(long, env = "BCO_METRICS_ADDR", default_value = "0.0.0.0:8080")]
+    pub metrics_addr: SocketAddr,
+    #[arg(long, env = "BCO_HEALTH_ADDR", default_value = "0.0.0.0:8081")]
+    pub health_addr: SocketAddr,
+    /// Run only while holding the `bitbucket-credentials-operator` Lease.
+    #[arg(long, env = "BCO_LEADER_ELECT", default_value_t = false)]
+    pub leader_elect: bool,
+    #[arg(long, env = "BCO_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    /// How often a Ready access key is compared with Bitbucket (drift repair).
+    #[arg(long, env = "BCO_DRIFT_CHECK_INTERVAL", default_value = "6h", value_parser = parse_go_duration)]
+    pub drift_check_interval: Duration,
+    /// Reconciles in flight at once, per controller.
+    #[arg(long, env = "BCO_CONCURRENCY", default_value_t = 16)]
+    pub concurrency: u16,
+    /// Timeout of one Bitbucket request.
+    #[arg(long, env = "BCO_BITBUCKET_TIMEOUT", default_value = "30s", value_parser = parse_go_duration)]
+    pub bitbucket_timeout: Duration,
+}
+
+fn parse_go_duration(s: &str) -> Result<Duration, String> {
+    crate::controller::parse_duration(s).ok_or_else(|| format!("not a duration: {s} (examples: 30s, 10m, 6h)"))
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("cannot connect to Kubernetes: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("cannot serve {0}: {1}")]
+    Serve(SocketAddr, std::io::Error),
+    #[error("Bitbucket client: {0}")]
+    Bitbucket(#[from] crate::bitbucket::Error),
+}
+
+/// Ready once every controller's watches have synced.
+#[derive(Default)]
+struct Health {
+    ready: AtomicBool,
+}
+
+async fn serve(addr: SocketAddr, router: Router) -> Result<(), RunError> {
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| RunError::Serve(addr, e))?;
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, router).await {
+            tracing::error!(error = %e, "http server stopped");
+        }
+    });
+    Ok(())
+}
+
+fn namespaced_api<K>(client: &Client, namespaces: &[String]) -> Vec<Api<K>>
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+{
+    if namespaces.is_empty() {
+        vec![Api::all(client.clone())]
+    } else {
+        namespaces.iter().map(|ns| Api::namespaced(client.clone(), ns)).collect()
+    }
+}
+
+pub async fn run(config: Config) -> Result<(), RunError> {
+    let client = Client::try_default().await?;
+    let cluster_resource_namespace = config
+        .cluster_resource_namespace
+        .clone()
+        .or_else(|| std::env::var("POD_NAMESPACE").ok())
+        .unwrap_or_else(|| client.default_namespace().to_string());
+    let settings = Settings {
+        cluster_name: config.cluster_name.clone(),
+        cluster_resource_namespace,
+        drift_check_interval: config.drift_check_interval,
+    };
+    let bitbucket = Arc::new(Bitbucket::new(ClientOptions { timeout: config.bitbucket_timeout, ..Default::default() })?);
+    let ctx = Arc::new(Context::new(client.clone(), bitbucket, settings));
+    let health = Arc::new(Health::default());
+
+    serve(
+        config.metrics_addr,
+        Router::new().route("/metrics", get(|| async { METRICS.encode() })),
+    )
+    .await?;
+    let h = health.clone();
+    serve(
+        config.health_addr,
+        Router::new().route("/healthz", get(|| async { "ok" })).route(
+            "/readyz",
+            get(move || {
+                let ready = h.ready.load(Ordering::Relaxed);
+                async move { if ready { (StatusCode::OK, "ready") } else { (StatusCode::SERVICE_UNAVAILABLE, "watches not synced") } }
+            }),
+        ),
+    )
+    .await?;
+
+    if config.leader_elect {
+        crate::leader::wait_for_leadership(&client).await?;
+    }
+    tracing::info!(cluster = %config.cluster_name, namespaces = ?config.watch_namespaces, "starting controllers");
+
+    let shutdown = async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {},
+            _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => futures::future::pending::<()>().await } } => {},
+        }
+        tracing::info!("shutting down");
+    };
+    let shutdown = futures::future::FutureExt::shared(Box::pin(shutdown));
+    let ctrl_config = ControllerConfig::default().concurrency(config.concurrency);
+    let secret_selector = format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}");
+    let mut tasks = Vec::new();
+    let mut syncs = Syncs::default();
+
+    for api in namespaced_api::<BitbucketAccessKey>(&client, &config.watch_namespaces) {
+        let ns = api.namespace().map(String::from);
+        let secrets: Api<PartialObjectMeta<Secret>> = match &ns {
+            Some(ns) => Api::namespaced(client.clone(), ns),
+            None => Api::all(client.clone()),
+        };
+        let workspaces: Api<BitbucketWorkspace> = match &ns {
+            Some(ns) => Api::namespaced(client.clone(), ns),
+            None => Api::all(client.clone()),
+        };
+        // Secrets are watched as metadata only, and only those the operator labels: a
+        // cluster full of other Secrets costs nothing.
+        let secret_events = watcher(secrets, watcher::Config::default().labels(&secret_selector))
+            .default_backoff()
+            .modify(|s| s.managed_fields_mut().clear())
+            .touched_objects();
+        let controller = Controller::new(api, watcher::Config::default().any_semantic())
+            .with_config(ctrl_config.clone())
+            .owns_stream(secret_events);
+        let store = controller.store();
+        syncs.push(store.clone());
+        let by_ws = store.clone();
+        let controller = controller
+            .watches(workspaces, watcher::Config::default(), move |ws: BitbucketWorkspace| {
+                let (name, ns) = (ws.name_any(), ws.namespace());
+                by_ws
+                    .state()
+                    .into_iter()
+                    .filter(|k| {
+                        k.spec.workspace_ref.kind == WorkspaceKind::BitbucketWorkspace
+                            && k.spec.workspace_ref.name == name
+                            && k.namespace() == ns
+                    })
+                    .map(|k| ObjectRef::from_obj(&*k))
+                    .collect::<Vec<_>>()
+            });
+        let by_cws = store.clone();
+        let controller = controller.watches(
+            Api::<ClusterBitbucketWorkspace>::all(client.clone()),
+            watcher::Config::default(),
+            move |ws: ClusterBitbucketWorkspace| {
+                let name = ws.name_any();
+                by_cws
+                    .state()
+                    .into_iter()
+                    .filter(|k| k.spec.workspace_ref.kind == WorkspaceKind::ClusterBitbucketWorkspace && k.spec.workspace_ref.name == name)
+                    .map(|k| ObjectRef::from_obj(&*k))
+                    .collect::<Vec<_>>()
+            },
+        );
+        tasks.push(
+            controller
+                .graceful_shutdown_on(shutdown.clone())
+                .run(access_key::reconcile, workspace::error_policy, ctx.clone())
+                .for_each(|_| futures::future::ready(()))
+                .boxed(),
+        );
+    }
+
+    for api in namespaced_api::<BitbucketOAuthConsumer>(&client, &config.watch_namespaces) {
+        let ns = api.namespace().map(String::from);
+        let secrets: Api<PartialObjectMeta<Secret>> = match &ns {
+            Some(ns) => Api::namespaced(client.clone(), ns),
+            None => Api::all(client.clone()),
+        };
+        let secret_events = watcher(secrets, watcher::Config::default().labels(&secret_selector))
+            .default_backoff()
+            .modify(|s| s.managed_fields_mut().clear())
+            .touched_objects();
+        let controller = Controller::new(api, watcher::Config::default().any_semantic())
+            .with_config(ctrl_config.clone())
+            .owns_stream(secret_events);
+        syncs.push_oauth(controller.store());
+        tasks.push(
+            controller
+                .graceful_shutdown_on(shutdown.clone())
+                .run(oauth_consumer::reconcile, workspace::error_policy, ctx.clone())
+                .for_each(|_| futures::future::ready(()))
+                .boxed(),
+        );
+    }
+
+    for api in namespaced_api::<BitbucketWorkspace>(&client, &config.watch_namespaces) {
+        tasks.push(
+            Controller::new(api, watcher::Config::default().any_semantic())
+                .with_config(ctrl_config.clone())
+                .graceful_shutdown_on(shutdown.clone())
+                .run(workspace::reconcile_namespaced, workspace::error_policy, ctx.clone())
+                .for_each(|_| futures::future::ready(()))
+                .boxed(),
+        );
+    }
+    tasks.push(
+        Controller::new(Api::<ClusterBitbucketWorkspace>::all(client.clone()), watcher::Config::default().any_semantic())
+            .with_config(ctrl_config.clone())
+            .graceful_shutdown_on(shutdown.clone())
+            .run(workspace::reconcile_cluster, workspace::error_policy, ctx.clone())
+            .for_each(|_| futures::future::ready(()))
+            .boxed(),
+    );
+
+    let h = health.clone();
+    tokio::spawn(async move {
+        syncs.wait_ready().await;
+        h.ready.store(true, Ordering::Relaxed);
+        tracing::info!("watches synced; ready");
+    });
+    futures::future::join_all(tasks).await;
+    tracing::info!("controllers stopped");
+    Ok(())
+}
+
+use futures::FutureExt as _;
+
+/// The stores whose initial sync `/readyz` waits for.
+#[derive(Default)]
+struct Syncs {
+    access_keys: Vec<kube::runtime::reflector::Store<BitbucketAccessKey>>,
+    oauth: Vec<kube::runtime::reflector::Store<BitbucketOAuthConsumer>>,
+}
+
+impl Syncs {
+    fn push(&mut self, s: kube::runtime::reflector::Store<BitbucketAccessKey>) {
+        self.access_keys.push(s);
+    }
+    fn push_oauth(&mut self, s: kube::runtime::reflector::Store<BitbucketOAuthConsumer>) {
+        self.oauth.push(s);
+    }
+    async fn wait_ready(self) {
+        for s in self.access_keys {
+            let _ = s.wait_until_ready().await;
+        }
+        for s in self.oauth {
+            let _ = s.wait_until_ready().await;
+        }
+    }
+}

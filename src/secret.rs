@@ -1,0 +1,186 @@
+//! What the operator writes into Secrets: the layouts CI systems read.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+
+use crate::api::{AccessKeyFormat, MANAGED_BY_LABEL, MANAGED_BY_VALUE, SecretMetadata, TokenFormat};
+use crate::keys::KeyPair;
+
+pub const SSH_AUTH_TYPE: &str = "kubernetes.io/ssh-auth";
+pub const BASIC_AUTH_TYPE: &str = "kubernetes.io/basic-auth";
+/// Where a rotation's new private key waits, persisted before it is registered, until the
+/// Secret switches to it.
+pub const PENDING_KEY: &str = "rotation-pending-privatekey";
+pub const TOKEN_USERNAME: &str = "x-token-auth";
+
+/// Where the access key's Secret points SSH clients.
+pub struct SshTarget<'a> {
+    pub ssh_host: &'a str,
+    pub known_hosts: &'a str,
+    pub workspace: &'a str,
+}
+
+/// The data, labels and annotations of an access key's Secret.
+pub fn access_key_secret(
+    name: &str,
+    namespace: &str,
+    owner: OwnerReference,
+    formats: &[AccessKeyFormat],
+    user: &SecretMetadata,
+    key: &KeyPair,
+    pending: Option<&KeyPair>,
+    target: &SshTarget<'_>,
+) -> Secret {
+    let mut data = BTreeMap::new();
+    let mut labels = user.labels.clone();
+    let mut annotations = user.annotations.clone();
+    let private = || ByteString(key.private_openssh().expose().as_bytes().to_vec());
+    let public = || ByteString(format!("{}\n", key.public_key()).into_bytes());
+    let known_hosts = ByteString(known_hosts_for(target.known_hosts, target.ssh_host).into_bytes());
+    // The type kubernetes.io/ssh-auth requires `ssh-privatekey` whatever the formats.
+    data.insert("ssh-privatekey".into(), private());
+    for f in formats {
+        match f {
+            AccessKeyFormat::SshAuth => {
+                data.insert("ssh-publickey".into(), public());
+                data.insert("known_hosts".into(), known_hosts.clone());
+            }
+            AccessKeyFormat::Flux => {
+                data.insert("identity".into(), private());
+                data.insert("identity.pub".into(), public());
+                data.insert("known_hosts".into(), known_hosts.clone());
+            }
+            AccessKeyFormat::Tekton => {
+                annotations.insert("tekton.dev/git-0".into(), target.ssh_host.into());
+            }
+            AccessKeyFormat::Jenkins => {
+                labels.insert("jenkins.io/credentials-type".into(), "basicSSHUserPrivateKey".into());
+                data.insert("username".into(), ByteString(b"git".to_vec()));
+                data.insert("privateKey".into(), private());
+            }
+            AccessKeyFormat::Argocd => {
+                labels.insert("argocd.argoproj.io/secret-type".into(), "repo-creds".into());
+                data.insert("url".into(), ByteString(format!("git@{}:{}/", target.ssh_host, target.workspace).into_bytes()));
+                data.insert("sshPrivateKey".into(), private());
+                data.insert("type".into(), ByteString(b"git".to_vec()));
+            }
+        }
+    }
+    if let Some(p) = pending {
+        data.insert(PENDING_KEY.into(), ByteString(p.private_openssh().expose().as_bytes().to_vec()));
+    }
+    labels.insert(MANAGED_BY_LABEL.into(), MANAGED_BY_VALUE.into());
+    Secret {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            namespace: Some(namespace.into()),
+            labels: Some(labels),
+            annotations: (!annotations.is_empty()).then_some(annotations),
+            owner_references: Some(vec![owner]),
+            ..Default::default()
+        },
+        type_: Some(SSH_AUTH_TYPE.into()),
+        data: Some(data),
+        ..Default::default()
+    }
+}
+
+/// known_hosts lines, rewritten for a non-default port as `[host]:port` the way OpenSSH
+/// looks them up.
+pub fn known_hosts_for(known_hosts: &str, ssh_host: &str) -> String {
+    let mut out = known_hosts.trim_end().to_string();
+    out.push('\n');
+    if let Some((host, port)) = ssh_host.rsplit_once(':')
+        && port.chars().all(|c| c.is_ascii_digit())
+        && !host.contains(':')
+    {
+        let bracketed = format!("[{host}]:{port}");
+        out = out
+            .lines()
+            .map(|l| match l.split_once(' ') {
+                Some((h, rest)) if h == host || h == ssh_host => format!("{bracketed} {rest}\n"),
+                _ => format!("{l}\n"),
+            })
+            .collect();
+    }
+    out
+}
+
+/// The data of an OAuth token Secret, and its type.
+pub fn token_secret(
+    name: &str,
+    namespace: &str,
+    owner: OwnerReference,
+    formats: &[TokenFormat],
+    user: &SecretMetadata,
+    token: &str,
+    git_host: &str,
+) -> Secret {
+    let mut data = BTreeMap::new();
+    let mut type_ = "Opaque";
+    for f in formats {
+        match f {
+            TokenFormat::Token => {
+                data.insert("token".into(), ByteString(token.as_bytes().to_vec()));
+            }
+            TokenFormat::BasicAuth => {
+                type_ = BASIC_AUTH_TYPE;
+                data.insert("username".into(), ByteString(TOKEN_USERNAME.as_bytes().to_vec()));
+                data.insert("password".into(), ByteString(token.as_bytes().to_vec()));
+            }
+            TokenFormat::GitCredentials => {
+                data.insert(
+                    ".git-credentials".into(),
+                    ByteString(format!("https://{TOKEN_USERNAME}:{token}@{git_host}\n").into_bytes()),
+                );
+            }
+        }
+    }
+    let mut labels = user.labels.clone();
+    labels.insert(MANAGED_BY_LABEL.into(), MANAGED_BY_VALUE.into());
+    Secret {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            namespace: Some(namespace.into()),
+            labels: Some(labels),
+            annotations: (!user.annotations.is_empty()).then(|| user.annotations.clone()),
+            owner_references: Some(vec![owner]),
+            ..Default::default()
+        },
+        type_: Some(type_.into()),
+        data: Some(data),
+        ..Default::default()
+    }
+}
+
+/// Whether `actual` already holds everything `desired` says (data equal, labels and
+/// annotations present, same type and owner), so a write would change nothing.
+pub fn up_to_date(actual: &Secret, desired: &Secret) -> bool {
+    let subset = |want: &Option<BTreeMap<String, String>>, have: &Option<BTreeMap<String, String>>| {
+        want.iter().flatten().all(|(k, v)| have.as_ref().and_then(|h| h.get(k)) == Some(v))
+    };
+    actual.data == desired.data
+        && actual.type_ == desired.type_
+        && subset(&desired.metadata.labels, &actual.metadata.labels)
+        && subset(&desired.metadata.annotations, &actual.metadata.annotations)
+        && desired
+            .metadata
+            .owner_references
+            .iter()
+            .flatten()
+            .all(|o| actual.metadata.owner_references.iter().flatten().any(|a| a.uid == o.uid))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn known_hosts_use_brackets_for_a_port() {
+        assert_eq!(known_hosts_for("localhost ssh-ed25519 AAAA", "localhost:2222"), "[localhost]:2222 ssh-ed25519 AAAA\n");
+        assert_eq!(known_hosts_for("bitbucket.org ssh-ed25519 AAAA\n", "bitbucket.org"), "bitbucket.org ssh-ed25519 AAAA\n");
+    }
+}

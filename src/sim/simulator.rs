@@ -1,0 +1,446 @@
+//! The request pipeline: faults, authentication, rate limit, scopes, then the endpoint.
+//! Independent of the HTTP server, so it can be driven directly by tests.
+
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::Instant;
+
+use axum::http::header::{HOST, WWW_AUTHENTICATE};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
+use axum::body::Bytes;
+
+use super::SimError;
+use super::auth::{AuthFailure, Credentials, authenticate_client, missing_scopes, parse_authorization, required_scopes};
+use super::catalog::Catalog;
+use super::config::SimConfig;
+use super::deploy_keys::{self, Context};
+use super::faults::{FaultPlan, Faults};
+use super::inspect;
+use super::model;
+use super::oauth;
+use super::ratelimit::RateLimiter;
+use super::recorder::{RecordedRequest, RequestLog};
+use super::response::SimResponse;
+use super::routes::{Operation, Resolved, Route, parse_route, resolve};
+use super::state::State;
+
+/// One HTTP request as the simulator sees it.
+#[derive(Debug, Clone)]
+pub struct SimRequest {
+    pub method: Method,
+    /// Raw (percent-encoded) path.
+    pub path: String,
+    pub query: Option<String>,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+pub struct Simulator {
+    pub(super) catalog: Catalog,
+    pub(super) credentials: Credentials,
+    pub(super) default_pagelen: u32,
+    pub(super) state: Mutex<State>,
+    pub(super) limiter: Mutex<RateLimiter>,
+    pub(super) faults: Mutex<Faults>,
+    pub(super) log: Mutex<RequestLog>,
+    /// Used for absolute URLs when a request has no usable Host header.
+    fallback_base: String,
+}
+
+/// Locks ignoring poisoning: every critical section leaves the data consistent, so a
+/// panic elsewhere must not take the simulator down with it.
+pub(super) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Simulator {
+    pub fn new(config: SimConfig) -> Result<Self, SimError> {
+        config.validate()?;
+        let seed = config.seed.unwrap_or_else(rand::random);
+        tracing::info!(seed, "fault injection seed (set `seed` in the config to replay)");
+        let state = State::load_or_new(config.oauth_consumers.clone(), config.state_path.clone())?;
+        Ok(Self {
+            catalog: Catalog::from_config(&config),
+            credentials: Credentials {
+                api_tokens: config.api_tokens.clone(),
+                access_tokens: config.access_tokens.clone(),
+            },
+            default_pagelen: config.pagelen(),
+            state: Mutex::new(state),
+            limiter: Mutex::new(RateLimiter::new(config.rate_limit)),
+            faults: Mutex::new(Faults::new(config.faults, seed)),
+            log: Mutex::new(RequestLog::new(config.request_log_size())),
+            fallback_base: "http://localhost".into(),
+        })
+    }
+
+    /// Sets the base URL used when a request carries no Host header.
+    pub fn with_fallback_base(mut self, base: impl Into<String>) -> Self {
+        self.fallback_base = base.into();
+        self
+    }
+
+    pub async fn handle(&self, request: SimRequest) -> SimResponse {
+        if inspect::is_inspection(&request.path) {
+            // Test plumbing: no faults, no auth, not counted.
+            return inspect::handle(self, &request);
+        }
+        let route = parse_route(&request.path);
+        let resolved = resolve(&route, &request.method);
+        let plan = if is_api_path(&request.path) {
+            lock(&self.faults).plan()
+        } else {
+            FaultPlan::default()
+        };
+        if !plan.latency.is_zero() {
+            tokio::time::sleep(plan.latency).await;
+        }
+        let (response, credential) = if let Some(status) = plan.server_error {
+            let message = status.canonical_reason().unwrap_or("Something went wrong");
+            (
+                SimResponse::bitbucket_error(status, message),
+                self.identify(&request, &resolved),
+            )
+        } else if plan.rate_limit_burst {
+            (SimResponse::rate_limited(), self.identify(&request, &resolved))
+        } else {
+            self.process(&request, &route, &resolved)
+        };
+        self.record(&request, resolved.kind(), response.status, credential);
+        if let Some(hold) = plan.hold_answer {
+            // The request already took effect; only the answer is late.
+            tokio::time::sleep(hold).await;
+        }
+        response
+    }
+
+    fn process(
+        &self,
+        request: &SimRequest,
+        route: &Route,
+        resolved: &Resolved,
+    ) -> (SimResponse, Option<String>) {
+        let op = match resolved {
+            Resolved::NotFound => {
+                return (
+                    SimResponse::bitbucket_error(StatusCode::NOT_FOUND, "Resource not found"),
+                    None,
+                );
+            }
+            Resolved::MethodNotAllowed { allow } => {
+                let response = SimResponse::bitbucket_error(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    &format!("Method {} not allowed", request.method),
+                )
+                .with_header(axum::http::header::ALLOW, HeaderValue::from_static(allow));
+                return (response, None);
+            }
+            Resolved::Op(op) => *op,
+        };
+        if op == Operation::Token {
+            return self.issue_token(request);
+        }
+
+        let authorization = parse_authorization(&request.headers);
+        let now = jiff::Timestamp::now();
+        let authenticated = self.credentials.authenticate(
+            &authorization,
+            token_in_query(request.query.as_deref()),
+            &lock(&self.state),
+            now.as_millisecond(),
+        );
+        let principal = match authenticated {
+            Ok(principal) => principal,
+            Err(AuthFailure::Unauthorized(message)) => {
+                let response = SimResponse::bitbucket_error(StatusCode::UNAUTHORIZED, &message)
+                    .with_header(
+                        WWW_AUTHENTICATE,
+                        HeaderValue::from_static("Basic realm=\"Bitbucket.org HTTP\""),
+                    );
+                return (response, None);
+            }
+            Err(AuthFailure::Forbidden(message)) => {
+                return (
+                    SimResponse::bitbucket_error(StatusCode::FORBIDDEN, &message),
+                    self.credentials.access_token_name(&authorization),
+                );
+            }
+        };
+        let credential = principal.credential.id().to_owned();
+        if !lock(&self.limiter).admit(&credential, Instant::now()) {
+            return (SimResponse::rate_limited(), Some(credential));
+        }
+        let missing = missing_scopes(required_scopes(op, &principal.credential), &principal.scopes);
+        if !missing.is_empty() {
+            let message = format!(
+                "Your credentials lack one or more required privilege scopes: {}.",
+                missing.join(", ")
+            );
+            let detail = format!(
+                "Required: {}. Granted: {}.",
+                required_scopes(op, &principal.credential).join(", "),
+                principal.scopes.join(", ")
+            );
+            let body = model::error_body(&message, Some(&detail), None);
+            return (SimResponse::json(StatusCode::FORBIDDEN, &body), Some(credential));
+        }
+        let base = self.base_url(&request.headers);
+        let mut state = lock(&self.state);
+        let response = deploy_keys::handle(
+            op,
+            route,
+            request.query.as_deref(),
+            &request.body,
+            Context {
+                catalog: &self.catalog,
+                state: &mut state,
+                principal: &principal,
+                base: &base,
+                default_pagelen: self.default_pagelen,
+                now,
+            },
+        );
+        (response, Some(credential))
+    }
+
+    fn issue_token(&self, request: &SimRequest) -> (SimResponse, Option<String>) {
+        let authorization = parse_authorization(&request.headers);
+        let consumer = match authenticate_client(&authorization, lock(&self.state).consumers()) {
+            Ok(consumer) => consumer.clone(),
+            Err(description) => return (oauth::oauth_error("invalid_client", &description), None),
+        };
+        let credential = Some(consumer.key.clone());
+        // Token requests spend the consumer's budget like any other call.
+        if !lock(&self.limiter).admit(&consumer.key, Instant::now()) {
+            return (SimResponse::rate_limited(), credential);
+        }
+        if let Err(response) = oauth::check_grant(&request.body) {
+            return (response, credential);
+        }
+        let now = jiff::Timestamp::now();
+        let (token, record) = oauth::mint(&consumer, now.as_millisecond());
+        let digest = record.digest.clone();
+        let mut state = lock(&self.state);
+        state.insert_token(record, now.as_millisecond());
+        if let Err(response) = deploy_keys::persist(&state, now) {
+            state.remove_token(&digest);
+            return (response, credential);
+        }
+        (oauth::token_response(&consumer, &token), credential)
+    }
+
+    /// Who a request claims to be, without counting it anywhere (for requests answered
+    /// by an injected fault).
+    fn identify(&self, request: &SimRequest, resolved: &Resolved) -> Option<String> {
+        let authorization = parse_authorization(&request.headers);
+        let state = lock(&self.state);
+        if *resolved == Resolved::Op(Operation::Token) {
+            return authenticate_client(&authorization, state.consumers())
+                .ok()
+                .map(|c| c.key.clone());
+        }
+        match self.credentials.authenticate(
+            &authorization,
+            false,
+            &state,
+            jiff::Timestamp::now().as_millisecond(),
+        ) {
+            Ok(principal) => Some(principal.credential.id().to_owned()),
+            Err(_) => self.credentials.access_token_name(&authorization),
+        }
+    }
+
+    fn record(
+        &self,
+        request: &SimRequest,
+        endpoint: &'static str,
+        status: StatusCode,
+        credential: Option<String>,
+    ) {
+        let entry = RecordedRequest {
+            method: request.method.to_string(),
+            path: request.path.clone(),
+            endpoint,
+            status: status.as_u16(),
+            credential,
+            timestamp: jiff::Timestamp::now().to_string(),
+        };
+        tracing::debug!(
+            method = %entry.method,
+            path = %entry.path,
+            status = entry.status,
+            credential = entry.credential.as_deref().unwrap_or("-"),
+            "request"
+        );
+        lock(&self.log).record(entry);
+    }
+
+    /// `http://<Host>` as the client addressed us, so absolute URLs in answers work
+    /// whatever name or port the client used.
+    fn base_url(&self, headers: &HeaderMap) -> String {
+        let host = headers
+            .get(HOST)
+            .and_then(|h| h.to_str().ok())
+            .filter(|h| is_plausible_host(h));
+        let scheme = match headers.get("x-forwarded-proto").and_then(|h| h.to_str().ok()) {
+            Some("https") => "https",
+            _ => "http",
+        };
+        match host {
+            Some(host) => format!("{scheme}://{host}"),
+            None => self.fallback_base.clone(),
+        }
+    }
+}
+
+/// Faults hit only the Bitbucket API surface, never the test plumbing.
+fn is_api_path(path: &str) -> bool {
+    path.starts_with("/2.0/") || path.starts_with("/site/")
+}
+
+fn token_in_query(query: Option<&str>) -> bool {
+    query.is_some_and(|q| {
+        url::form_urlencoded::parse(q.as_bytes()).any(|(name, _)| name == "access_token")
+    })
+}
+
+/// A Host header we are willing to echo into URLs (no injection of paths or spaces).
+fn is_plausible_host(host: &str) -> bool {
+    !host.is_empty()
+        && host.len() <= 255
+        && host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']' | '_'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::header::AUTHORIZATION;
+    use base64::Engine as _;
+    use proptest::prelude::*;
+
+    const CONFIG: &str = r#"
+workspaces:
+  - slug: acme
+    repositories: [{slug: api, project: CORE}]
+    projects: [{key: CORE}]
+apiTokens:
+  - {email: admin@acme.test, token: tok-admin, scopes: [admin:repository:bitbucket, write:ssh-key:bitbucket, delete:ssh-key:bitbucket, admin:project:bitbucket]}
+oauthConsumers:
+  - {key: ck, secret: cs, scopes: [repository:admin, project:admin]}
+accessTokens: [{token: repo-access-token}]
+seed: 1
+"#;
+
+    fn sim() -> Simulator {
+        let config = SimConfig::from_yaml(CONFIG).expect("config");
+        Simulator::new(config).expect("simulator")
+    }
+
+    fn request(method: Method, path: &str, auth: Option<&str>, body: &[u8]) -> SimRequest {
+        let mut headers = HeaderMap::new();
+        if let Some(auth) = auth.and_then(|a| HeaderValue::from_str(a).ok()) {
+            headers.insert(AUTHORIZATION, auth);
+        }
+        let (path, query) = match path.split_once('?') {
+            Some((p, q)) => (p.to_owned(), Some(q.to_owned())),
+            None => (path.to_owned(), None),
+        };
+        SimRequest {
+            method,
+            path,
+            query,
+            headers,
+            body: Bytes::copy_from_slice(body),
+        }
+    }
+
+    fn admin() -> String {
+        let basic = base64::engine::general_purpose::STANDARD.encode("admin@acme.test:tok-admin");
+        format!("Basic {basic}")
+    }
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .expect("runtime")
+    }
+
+    #[test]
+    fn create_list_delete_round_trip() {
+        let sim = sim();
+        let rt = runtime();
+        let key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIIazEu89wgQZ4bqs3d63QSMzYVa0MuJ2e2gKTKqu+UUO me@host";
+        let body = serde_json::to_vec(&serde_json::json!({"key": key, "label": "ci"})).unwrap_or_default();
+        let created = rt.block_on(sim.handle(request(
+            Method::POST,
+            "/2.0/repositories/acme/api/deploy-keys",
+            Some(&admin()),
+            &body,
+        )));
+        assert_eq!(created.status, StatusCode::OK);
+        let value: serde_json::Value = serde_json::from_slice(&created.body).expect("json");
+        assert_eq!(value["comment"], "me@host");
+        let id = value["id"].as_u64().expect("id");
+        let deleted = rt.block_on(sim.handle(request(
+            Method::DELETE,
+            &format!("/2.0/repositories/acme/api/deploy-keys/{id}"),
+            Some(&admin()),
+            b"",
+        )));
+        assert_eq!(deleted.status, StatusCode::NO_CONTENT);
+        assert!(deleted.body.is_empty());
+    }
+
+    #[test]
+    fn access_token_in_query_is_refused() {
+        let sim = sim();
+        let response = runtime().block_on(sim.handle(request(
+            Method::GET,
+            "/2.0/repositories/acme/api/deploy-keys?access_token=whatever",
+            Some(&admin()),
+            b"",
+        )));
+        assert_eq!(response.status, StatusCode::UNAUTHORIZED);
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+        /// The whole pipeline, from raw method/path/query/headers/body to an answer,
+        /// never panics and never answers a 2xx to garbage it cannot have accepted.
+        #[test]
+        fn arbitrary_requests_never_panic(
+            method in prop::sample::select(vec!["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "X"]),
+            path in prop::sample::select(vec![
+                "/2.0/repositories/acme/api/deploy-keys",
+                "/2.0/repositories/acme/api/deploy-keys/1",
+                "/2.0/repositories/acme/nope/deploy-keys",
+                "/2.0/workspaces/acme/projects/CORE/deploy-keys",
+                "/2.0/workspaces/acme/projects/CORE/deploy-keys/1",
+                "/site/oauth2/access_token",
+                "/_sim/keys",
+                "/_sim/faults",
+                "/_sim/rate-limit",
+                "/_sim/oauth-consumers",
+                "/_sim/authorized",
+                "/_sim/authorized-keys",
+                "/_sim/keys/1",
+            ]).prop_map(str::to_owned).prop_union("(/[%-~]{0,10}){0,8}".boxed()),
+            query in prop::option::of(".{0,40}"),
+            auth in prop::option::of(prop::sample::select(vec![
+                "admin", "Basic Y2s6Y3M=", "Bearer repo-access-token", "Bearer tok-admin", "Basic !!!", "garbage",
+            ])),
+            body in prop::collection::vec(any::<u8>(), 0..300),
+        ) {
+            let sim = sim();
+            let auth = auth.map(|a| if a == "admin" { admin() } else { a.to_owned() });
+            let Ok(method) = Method::from_bytes(method.as_bytes()) else { return Ok(()) };
+            let mut req = request(method, &path, auth.as_deref(), &body);
+            req.query = query;
+            let response = runtime().block_on(sim.handle(req));
+            prop_assert!(response.status.as_u16() >= 200);
+        }
+    }
+}
