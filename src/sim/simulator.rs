@@ -427,7 +427,7 @@ seed: 1
                 "/_sim/authorized",
                 "/_sim/authorized-keys",
                 "/_sim/keys/1",
-            ]).prop_map(str::to_owned).prop_union("(/[%-~]{0,10}){0,8}".boxed()),
+            ]).prop_map(str::to_owned).boxed().prop_union("(/[%-~]{0,10}){0,8}".boxed()),
             query in prop::option::of(".{0,40}"),
             auth in prop::option::of(prop::sample::select(vec![
                 "admin", "Basic Y2s6Y3M=", "Bearer repo-access-token", "Bearer tok-admin", "Basic !!!", "garbage",

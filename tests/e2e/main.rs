@@ -1,0 +1,8 @@
+//! Integration tests against a real kube-apiserver, the real `bitbucket-sim` and the
+//! operator binary, as a user runs them.
+
+mod support;
+
+mod access_key;
+mod control_plane;
+mod validation;

@@ -1,0 +1,475 @@
+//! The test harness: a real control plane (etcd + kube-apiserver + kube-controller-manager
+//! built from the published Go modules) shared by the whole test binary, and per test a
+//! namespace, a `bitbucket-sim` and an operator process confined to that namespace.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::{Namespace, Secret};
+use kube::api::{DynamicObject, Patch, PatchParams, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::discovery::{ApiResource, Discovery};
+use kube::{Api, Client, Config};
+use serde_json::json;
+
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub struct Cluster {
+    pub kubeconfig: PathBuf,
+    pub dir: PathBuf,
+    _lifeline: Option<Mutex<ChildStdin>>,
+}
+
+static CLUSTER: OnceLock<Cluster> = OnceLock::new();
+
+/// The shared control plane, started on first use. `BCO_TEST_KUBECONFIG` reuses one that
+/// is already running (`make cluster-up`).
+pub fn cluster() -> &'static Cluster {
+    CLUSTER.get_or_init(|| {
+        if let Ok(kc) = std::env::var("BCO_TEST_KUBECONFIG") {
+            let c = Cluster { kubeconfig: kc.into(), dir: std::env::temp_dir(), _lifeline: None };
+            install_crds(&c.kubeconfig);
+            return c;
+        }
+        let dir = tempfile::Builder::new().prefix("bco-cluster-").tempdir().expect("tempdir").keep();
+        let mut child = Command::new("bash")
+            .arg(root().join("hack/cluster.sh"))
+            .args(["run", dir.to_str().unwrap(), "--stdin-lifeline"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start hack/cluster.sh");
+        // The script stops the control plane when our end of its stdin closes, which the
+        // kernel does when this test process exits, however it exits.
+        let stdin = child.stdin.take().expect("stdin");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let deadline = Instant::now() + Duration::from_secs(1800);
+        loop {
+            assert!(Instant::now() < deadline, "control plane did not start");
+            match lines.next() {
+                Some(Ok(line)) => {
+                    eprintln!("{line}");
+                    if line.starts_with("control plane ready") {
+                        break;
+                    }
+                }
+                _ => panic!("hack/cluster.sh exited before the control plane was ready"),
+            }
+        }
+        std::thread::spawn(move || for _ in lines {});
+        let c = Cluster { kubeconfig: dir.join("kubeconfig"), dir, _lifeline: Some(Mutex::new(stdin)) };
+        install_crds(&c.kubeconfig);
+        c
+    })
+}
+
+fn install_crds(kubeconfig: &Path) {
+    let out = kubectl(kubeconfig, &["apply", "--server-side", "--force-conflicts", "-f", root().join("crds").to_str().unwrap()]);
+    assert!(out.status.success(), "installing CRDs failed: {}", String::from_utf8_lossy(&out.stderr));
+    let out = kubectl(kubeconfig, &["wait", "--for=condition=Established", "crd", "--all", "--timeout=60s"]);
+    assert!(out.status.success(), "CRDs not Established: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+pub fn kubectl(kubeconfig: &Path, args: &[&str]) -> std::process::Output {
+    Command::new("kubectl").env("KUBECONFIG", kubeconfig).args(args).output().expect("run kubectl")
+}
+
+/// `kubectl apply -f -` of a YAML document; the output (stdout + stderr) and success.
+pub fn kubectl_apply(kubeconfig: &Path, namespace: &str, yaml: &str) -> (bool, String) {
+    let mut child = Command::new("kubectl")
+        .env("KUBECONFIG", kubeconfig)
+        .args(["apply", "-n", namespace, "-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("kubectl");
+    child.stdin.take().unwrap().write_all(yaml.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    (out.status.success(), text)
+}
+
+pub async fn client() -> Client {
+    let kc = Kubeconfig::read_from(&cluster().kubeconfig).expect("kubeconfig");
+    let config = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await.expect("config");
+    Client::try_from(config).expect("client")
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A child process killed when dropped.
+pub struct Proc {
+    pub child: Child,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A running `bitbucket-sim`.
+pub struct Sim {
+    pub url: String,
+    pub proc: Proc,
+    pub http: reqwest::Client,
+}
+
+impl Sim {
+    pub fn start(dir: &Path, config: &str) -> Sim {
+        let cfg = dir.join("sim.yaml");
+        std::fs::write(&cfg, config).unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_bitbucket-sim"))
+            .args(["--config", cfg.to_str().unwrap(), "--state", dir.join("sim-state.json").to_str().unwrap()])
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(dir.join("sim.log")).unwrap())
+            .spawn()
+            .expect("start bitbucket-sim");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        let url = line.trim().strip_prefix("listening on ").expect("sim prints its address").to_string();
+        Sim { url, proc: Proc { child }, http: reqwest::Client::new() }
+    }
+
+    /// Every key the simulator holds, from its inspection API.
+    pub async fn keys(&self) -> Vec<serde_json::Value> {
+        let v: serde_json::Value = self.http.get(format!("{}/_sim/keys", self.url)).send().await.unwrap().json().await.unwrap();
+        match v {
+            serde_json::Value::Array(a) => a,
+            other => other.get("keys").and_then(|k| k.as_array()).cloned().unwrap_or_default(),
+        }
+    }
+
+    pub async fn requests(&self) -> serde_json::Value {
+        self.http.get(format!("{}/_sim/requests", self.url)).send().await.unwrap().json().await.unwrap()
+    }
+
+    pub async fn total_requests(&self) -> u64 {
+        self.requests().await["total"].as_u64().unwrap_or(0)
+    }
+
+    pub async fn delete_key(&self, id: i64) {
+        let r = self.http.delete(format!("{}/_sim/keys/{id}", self.url)).send().await.unwrap();
+        assert!(r.status().is_success(), "delete key {id}: {}", r.status());
+    }
+}
+
+pub const SIM_CONFIG: &str = r#"
+workspaces:
+  - slug: acme
+    repositories: [{slug: api, project: CORE}, {slug: web, project: CORE}, {slug: tools}, {slug: infra}]
+    projects: [{key: CORE}, {key: OPS}]
+apiTokens:
+  - {email: admin@acme.test, token: tok-admin-0123456789, scopes: [admin:repository:bitbucket, write:ssh-key:bitbucket, delete:ssh-key:bitbucket, admin:project:bitbucket]}
+  - {email: reader@acme.test, token: tok-reader-0123456789, scopes: [admin:repository:bitbucket]}
+oauthConsumers:
+  - {key: ck-main, secret: cs-main-secret-0123456789, scopes: [repository:admin, project:admin], expiresIn: 7200}
+accessTokens: [ {token: repo-access-token-0123456789} ]
+rateLimit: {requestsPerWindow: 100000, windowSeconds: 3600}
+"#;
+
+/// Strings that must never appear in anything the tests capture.
+pub const SECRET_VALUES: &[&str] =
+    &["tok-admin-0123456789", "tok-reader-0123456789", "cs-main-secret-0123456789", "repo-access-token-0123456789"];
+
+/// A running operator confined to one namespace.
+pub struct Operator {
+    pub proc: Option<Proc>,
+    pub log: PathBuf,
+    pub metrics_port: u16,
+    pub health_port: u16,
+    args: Vec<String>,
+    runs: u32,
+}
+
+impl Operator {
+    pub fn start(dir: &Path, namespace: &str, extra: &[&str]) -> Operator {
+        let mut op = Operator {
+            proc: None,
+            log: dir.join("operator.log"),
+            metrics_port: free_port(),
+            health_port: free_port(),
+            args: extra.iter().map(|s| s.to_string()).collect(),
+            runs: 0,
+        };
+        op.args.extend([
+            format!("--watch-namespaces={namespace}"),
+            format!("--cluster-resource-namespace={namespace}"),
+            "--cluster-name=test".into(),
+        ]);
+        op.restart();
+        op
+    }
+
+    pub fn restart(&mut self) {
+        self.proc = None;
+        self.runs += 1;
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_bitbucket-credentials-operator"))
+            .arg("run")
+            .args(&self.args)
+            .args([
+                format!("--metrics-addr=127.0.0.1:{}", self.metrics_port),
+                format!("--health-addr=127.0.0.1:{}", self.health_port),
+            ])
+            .env("KUBECONFIG", &cluster().kubeconfig)
+            .env("RUST_LOG", "info,bitbucket_credentials_operator=debug")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start operator");
+        self.proc = Some(Proc { child });
+    }
+
+    /// SIGKILL, as a node failure or OOM kill would.
+    pub fn kill(&mut self) {
+        if let Some(p) = &mut self.proc {
+            let _ = p.child.kill();
+            let _ = p.child.wait();
+        }
+        self.proc = None;
+    }
+
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub async fn metrics(&self) -> String {
+        reqwest::get(format!("http://127.0.0.1:{}/metrics", self.metrics_port)).await.unwrap().text().await.unwrap()
+    }
+}
+
+/// Everything one test uses.
+pub struct Env {
+    pub client: Client,
+    pub ns: String,
+    pub dir: PathBuf,
+    pub sim: Sim,
+    pub operator: Operator,
+}
+
+impl Env {
+    pub async fn new(name: &str) -> Env {
+        Self::with(name, SIM_CONFIG, &["--drift-check-interval=3s"]).await
+    }
+
+    pub async fn with(name: &str, sim_config: &str, operator_args: &[&str]) -> Env {
+        cluster();
+        let client = client().await;
+        let ns = format!("{}-{}", name.replace('_', "-").chars().take(40).collect::<String>(), rand_suffix());
+        let ns = ns.trim_matches('-').to_string();
+        Api::<Namespace>::all(client.clone())
+            .create(&PostParams::default(), &serde_json::from_value(json!({"metadata": {"name": ns}})).unwrap())
+            .await
+            .expect("create namespace");
+        let dir = tempfile::Builder::new().prefix(&format!("bco-{name}-")).tempdir().unwrap().keep();
+        let sim = Sim::start(&dir, sim_config);
+        let operator = Operator::start(&dir, &ns, operator_args);
+        Env { client, ns, dir, sim, operator }
+    }
+
+    /// Applies YAML (one or more documents) into the test's namespace via the API.
+    pub async fn apply(&self, yaml: &str) {
+        let discovery = discovery(&self.client).await;
+        for doc in serde_yaml::Deserializer::from_str(yaml) {
+            let value = serde_json::to_value(serde_yaml::Value::deserialize(doc).unwrap()).unwrap();
+            if value.is_null() {
+                continue;
+            }
+            let obj: DynamicObject = serde_json::from_value(value.clone()).unwrap();
+            let gvk = kube::core::GroupVersionKind::try_from(obj.types.as_ref().unwrap()).unwrap();
+            let (ar, caps) = discovery.resolve_gvk(&gvk).expect("known kind");
+            let name = obj.metadata.name.clone().unwrap();
+            let api: Api<DynamicObject> = if caps.scope == kube::discovery::Scope::Namespaced {
+                Api::namespaced_with(self.client.clone(), &self.ns, &ar)
+            } else {
+                Api::all_with(self.client.clone(), &ar)
+            };
+            api.patch(&name, &PatchParams::apply("e2e-test").force(), &Patch::Apply(value))
+                .await
+                .unwrap_or_else(|e| panic!("apply {name}: {e}"));
+        }
+    }
+
+    /// A namespaced workspace `acme` pointing at this test's simulator, with an API token.
+    pub async fn workspace(&self) {
+        self.apply(&format!(
+            r#"
+apiVersion: v1
+kind: Secret
+metadata: {{name: bb-admin}}
+stringData: {{email: admin@acme.test, token: tok-admin-0123456789}}
+---
+apiVersion: bitbucket.credentials.dev/v1alpha1
+kind: BitbucketWorkspace
+metadata: {{name: acme}}
+spec:
+  workspace: acme
+  apiURL: {url}/2.0
+  siteURL: {url}
+  sshHost: git.acme.test
+  knownHosts: "git.acme.test ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIIazEu89wgQZ4bqs3d63QSMzYVa0MuJ2e2gKTKqu+UUO"
+  auth: {{apiToken: {{secretRef: {{name: bb-admin}}}}}}
+"#,
+            url = self.sim.url
+        ))
+        .await;
+        self.wait_ready("bitbucketworkspaces", "acme", Duration::from_secs(60)).await;
+    }
+
+    pub fn api(&self, plural: &str) -> Api<DynamicObject> {
+        let kind = match plural {
+            "bitbucketworkspaces" => "BitbucketWorkspace",
+            "bitbucketaccesskeys" => "BitbucketAccessKey",
+            "bitbucketoauthconsumers" => "BitbucketOAuthConsumer",
+            "clusterbitbucketworkspaces" => "ClusterBitbucketWorkspace",
+            other => panic!("unknown {other}"),
+        };
+        let ar = ApiResource {
+            group: "bitbucket.credentials.dev".into(),
+            version: "v1alpha1".into(),
+            api_version: "bitbucket.credentials.dev/v1alpha1".into(),
+            kind: kind.into(),
+            plural: plural.into(),
+        };
+        if plural.starts_with("cluster") {
+            Api::all_with(self.client.clone(), &ar)
+        } else {
+            Api::namespaced_with(self.client.clone(), &self.ns, &ar)
+        }
+    }
+
+    pub async fn get(&self, plural: &str, name: &str) -> Option<DynamicObject> {
+        self.api(plural).get_opt(name).await.unwrap()
+    }
+
+    /// The Ready condition: (status, reason, message).
+    pub async fn ready(&self, plural: &str, name: &str) -> Option<(String, String, String)> {
+        let o = self.get(plural, name).await?;
+        let c = o.data["status"]["conditions"].as_array()?.iter().find(|c| c["type"] == "Ready")?.clone();
+        Some((
+            c["status"].as_str()?.to_string(),
+            c["reason"].as_str()?.to_string(),
+            c["message"].as_str().unwrap_or_default().to_string(),
+        ))
+    }
+
+    pub async fn wait_ready(&self, plural: &str, name: &str, timeout: Duration) -> DynamicObject {
+        let gen_ok = |o: &DynamicObject| {
+            o.data["status"]["observedGeneration"].as_i64() == o.metadata.generation
+        };
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some((s, _, _)) = self.ready(plural, name).await
+                && s == "True"
+            {
+                let o = self.get(plural, name).await.unwrap();
+                if gen_ok(&o) || plural.contains("workspaces") {
+                    return o;
+                }
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "{plural}/{name} not Ready after {timeout:?}: {:?}\n--- operator log tail ---\n{}",
+                    self.ready(plural, name).await,
+                    tail(&self.operator.logs(), 40)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Waits until the Ready condition has `reason`; returns the message.
+    pub async fn wait_reason(&self, plural: &str, name: &str, reason: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some((_, r, m)) = self.ready(plural, name).await
+                && r == reason
+            {
+                return m;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "{plural}/{name} never had reason {reason}: {:?}\n--- operator log tail ---\n{}",
+                    self.ready(plural, name).await,
+                    tail(&self.operator.logs(), 40)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    pub async fn secret(&self, name: &str) -> Option<Secret> {
+        Api::<Secret>::namespaced(self.client.clone(), &self.ns).get_opt(name).await.unwrap()
+    }
+
+    /// Events of the namespace, as text.
+    pub async fn events(&self) -> String {
+        let out = kubectl(&cluster().kubeconfig, &["get", "events", "-n", &self.ns, "-o", "json"]);
+        String::from_utf8_lossy(&out.stdout).to_string()
+    }
+
+    /// Fails if any captured output (operator log, events, object status) holds a secret.
+    pub async fn assert_no_secret_leaked(&self, extra_secrets: &[String]) {
+        let mut captured = self.operator.logs();
+        captured.push_str(&self.events().await);
+        for plural in ["bitbucketaccesskeys", "bitbucketworkspaces", "bitbucketoauthconsumers"] {
+            let list = self.api(plural).list(&Default::default()).await.unwrap();
+            for o in list {
+                captured.push_str(&o.data["status"].to_string());
+            }
+        }
+        captured.push_str(&self.operator.metrics().await);
+        for s in SECRET_VALUES.iter().map(|s| s.to_string()).chain(extra_secrets.iter().cloned()) {
+            assert!(!s.is_empty());
+            assert!(!captured.contains(&s), "secret material leaked into logs/events/status/metrics");
+        }
+        for marker in ["PRIVATE KEY", "b3BlbnNzaC1rZXktdjE"] {
+            assert!(!captured.contains(marker), "private key material leaked: {marker}");
+        }
+    }
+}
+
+use serde::Deserialize;
+
+async fn discovery(client: &Client) -> Discovery {
+    Discovery::new(client.clone()).run().await.expect("discovery")
+}
+
+pub fn tail(s: &str, n: usize) -> String {
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+fn rand_suffix() -> String {
+    use rand::Rng;
+    let mut r = rand::thread_rng();
+    (0..5).map(|_| (b'a' + r.gen_range(0..26)) as char).collect()
+}
+
+/// Polls `f` until it returns Some, or panics with `what` after `timeout`.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
