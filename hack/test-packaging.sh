@@ -505,6 +505,7 @@ check "helm lint --strict (default values)" \
 check "helm lint --strict (watchNamespaces set)" \
   "$HELM" lint --strict "$chart" --set "watchNamespaces={team-a,team-b}" --set clusterResourceNamespace=bco-secrets
 
+check "helm package" "$HELM" package "$chart" --destination "$work/package"
 check "chart crds/ holds one CRD per kind" py check-crds "$chart/crds"
 
 top_crds_match() {

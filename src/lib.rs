@@ -4,6 +4,7 @@
 pub mod api;
 pub mod bitbucket;
 pub mod controller;
+pub mod failpoint;
 pub mod keys;
 pub mod leader;
 pub mod metrics;

@@ -332,9 +332,11 @@ async fn apply(obj: &BitbucketAccessKey, ctx: &Context) -> Result<Action> {
         st.rotate_request = rotate_request.clone();
         let desired = run.desired_secret(&k, None);
         run.write_secret(&desired).await?;
+        crate::failpoint::hit("first-key-persisted");
         secret_state = Some(desired);
         st.secret_name = Some(secret_name.clone());
         patch_status(obj, ctx, &st).await?;
+        crate::failpoint::hit("first-key-status");
         current = Some(k);
     }
     let Some(mut current) = current else { unreachable!("a key was just made") };
@@ -352,14 +354,17 @@ async fn apply(obj: &BitbucketAccessKey, ctx: &Context) -> Result<Action> {
                 let k = KeyPair::generate_blocking(key_spec, comment(ctx, &uid)).await?;
                 let desired = run.desired_secret(&current, Some(&k));
                 run.write_secret(&desired).await?;
+                crate::failpoint::hit("next-key-persisted");
                 k
             }
         };
         let mut keep: BTreeSet<String> = st.retiring_keys.iter().map(|r| r.fingerprint.clone()).collect();
         keep.insert(current.fingerprint().into());
         let regs = run.register(&next, &targets, true, &keep).await?;
+        crate::failpoint::hit("next-key-registered");
         let desired = run.desired_secret(&next, None);
         run.write_secret(&desired).await?;
+        crate::failpoint::hit("secret-switched");
         secret_state = Some(desired);
         retire_current(&mut st, grace);
         adopt_key(&mut st, &next, obj);
@@ -380,6 +385,7 @@ async fn apply(obj: &BitbucketAccessKey, ctx: &Context) -> Result<Action> {
         let to_check: Vec<Target> = if list { targets.clone() } else { wanted.difference(&registered).cloned().collect() };
         let mut regs: Vec<Registration> = st.registrations.iter().filter(|r| wanted.contains(&target_of(r)) && !to_check.contains(&target_of(r))).cloned().collect();
         regs.extend(run.register(&current, &to_check, list, &keep).await?);
+        crate::failpoint::hit("current-key-registered");
         let removed: Vec<Registration> = st.registrations.iter().filter(|r| !wanted.contains(&target_of(r))).cloned().collect();
         let removed_retiring: Vec<Registration> = st
             .retiring_keys
@@ -438,6 +444,7 @@ async fn apply(obj: &BitbucketAccessKey, ctx: &Context) -> Result<Action> {
     set_condition(&mut st.conditions, ready);
     if st != original {
         patch_status(obj, ctx, &st).await?;
+        crate::failpoint::hit("status-recorded");
     }
 
     // Wake up for the next thing that is due.
@@ -483,6 +490,7 @@ async fn cleanup(obj: &BitbucketAccessKey, ctx: &Context) -> Result<Action> {
         };
         for k in keys.iter().filter(|k| is_ours(k, &uid)) {
             ws.client.delete_key(&target, k.id).await.map_err(|e| Error::bitbucket(&target, e))?;
+            crate::failpoint::hit("cleanup-key-deleted");
             removed += 1;
         }
     }

@@ -213,6 +213,25 @@ impl Operator {
     }
 
     pub fn restart(&mut self) {
+        self.restart_with(&[]);
+    }
+
+    /// Waits for the process to exit by itself (a crash point), up to `timeout`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Some(p) = &mut self.proc
+                && p.child.try_wait().ok().flatten().is_some()
+            {
+                self.proc = None;
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        false
+    }
+
+    pub fn restart_with(&mut self, envs: &[(&str, &str)]) {
         self.proc = None;
         self.runs += 1;
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
@@ -225,6 +244,7 @@ impl Operator {
             ])
             .env("KUBECONFIG", &cluster().kubeconfig)
             .env("RUST_LOG", "info,bitbucket_credentials_operator=debug")
+            .envs(envs.iter().copied())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
