@@ -10,6 +10,9 @@
 # HELM defaults to `helm` on PATH, else the one hack/build-control-plane.sh builds.
 # VERBOSE=1 shows the output of passing checks too (e.g. every `kubectl auth can-i` asked).
 # BCO_NO_PYYAML=1 exercises the fallback YAML parser (kubectl) even when PyYAML is installed.
+# The last check runs the real operator binary (BCO_OPERATOR_BIN, default target/debug/ or
+# target/release/) under the chart's ServiceAccount token and RBAC, against a private control
+# plane (hack/cluster.sh) so that it cannot touch anyone else's objects; BCO_SMOKE=0 skips it.
 # Every run uses its own release and namespaces and removes them at the end.
 set -uo pipefail
 
@@ -152,8 +155,10 @@ def cmd_check_render(path, mode, release_ns, cr_ns, *watch):
     for r in cluster_rules:
         if "*" in r.get("verbs", []) or "*" in r.get("resources", []) or "*" in r.get("apiGroups", []):
             errors.append(f"wildcard rule: {r}")
-    le_roles = [d for d in find(docs, "Role", namespace=release_ns) if grants(d["rules"], "coordination.k8s.io", "leases", "create")]
-    if not le_roles: errors.append("no Role for leader-election leases in the release namespace")
+    le_rules = [r for d in find(docs, "Role", namespace=release_ns) for r in d["rules"]]
+    for v in ("create", "get", "patch"):  # kube-lease-manager creates, reads and PATCHes the Lease
+        if not grants(le_rules, "coordination.k8s.io", "leases", v):
+            errors.append(f"no Role to {v} the leader-election Lease in the release namespace")
     if mode == "cluster":
         if "--watch-namespaces" in " ".join(args): errors.append("cluster-wide mode passes --watch-namespaces")
         for v in ("get", "list", "watch", "create", "patch", "update", "delete"):
@@ -321,10 +326,10 @@ passed=0 failed=0
 # check NAME COMMAND...: runs COMMAND in this shell, output to a log shown on failure.
 check() {
   local name=$1; shift
-  local log="$work/check.log"
+  local log="$work/check.log" started=$SECONDS
   if "$@" >"$log" 2>&1; then
     echo "ok - $name"
-    [ -n "${VERBOSE:-}" ] && sed 's/^/    /' "$log"
+    [ -n "${VERBOSE:-}" ] && { sed 's/^/    /' "$log"; echo "    ($((SECONDS - started))s)"; }
     passed=$((passed + 1))
   else
     echo "not ok - $name"
@@ -398,7 +403,37 @@ as_sa="--as=system:serviceaccount:$ns:$sa"
 installed=""
 created_deploy_ns=""
 
+# The operator smoke run gets a private control plane, started now so that it boots while
+# the other checks run.
+operator_bin=${BCO_OPERATOR_BIN:-}
+if [ -z "$operator_bin" ]; then
+  for b in "$root/target/debug/bitbucket-credentials-operator" "$root/target/release/bitbucket-credentials-operator"; do
+    [ -x "$b" ] && { operator_bin=$b; break; }
+  done
+fi
+smoke_skip=""
+if [ "${BCO_SMOKE:-1}" = 0 ]; then
+  smoke_skip="BCO_SMOKE=0"
+elif [ -z "$operator_bin" ] || [ ! -x "$operator_bin" ]; then
+  smoke_skip="no operator binary (cargo build, or set BCO_OPERATOR_BIN)"
+else
+  cp_dir=$work/control-plane
+  # cluster.sh stops the control plane when its stdin closes, i.e. when this script ends.
+  coproc CONTROL_PLANE { exec bash "$here/cluster.sh" run "$cp_dir" --stdin-lifeline >"$work/control-plane.log" 2>&1; }
+fi
+operator_pid=""
+
+stop_control_plane() {
+  [ -n "${CONTROL_PLANE_PID:-}" ] || return 0
+  local pid=$CONTROL_PLANE_PID
+  eval "exec ${CONTROL_PLANE[1]}>&-" 2>/dev/null
+  for _ in $(seq 600); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+  CONTROL_PLANE_PID=""
+}
+
 cleanup() {
+  if [ -n "$operator_pid" ]; then kill "$operator_pid" 2>/dev/null; wait "$operator_pid" 2>/dev/null; fi
+  stop_control_plane
   if [ -n "$installed" ]; then "$HELM" uninstall "$rel" -n "$ns" >/dev/null 2>&1; fi
   kubectl delete namespace "$ns" "$team_a" "$team_b" --ignore-not-found --wait=false >/dev/null 2>&1
   if [ -n "$created_deploy_ns" ]; then
@@ -470,6 +505,7 @@ lease_rows() {
   echo "create leases.coordination.k8s.io $ns"
   echo "get leases.coordination.k8s.io/$lease_name $ns"
   echo "update leases.coordination.k8s.io/$lease_name $ns"
+  echo "patch leases.coordination.k8s.io/$lease_name $ns"
 }
 never_rows() { # what the operator must never be able to do, in any mode
   cat <<EOF
@@ -673,6 +709,172 @@ apply_kustomize() {
   return $rc
 }
 check "kubectl apply -k deploy/ --dry-run=server" apply_kustomize
+
+# --- the real operator under the chart's RBAC, on a private control plane ---------------
+smoke_objects() { # NAMESPACE: a workspace (its API unreachable on purpose), an access key, an OAuth consumer
+  cat <<EOF
+apiVersion: v1
+kind: Secret
+metadata: {name: bb-admin, namespace: $1}
+stringData: {email: admin@example.test, token: packaging-test-token}
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: bb-consumer, namespace: $1}
+stringData: {key: packaging-key, secret: packaging-secret}
+---
+apiVersion: bitbucket.credentials.dev/v1alpha1
+kind: BitbucketWorkspace
+metadata: {name: acme, namespace: $1}
+spec:
+  workspace: acme
+  apiURL: http://127.0.0.1:9/2.0
+  siteURL: http://127.0.0.1:9
+  auth: {apiToken: {secretRef: {name: bb-admin}}}
+---
+apiVersion: bitbucket.credentials.dev/v1alpha1
+kind: BitbucketAccessKey
+metadata: {name: clone, namespace: $1}
+spec:
+  workspaceRef: {name: acme}
+  repositories: [api]
+---
+apiVersion: bitbucket.credentials.dev/v1alpha1
+kind: BitbucketOAuthConsumer
+metadata: {name: token, namespace: $1}
+spec:
+  workspaceRef: {name: acme}
+  consumerSecretRef: {name: bb-consumer}
+EOF
+}
+smoke_cluster_workspace() { # NAME: a ClusterBitbucketWorkspace whose auth Secret is in the release namespace
+  cat <<EOF
+apiVersion: v1
+kind: Secret
+metadata: {name: $1-auth, namespace: $ns}
+stringData: {key: packaging-key, secret: packaging-secret}
+---
+apiVersion: bitbucket.credentials.dev/v1alpha1
+kind: ClusterBitbucketWorkspace
+metadata: {name: $1}
+spec:
+  workspace: acme
+  apiURL: http://127.0.0.1:9/2.0
+  siteURL: http://127.0.0.1:9
+  auth: {oauthConsumer: {secretRef: {name: $1-auth}}}
+  allowedNamespaces: {names: [$team_a, $team_b]}
+EOF
+}
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
+
+# smoke_run LABEL OBJECT...: runs the operator with the Deployment's own args and the
+# ServiceAccount's token until every OBJECT (kind/name, or namespace:kind/name) has a
+# condition and the operator holds the Lease; fails on any Forbidden in its log. An OBJECT
+# written ?OBJECT is only reported: whether it gets a status is the controllers' business
+# (tested elsewhere), not the packaging's.
+smoke_run() {
+  local label=$1; shift
+  local all=() required=() o
+  for o in "$@"; do all+=("${o#\?}"); [[ $o == \?* ]] || required+=("$o"); done
+  set -- "${all[@]}"
+  local kc=$cp_dir/kubeconfig log=$work/operator-$label.log
+  local mport hport
+  mport=$(free_port) && hport=$(free_port) || return 1
+  local args=()
+  mapfile -t args < <(kubectl --kubeconfig "$kc" -n "$ns" get deployment "$fullname" \
+    -o jsonpath='{range .spec.template.spec.containers[0].args[*]}{@}{"\n"}{end}' |
+    sed "s/^--metrics-addr=.*/--metrics-addr=127.0.0.1:$mport/; s/^--health-addr=.*/--health-addr=127.0.0.1:$hport/")
+  [ ${#args[@]} -gt 0 ] || { echo "  no args read from the Deployment"; return 1; }
+  echo "  $label: $(basename "$operator_bin") run ${args[*]}"
+  env -u RUST_LOG KUBECONFIG="$work/sa.kubeconfig" POD_NAME="$rel-smoke" POD_NAMESPACE="$ns" \
+    "$operator_bin" run "${args[@]}" >"$log" 2>&1 </dev/null &
+  operator_pid=$!
+  local pending=("${required[@]}") holder="" deadline=$((SECONDS + 90)) obj
+  local left=()
+  while [ $SECONDS -lt $deadline ]; do
+    kill -0 "$operator_pid" 2>/dev/null || { echo "  the operator exited"; break; }
+    holder=$(kubectl --kubeconfig "$kc" -n "$ns" get lease "$lease_name" -o jsonpath='{.spec.holderIdentity}' 2>/dev/null)
+    left=()
+    for obj in "${pending[@]}"; do
+      local where=() ref=$obj
+      if [[ $obj == *:* ]]; then where=(-n "${obj%%:*}"); ref=${obj#*:}; fi
+      [ -n "$(kubectl --kubeconfig "$kc" "${where[@]}" get "$ref" -o jsonpath='{.status.conditions[0].reason}' 2>/dev/null)" ] ||
+        left+=("$obj")
+    done
+    pending=("${left[@]}")
+    [ ${#pending[@]} -eq 0 ] && [ "$holder" = "$rel-smoke" ] && break
+    sleep 1
+  done
+  kill "$operator_pid" 2>/dev/null; wait "$operator_pid" 2>/dev/null; operator_pid=""
+  local rc=0
+  if [ "$holder" != "$rel-smoke" ]; then echo "  Lease holder is '$holder', want $rel-smoke"; rc=1; fi
+  if [ ${#pending[@]} -gt 0 ]; then echo "  no status written within 90s: ${pending[*]}"; rc=1; fi
+  for obj in "$@"; do
+    local where=() ref=$obj
+    if [[ $obj == *:* ]]; then where=(-n "${obj%%:*}"); ref=${obj#*:}; fi
+    echo "  $label: $obj -> Ready=$(kubectl --kubeconfig "$kc" "${where[@]}" get "$ref" \
+      -o jsonpath='{.status.conditions[?(@.type=="Ready")].status} {.status.conditions[?(@.type=="Ready")].reason}' 2>/dev/null)"
+  done
+  if grep -iE 'forbidden|\b403\b' "$log" >/dev/null; then
+    echo "  Forbidden in the operator log:"
+    grep -iE 'forbidden|\b403\b' "$log" | head -5 | cut -c1-400 | sed 's/^/    /'
+    rc=1
+  fi
+  [ $rc -eq 0 ] || { echo "  log tail:"; tail -n 15 "$log" | cut -c1-300 | sed 's/^/    /'; }
+  return $rc
+}
+
+smoke_events() { # NAMESPACE: the operator recorded events there
+  local n
+  n=$(kubectl --kubeconfig "$cp_dir/kubeconfig" -n "$1" get events.events.k8s.io \
+    -o jsonpath='{range .items[?(@.reportingController=="bitbucket-credentials-operator")]}{.reason}{"\n"}{end}' | grep -c .)
+  echo "  events recorded in $1: $n"
+  [ "$n" -gt 0 ]
+}
+
+operator_smoke() {
+  local kc=$cp_dir/kubeconfig
+  for _ in $(seq 1200); do
+    [ -f "$cp_dir/ready" ] && break
+    kill -0 "$CONTROL_PLANE_PID" 2>/dev/null || { cat "$work/control-plane.log"; return 1; }
+    sleep 0.5
+  done
+  [ -f "$cp_dir/ready" ] || { echo "  private control plane did not start"; cat "$work/control-plane.log"; return 1; }
+  head -1 "$work/control-plane.log" | sed 's/^/  /'
+  local K=(kubectl --kubeconfig "$kc")
+  "${K[@]}" apply --server-side -f "$chart/crds/" >/dev/null &&
+    "${K[@]}" wait --for=condition=Established crd --all --timeout=60s >/dev/null &&
+    "${K[@]}" create namespace "$ns" >/dev/null && "${K[@]}" create namespace "$team_a" >/dev/null &&
+    "${K[@]}" create namespace "$team_b" >/dev/null || return 1
+  # Cluster-wide mode, default values.
+  "$HELM" --kubeconfig "$kc" install "$rel" "$chart" -n "$ns" --set clusterName=packaging-smoke >/dev/null || return 1
+  local token
+  token=$("${K[@]}" -n "$ns" create token "$sa" --duration=1h) || return 1
+  cp "$kc" "$work/sa.kubeconfig" &&
+    kubectl --kubeconfig "$work/sa.kubeconfig" config set-credentials packaging-sa --token="$token" >/dev/null &&
+    kubectl --kubeconfig "$work/sa.kubeconfig" config set-context --current --user=packaging-sa >/dev/null || return 1
+  { smoke_objects "$team_a"; echo "---"; smoke_cluster_workspace shared-1; } | "${K[@]}" apply -f - >/dev/null || return 1
+  smoke_run cluster-wide "$team_a:bitbucketworkspace/acme" "$team_a:bitbucketaccesskey/clone" \
+    "?$team_a:bitbucketoauthconsumer/token" "clusterbitbucketworkspace/shared-1" || return 1
+  smoke_events "$team_a" || return 1
+  # Namespaced mode: Roles in the two namespaces only.
+  "$HELM" --kubeconfig "$kc" upgrade "$rel" "$chart" -n "$ns" --set clusterName=packaging-smoke \
+    --set "watchNamespaces={$team_a,$team_b}" >/dev/null || return 1
+  { smoke_objects "$team_b"; echo "---"; smoke_cluster_workspace shared-2; } | "${K[@]}" apply -f - >/dev/null || return 1
+  smoke_run namespaced "$team_b:bitbucketworkspace/acme" "$team_b:bitbucketaccesskey/clone" \
+    "?$team_b:bitbucketoauthconsumer/token" "clusterbitbucketworkspace/shared-2" || return 1
+  smoke_events "$team_b" || return 1
+  if "${K[@]}" get events.events.k8s.io -n default -o jsonpath='{range .items[*]}{.regarding.kind}{"\n"}{end}' |
+    grep -q ClusterBitbucketWorkspace; then
+    echo "  events about ClusterBitbucketWorkspace objects recorded in default"
+  fi
+  stop_control_plane
+}
+if [ -n "$smoke_skip" ]; then
+  skip "operator binary runs under the chart's ServiceAccount and RBAC (private control plane)" "$smoke_skip"
+else
+  check "operator binary runs under the chart's ServiceAccount and RBAC (private control plane)" operator_smoke
+fi
 
 # --- information for humans ----------------------------------------------------------
 if [ -f "$work/cluster.yaml" ]; then

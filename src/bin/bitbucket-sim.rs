@@ -10,7 +10,10 @@ use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
 #[derive(Debug, Parser)]
-#[command(name = "bitbucket-sim", about = "Bitbucket Cloud API simulator for tests, benchmarks and demos")]
+#[command(
+    name = "bitbucket-sim",
+    about = "Bitbucket Cloud API simulator for tests, benchmarks and demos"
+)]
 struct Args {
     /// YAML config: workspaces, credentials, rate limit, faults.
     #[arg(long, env = "BITBUCKET_SIM_CONFIG")]
@@ -27,7 +30,9 @@ struct Args {
 async fn main() -> ExitCode {
     // Logs go to stderr: stdout carries only the "listening on" line tests parse.
     tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();

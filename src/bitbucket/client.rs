@@ -228,10 +228,15 @@ impl WorkspaceClient {
         }
     }
 
-    /// Verifies the credentials with one cheap authenticated call.
+    /// Verifies the credentials with one cheap authenticated call (`GET /workspaces/{w}`).
+    /// A 403 for a missing `read:workspace:bitbucket` scope still proves the credentials
+    /// authenticate, and access keys need no such scope: it counts as verified.
     pub async fn verify(&self) -> Result<()> {
         let url = format!("{}/workspaces/{}", self.api_url, self.workspace);
-        self.call("workspace_get", Method::GET, &url, None, Subject::Workspace).await.map(|_| ())
+        match self.call("workspace_get", Method::GET, &url, None, Subject::Workspace).await {
+            Ok(_) | Err(Error::Forbidden(_)) => Ok(()),
+            Err(e) => Err(e),
+        }
     }
 
     /// Every deploy key of a repository or project, following `next` page by page.

@@ -92,7 +92,10 @@ impl Principal {
                 let nickname = email.split('@').next().unwrap_or(email).to_owned();
                 Account {
                     kind: "user".into(),
-                    display_name: self.display_name.clone().unwrap_or_else(|| nickname.clone()),
+                    display_name: self
+                        .display_name
+                        .clone()
+                        .unwrap_or_else(|| nickname.clone()),
                     uuid: derived_uuid(&format!("user:{email}")),
                     account_id: Some(account_id(email)),
                     nickname: Some(nickname),
@@ -241,7 +244,7 @@ pub fn required_scopes(op: Operation, credential: &Credential) -> &'static [&'st
             ProjectKeysList | ProjectKeyGet | ProjectKeyCreate | ProjectKeyDelete => {
                 &["project:admin"]
             }
-            Token => &[],
+            Token | WorkspaceGet => &[],
         },
         Credential::ApiToken { .. } => match op {
             RepoKeysList | RepoKeyGet => &["admin:repository:bitbucket"],
@@ -252,6 +255,7 @@ pub fn required_scopes(op: Operation, credential: &Credential) -> &'static [&'st
             ProjectKeysList | ProjectKeyGet => &["admin:project:bitbucket"],
             ProjectKeyCreate => &["admin:project:bitbucket", "write:ssh-key:bitbucket"],
             ProjectKeyDelete => &["admin:project:bitbucket", "delete:ssh-key:bitbucket"],
+            WorkspaceGet => &["read:workspace:bitbucket"],
             Token => &[],
         },
     }
@@ -304,10 +308,22 @@ mod tests {
             parse_authorization(&headers("bearer abc")),
             Authorization::Bearer("abc".into())
         );
-        assert_eq!(parse_authorization(&HeaderMap::new()), Authorization::Missing);
-        assert_eq!(parse_authorization(&headers("Basic !!")), Authorization::Malformed);
-        assert_eq!(parse_authorization(&headers("Bearer")), Authorization::Malformed);
-        assert_eq!(parse_authorization(&headers("Digest x")), Authorization::Malformed);
+        assert_eq!(
+            parse_authorization(&HeaderMap::new()),
+            Authorization::Missing
+        );
+        assert_eq!(
+            parse_authorization(&headers("Basic !!")),
+            Authorization::Malformed
+        );
+        assert_eq!(
+            parse_authorization(&headers("Bearer")),
+            Authorization::Malformed
+        );
+        assert_eq!(
+            parse_authorization(&headers("Digest x")),
+            Authorization::Malformed
+        );
     }
 
     #[test]
@@ -321,9 +337,12 @@ mod tests {
             }],
             access_tokens: vec![],
         };
-        let state = State::new(vec![], None);
+        let state = State::new(vec![]);
         let result = creds.authenticate(&Authorization::Bearer("tok".into()), false, &state, 0);
-        assert_eq!(result.err(), Some(AuthFailure::Unauthorized(TOKEN_INVALID.into())));
+        assert_eq!(
+            result.err(),
+            Some(AuthFailure::Unauthorized(TOKEN_INVALID.into()))
+        );
     }
 
     #[test]

@@ -190,6 +190,7 @@ impl fmt::Debug for ApiTokenConfig {
             .field("email", &self.email)
             .field("token", &"<redacted>")
             .field("scopes", &self.scopes)
+            .field("display_name", &self.display_name)
             .finish()
     }
 }
@@ -201,6 +202,7 @@ impl fmt::Debug for OAuthConsumerConfig {
             .field("secret", &"<redacted>")
             .field("scopes", &self.scopes)
             .field("expires_in", &self.expires_in)
+            .field("legacy_scopes_field", &self.legacy_scopes_field)
             .finish()
     }
 }
@@ -244,12 +246,17 @@ impl SimConfig {
         let bad = |msg: String| Err(SimError::Config(msg));
         let pagelen = self.pagelen();
         if !(1..=MAX_PAGELEN).contains(&pagelen) {
-            return bad(format!("pagelen must be between 1 and {MAX_PAGELEN}, got {pagelen}"));
+            return bad(format!(
+                "pagelen must be between 1 and {MAX_PAGELEN}, got {pagelen}"
+            ));
         }
         let mut workspace_slugs = std::collections::HashSet::new();
         for ws in &self.workspaces {
             if !is_path_segment(&ws.slug) {
-                return bad(format!("workspace slug {:?} is not a valid URL segment", ws.slug));
+                return bad(format!(
+                    "workspace slug {:?} is not a valid URL segment",
+                    ws.slug
+                ));
             }
             if !workspace_slugs.insert(ws.slug.as_str()) {
                 return bad(format!("workspace {:?} is listed twice", ws.slug));
@@ -257,19 +264,31 @@ impl SimConfig {
             let mut project_keys = std::collections::HashSet::new();
             for project in &ws.projects {
                 if !is_path_segment(&project.key) {
-                    return bad(format!("project key {:?} is not a valid URL segment", project.key));
+                    return bad(format!(
+                        "project key {:?} is not a valid URL segment",
+                        project.key
+                    ));
                 }
                 if !project_keys.insert(project.key.as_str()) {
-                    return bad(format!("project {}/{} is listed twice", ws.slug, project.key));
+                    return bad(format!(
+                        "project {}/{} is listed twice",
+                        ws.slug, project.key
+                    ));
                 }
             }
             let mut repo_slugs = std::collections::HashSet::new();
             for repo in &ws.repositories {
                 if !is_path_segment(&repo.slug) {
-                    return bad(format!("repository slug {:?} is not a valid URL segment", repo.slug));
+                    return bad(format!(
+                        "repository slug {:?} is not a valid URL segment",
+                        repo.slug
+                    ));
                 }
                 if !repo_slugs.insert(repo.slug.as_str()) {
-                    return bad(format!("repository {}/{} is listed twice", ws.slug, repo.slug));
+                    return bad(format!(
+                        "repository {}/{} is listed twice",
+                        ws.slug, repo.slug
+                    ));
                 }
                 if let Some(project) = &repo.project
                     && !project_keys.contains(project.as_str())
@@ -320,7 +339,9 @@ pub fn validate_consumers(consumers: &[OAuthConsumerConfig]) -> Result<(), SimEr
 
 pub fn validate_rate_limit(limit: &RateLimitConfig) -> Result<(), SimError> {
     if limit.window_seconds == 0 {
-        return Err(SimError::Config("rateLimit.windowSeconds must be at least 1".into()));
+        return Err(SimError::Config(
+            "rateLimit.windowSeconds must be at least 1".into(),
+        ));
     }
     Ok(())
 }
@@ -345,8 +366,7 @@ pub fn validate_faults(faults: &FaultConfig) -> Result<(), SimError> {
 /// unambiguous.
 fn is_path_segment(s: &str) -> bool {
     !s.is_empty()
-        && s
-            .chars()
+        && s.chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '~'))
 }
 

@@ -3,6 +3,7 @@
 use axum::http::StatusCode;
 use serde_json::{Map, Value};
 
+use super::SimError;
 use super::auth::Principal;
 use super::catalog::Catalog;
 use super::keys::{AcceptedKey, accept_public_key};
@@ -34,6 +35,25 @@ pub fn handle(
     body: &[u8],
     ctx: Context<'_>,
 ) -> SimResponse {
+    if let Route::Workspace { workspace } = route {
+        return match ctx.catalog.workspace(workspace) {
+            Some(ws) => SimResponse::json(
+                StatusCode::OK,
+                &serde_json::json!({
+                    "type": "workspace",
+                    "slug": ws.slug,
+                    "name": ws.slug,
+                    "uuid": ws.uuid,
+                    "is_private": true,
+                    "links": {"self": {"href": format!("{}/2.0/workspaces/{}", ctx.base, ws.slug)}},
+                }),
+            ),
+            None => SimResponse::bitbucket_error(
+                StatusCode::NOT_FOUND,
+                &format!("No workspace with identifier '{workspace}'."),
+            ),
+        };
+    }
     let (target, key_id) = match resolve_target(route, ctx.catalog) {
         Ok(found) => found,
         Err(response) => return response,
@@ -43,16 +63,19 @@ pub fn handle(
         Operation::RepoKeyCreate | Operation::ProjectKeyCreate => create(target, body, ctx),
         Operation::RepoKeyGet | Operation::ProjectKeyGet => {
             match find(&target, key_id, ctx.state) {
-                Ok(record) => {
-                    SimResponse::json(StatusCode::OK, &model::key_object(record, ctx.catalog, ctx.base))
-                }
+                Ok(record) => SimResponse::json(
+                    StatusCode::OK,
+                    &model::key_object(record, ctx.catalog, ctx.base),
+                ),
                 Err(response) => response,
             }
         }
         Operation::RepoKeyUpdate => update(&target, key_id, body, ctx),
         Operation::RepoKeyDelete | Operation::ProjectKeyDelete => delete(&target, key_id, ctx),
         // The token endpoint is not a deploy-key operation; never routed here.
-        Operation::Token => SimResponse::bitbucket_error(StatusCode::NOT_FOUND, "Resource not found"),
+        Operation::Token | Operation::WorkspaceGet => {
+            SimResponse::bitbucket_error(StatusCode::NOT_FOUND, "Resource not found")
+        }
     }
 }
 
@@ -63,7 +86,10 @@ fn resolve_target<'r>(
 ) -> Result<(Target, Option<&'r str>), SimResponse> {
     let not_found = |message: String| SimResponse::bitbucket_error(StatusCode::NOT_FOUND, &message);
     match route {
-        Route::RepoKeys { workspace, repo } | Route::RepoKey { workspace, repo, .. } => {
+        Route::RepoKeys { workspace, repo }
+        | Route::RepoKey {
+            workspace, repo, ..
+        } => {
             let key_id = match route {
                 Route::RepoKey { key_id, .. } => Some(key_id.as_str()),
                 _ => None,
@@ -73,7 +99,10 @@ fn resolve_target<'r>(
                 .map(|r| (r.target(), key_id))
                 .ok_or_else(|| not_found(format!("Repository {workspace}/{repo} not found")))
         }
-        Route::ProjectKeys { workspace, project } | Route::ProjectKey { workspace, project, .. } => {
+        Route::ProjectKeys { workspace, project }
+        | Route::ProjectKey {
+            workspace, project, ..
+        } => {
             let key_id = match route {
                 Route::ProjectKey { key_id, .. } => Some(key_id.as_str()),
                 _ => None,
@@ -84,13 +113,21 @@ fn resolve_target<'r>(
             catalog
                 .project(workspace, project)
                 .map(|p| (p.target(), key_id))
-                .ok_or_else(|| not_found(format!("Project {project} not found in workspace {workspace}")))
+                .ok_or_else(|| {
+                    not_found(format!(
+                        "Project {project} not found in workspace {workspace}"
+                    ))
+                })
         }
-        Route::Token | Route::NotFound => Err(not_found("Resource not found".into())),
+        Route::Token | Route::Workspace { .. } | Route::NotFound => Err(not_found("Resource not found".into())),
     }
 }
 
-fn find<'s>(target: &Target, key_id: Option<&str>, state: &'s State) -> Result<&'s KeyRecord, SimResponse> {
+fn find<'s>(
+    target: &Target,
+    key_id: Option<&str>,
+    state: &'s State,
+) -> Result<&'s KeyRecord, SimResponse> {
     let raw = key_id.unwrap_or("");
     parse_key_id(raw)
         .and_then(|id| state.key(id))
@@ -108,13 +145,10 @@ fn list(target: &Target, query: Option<&str>, ctx: &Context<'_>) -> SimResponse 
         Ok(request) => request,
         Err(message) => return SimResponse::bitbucket_error(StatusCode::BAD_REQUEST, &message),
     };
-    let values: Vec<Value> = ctx
-        .state
-        .keys_on(target)
-        .map(|record| model::key_object(record, ctx.catalog, ctx.base))
-        .collect();
+    let records: Vec<&KeyRecord> = ctx.state.keys_on(target).collect();
     let self_url = format!("{}{}", ctx.base, model::collection_path(target));
-    match pagination::page(values, request, &self_url) {
+    let render = |record: &&KeyRecord| model::key_object(record, ctx.catalog, ctx.base);
+    match pagination::page(&records, request, &self_url, render) {
         Some(page) => SimResponse::json(StatusCode::OK, &page),
         None => SimResponse::bitbucket_error(StatusCode::NOT_FOUND, "Invalid page"),
     }
@@ -157,13 +191,14 @@ fn create(target: Target, body: &[u8], ctx: Context<'_>) -> SimResponse {
         fingerprint,
     };
     let id = record.id;
-    ctx.state.insert_key(record);
-    if let Err(response) = persist(ctx.state, ctx.now) {
-        ctx.state.remove_key(id);
+    if let Err(response) = persist(ctx.state.put_key(record, ctx.now.as_millisecond())) {
         return response;
     }
     match ctx.state.key(id) {
-        Some(record) => SimResponse::json(StatusCode::OK, &model::key_object(record, ctx.catalog, ctx.base)),
+        Some(record) => SimResponse::json(
+            StatusCode::OK,
+            &model::key_object(record, ctx.catalog, ctx.base),
+        ),
         None => internal_error(),
     }
 }
@@ -208,17 +243,14 @@ fn update(target: &Target, key_id: Option<&str>, body: &[u8], ctx: Context<'_>) 
         updated.label = label;
     }
     let id = existing.id;
-    if let Some(slot) = ctx.state.key_mut(id) {
-        *slot = updated;
-    }
-    if let Err(response) = persist(ctx.state, ctx.now) {
-        if let Some(slot) = ctx.state.key_mut(id) {
-            *slot = existing;
-        }
+    if let Err(response) = persist(ctx.state.put_key(updated, ctx.now.as_millisecond())) {
         return response;
     }
     match ctx.state.key(id) {
-        Some(record) => SimResponse::json(StatusCode::OK, &model::key_object(record, ctx.catalog, ctx.base)),
+        Some(record) => SimResponse::json(
+            StatusCode::OK,
+            &model::key_object(record, ctx.catalog, ctx.base),
+        ),
         None => internal_error(),
     }
 }
@@ -228,20 +260,17 @@ fn delete(target: &Target, key_id: Option<&str>, ctx: Context<'_>) -> SimRespons
         Ok(record) => record.id,
         Err(response) => return response,
     };
-    let Some(removed) = ctx.state.remove_key(id) else {
-        return internal_error();
-    };
-    if let Err(response) = persist(ctx.state, ctx.now) {
-        ctx.state.insert_key(removed);
-        return response;
+    match persist(ctx.state.remove_key(id, ctx.now.as_millisecond())) {
+        Ok(Some(_)) => SimResponse::empty(StatusCode::NO_CONTENT),
+        Ok(None) => internal_error(),
+        Err(response) => response,
     }
-    SimResponse::empty(StatusCode::NO_CONTENT)
 }
 
-/// Saves the state; a failure becomes a 500 and the caller rolls its change back, so
-/// memory and disk never disagree.
-pub fn persist(state: &State, now: jiff::Timestamp) -> Result<(), SimResponse> {
-    state.save(now.as_millisecond()).map_err(|e| {
+/// Turns a failed state write into a 500. `State` writes ahead, so a failed change
+/// left nothing behind in memory or on disk.
+pub fn persist<T>(result: Result<T, SimError>) -> Result<T, SimResponse> {
+    result.map_err(|e| {
         tracing::error!(error = %e, "cannot persist simulator state");
         internal_error()
     })

@@ -66,7 +66,11 @@ impl Faults {
 
     fn chance(&mut self, p: f64) -> bool {
         // Config validation keeps p in [0, 1]; clamp anyway since gen_bool panics outside.
-        let p = if p.is_finite() { p.clamp(0.0, 1.0) } else { 0.0 };
+        let p = if p.is_finite() {
+            p.clamp(0.0, 1.0)
+        } else {
+            0.0
+        };
         self.rng.gen_bool(p)
     }
 }
@@ -95,13 +99,21 @@ mod tests {
         let mut f = Faults::new(FaultConfig::default(), 1);
         for _ in 0..100 {
             let plan = f.plan();
-            assert!(plan.server_error.is_none() && !plan.rate_limit_burst && plan.hold_answer.is_none());
+            assert!(
+                plan.server_error.is_none() && !plan.rate_limit_burst && plan.hold_answer.is_none()
+            );
         }
     }
 
     #[test]
     fn error_rate_one_always_fails() {
-        let mut f = Faults::new(FaultConfig { error_rate: 1.0, ..FaultConfig::default() }, 1);
+        let mut f = Faults::new(
+            FaultConfig {
+                error_rate: 1.0,
+                ..FaultConfig::default()
+            },
+            1,
+        );
         for _ in 0..50 {
             assert!(f.plan().server_error.is_some_and(|s| s.is_server_error()));
         }

@@ -55,8 +55,11 @@ pub fn handle(sim: &Simulator, request: &SimRequest) -> SimResponse {
             authorized_keys(sim, request.query.as_deref())
         }
         (
-            ["_sim", "healthz" | "keys" | "requests" | "faults" | "rate-limit" | "oauth-consumers"
-            | "authorized" | "authorized-keys"]
+            [
+                "_sim",
+                "healthz" | "keys" | "requests" | "faults" | "rate-limit" | "oauth-consumers"
+                | "authorized" | "authorized-keys",
+            ]
             | ["_sim", "keys", _]
             | ["_sim", "requests" | "rate-limit", "reset"],
             _,
@@ -89,15 +92,12 @@ fn delete_key(sim: &Simulator, id: &str) -> SimResponse {
     let Some(id) = parse_key_id(id) else {
         return error(StatusCode::NOT_FOUND, &format!("no key with id {id}"));
     };
-    let mut state = lock(&sim.state);
-    let Some(removed) = state.remove_key(id) else {
-        return error(StatusCode::NOT_FOUND, &format!("no key with id {id}"));
-    };
-    if persist(&state, jiff::Timestamp::now()).is_err() {
-        state.insert_key(removed);
-        return error(StatusCode::INTERNAL_SERVER_ERROR, "cannot persist state");
+    let removed = lock(&sim.state).remove_key(id, jiff::Timestamp::now().as_millisecond());
+    match persist(removed) {
+        Ok(Some(_)) => SimResponse::empty(StatusCode::NO_CONTENT),
+        Ok(None) => error(StatusCode::NOT_FOUND, &format!("no key with id {id}")),
+        Err(_) => error(StatusCode::INTERNAL_SERVER_ERROR, "cannot persist state"),
     }
-    SimResponse::empty(StatusCode::NO_CONTENT)
 }
 
 fn put_faults(sim: &Simulator, body: &[u8]) -> SimResponse {
@@ -169,13 +169,12 @@ fn put_consumers(sim: &Simulator, body: &[u8]) -> SimResponse {
         return error(StatusCode::BAD_REQUEST, &e.to_string());
     }
     let public = public_consumers(&consumers);
-    let mut state = lock(&sim.state);
-    let (old, was_replaced) = state.replace_consumers(consumers);
-    if persist(&state, jiff::Timestamp::now()).is_err() {
-        state.restore_consumers(old, was_replaced);
-        return error(StatusCode::INTERNAL_SERVER_ERROR, "cannot persist state");
+    let replaced =
+        lock(&sim.state).replace_consumers(consumers, jiff::Timestamp::now().as_millisecond());
+    match persist(replaced) {
+        Ok(()) => json_ok(&public),
+        Err(_) => error(StatusCode::INTERNAL_SERVER_ERROR, "cannot persist state"),
     }
-    json_ok(&public)
 }
 
 /// Would Bitbucket let this key read this repository over SSH? Yes if the key is on the
@@ -192,27 +191,40 @@ fn authorized(sim: &Simulator, query: Option<&str>) -> SimResponse {
         .catalog
         .repository_by_full_name(&repository)
         .is_some_and(|repo| {
-            let project = repo.project.as_ref().and_then(|key| sim.catalog.project(&repo.workspace, key));
+            let project = repo
+                .project
+                .as_ref()
+                .and_then(|key| sim.catalog.project(&repo.workspace, key));
             let targets = [Some(repo.target()), project.map(|p| p.target())];
             let state = lock(&sim.state);
             state.keys().any(|k| {
                 k.fingerprint == fingerprint && targets.iter().flatten().any(|t| *t == k.target)
             })
         });
-    let status = if allowed { StatusCode::OK } else { StatusCode::FORBIDDEN };
+    let status = if allowed {
+        StatusCode::OK
+    } else {
+        StatusCode::FORBIDDEN
+    };
     SimResponse::json(status, &json!({ "allowed": allowed }))
 }
 
 /// authorized_keys lines for a fingerprint, for an sshd `AuthorizedKeysCommand`.
 fn authorized_keys(sim: &Simulator, query: Option<&str>) -> SimResponse {
     let Some(fingerprint) = QueryParams::parse(query).fingerprint else {
-        return SimResponse::text(StatusCode::BAD_REQUEST, "query parameter `fingerprint` is required\n");
+        return SimResponse::text(
+            StatusCode::BAD_REQUEST,
+            "query parameter `fingerprint` is required\n",
+        );
     };
     let state = lock(&sim.state);
     let mut lines: Vec<String> = Vec::new();
     for k in state.keys().filter(|k| k.fingerprint == fingerprint) {
         // The same key may sit on many targets; sshd wants it once.
-        if lines.iter().any(|l| l.split(' ').take(2).eq(k.key.split(' ').take(2))) {
+        if lines
+            .iter()
+            .any(|l| l.split(' ').take(2).eq(k.key.split(' ').take(2)))
+        {
             continue;
         }
         let line = if k.comment.is_empty() {
@@ -247,7 +259,9 @@ impl QueryParams {
                 "fingerprint" if out.fingerprint.is_none() => {
                     out.fingerprint = Some(value.replace(' ', "+"));
                 }
-                "repository" if out.repository.is_none() => out.repository = Some(value.into_owned()),
+                "repository" if out.repository.is_none() => {
+                    out.repository = Some(value.into_owned())
+                }
                 _ => {}
             }
         }

@@ -107,8 +107,14 @@ mod tests {
     #[test]
     fn fingerprint_matches_bitbuckets_published_host_key_fingerprint() {
         let key = accept_public_key(ED25519).expect("accepted");
-        assert_eq!(key.fingerprint, "SHA256:ybgmFkzwOSotHTHLJgHO0QN8L0xErw6vd0VhFA9m3SM");
-        assert_eq!(fingerprint(ED25519).as_deref(), Some(key.fingerprint.as_str()));
+        assert_eq!(
+            key.fingerprint,
+            "SHA256:ybgmFkzwOSotHTHLJgHO0QN8L0xErw6vd0VhFA9m3SM"
+        );
+        assert_eq!(
+            fingerprint(ED25519).as_deref(),
+            Some(key.fingerprint.as_str())
+        );
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! `POST /site/oauth2/access_token`: the client_credentials grant of OAuth consumers.
 
-use axum::http::header::{CACHE_CONTROL, HeaderValue};
 use axum::http::StatusCode;
+use axum::http::header::{CACHE_CONTROL, HeaderValue};
 use base64::Engine as _;
 use rand::RngCore;
 use serde_json::{Value, json};
@@ -55,7 +55,11 @@ pub fn mint(consumer: &OAuthConsumerConfig, now_ms: i64) -> (String, TokenRecord
 
 /// The success answer: no `refresh_token` for client_credentials, `scope` space-separated.
 pub fn token_response(consumer: &OAuthConsumerConfig, token: &str) -> SimResponse {
-    let scope_field = if consumer.legacy_scopes_field { "scopes" } else { "scope" };
+    let scope_field = if consumer.legacy_scopes_field {
+        "scopes"
+    } else {
+        "scope"
+    };
     let mut body = json!({
         "access_token": token,
         "expires_in": consumer.expires_in,
@@ -78,7 +82,10 @@ mod tests {
         let refused = check_grant(b"grant_type=password&username=x").expect_err("refused");
         let body: Value = serde_json::from_slice(&refused.body).expect("json");
         assert_eq!(body["error"], "invalid_grant");
-        assert_eq!(body["error_description"], "Unsupported grant type: password");
+        assert_eq!(
+            body["error_description"],
+            "Unsupported grant type: password"
+        );
     }
 
     #[test]

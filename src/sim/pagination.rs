@@ -47,20 +47,27 @@ fn parse_count(s: &str) -> Option<u64> {
     Some(s.parse().unwrap_or(u64::MAX))
 }
 
-/// Builds the page, or `None` when `page` lies past the last page (Bitbucket: 404
-/// "Invalid page"). `self_url` is the absolute URL of the collection, without query.
-pub fn page(values: Vec<Value>, request: PageRequest, self_url: &str) -> Option<Value> {
-    let size = values.len() as u64;
+/// Builds the page of `items`, rendering only the items on it, or `None` when `page`
+/// lies past the last page (Bitbucket: 404 "Invalid page"). `self_url` is the absolute
+/// URL of the collection, without query.
+pub fn page<T>(
+    items: &[T],
+    request: PageRequest,
+    self_url: &str,
+    render: impl Fn(&T) -> Value,
+) -> Option<Value> {
+    let size = items.len() as u64;
     let pagelen = u64::from(request.pagelen);
     let start = request.page.saturating_sub(1).saturating_mul(pagelen);
     if request.page > 1 && start >= size {
         return None;
     }
     let start = usize::try_from(start).unwrap_or(usize::MAX);
-    let page_values: Vec<Value> = values
-        .into_iter()
+    let page_values: Vec<Value> = items
+        .iter()
         .skip(start)
         .take(request.pagelen as usize)
+        .map(render)
         .collect();
     let end = start.saturating_add(page_values.len()) as u64;
     let mut out = json!({
@@ -73,7 +80,7 @@ pub fn page(values: Vec<Value>, request: PageRequest, self_url: &str) -> Option<
         out["next"] = Value::from(format!(
             "{self_url}?pagelen={}&page={}",
             request.pagelen,
-            request.page + 1
+            request.page.saturating_add(1)
         ));
     }
     Some(out)
@@ -86,25 +93,38 @@ mod tests {
 
     #[test]
     fn next_is_absent_on_the_last_page() {
-        let values: Vec<Value> = (0..25).map(Value::from).collect();
+        let values: Vec<u64> = (0..25).collect();
         let req = |page| PageRequest { page, pagelen: 10 };
-        let first = page(values.clone(), req(1), "http://h/x").expect("page 1");
+        let render = |v: &u64| Value::from(*v);
+        let first = page(&values, req(1), "http://h/x", render).expect("page 1");
         assert_eq!(first["next"], "http://h/x?pagelen=10&page=2");
         assert_eq!(first["size"], 25);
-        let last = page(values.clone(), req(3), "http://h/x").expect("page 3");
+        let last = page(&values, req(3), "http://h/x", render).expect("page 3");
         assert_eq!(last["values"].as_array().map(Vec::len), Some(5));
         assert!(last.get("next").is_none());
-        assert!(page(values, req(4), "http://h/x").is_none());
-        assert!(page(vec![], req(1), "http://h/x").is_some(), "an empty list has a page 1");
+        assert!(page(&values, req(4), "http://h/x", render).is_none());
+        assert!(
+            page(&[], req(1), "http://h/x", render).is_some(),
+            "an empty list has a page 1"
+        );
     }
 
     #[test]
     fn pagelen_is_clamped_and_garbage_refused() {
         assert_eq!(
             parse_page_query(Some("pagelen=1000000000000000000000000&page=2"), 10),
-            Ok(PageRequest { page: 2, pagelen: 100 })
+            Ok(PageRequest {
+                page: 2,
+                pagelen: 100
+            })
         );
-        assert_eq!(parse_page_query(None, 10), Ok(PageRequest { page: 1, pagelen: 10 }));
+        assert_eq!(
+            parse_page_query(None, 10),
+            Ok(PageRequest {
+                page: 1,
+                pagelen: 10
+            })
+        );
         assert!(parse_page_query(Some("page=abc"), 10).is_err());
         assert!(parse_page_query(Some("page=0"), 10).is_err());
         assert!(parse_page_query(Some("pagelen=-1"), 10).is_err());
@@ -114,8 +134,8 @@ mod tests {
         #[test]
         fn arbitrary_queries_never_panic(q in ".*", n in 0usize..300, default in 1u32..=100) {
             if let Ok(req) = parse_page_query(Some(&q), default) {
-                let values: Vec<Value> = (0..n).map(Value::from).collect();
-                let _ = page(values, req, "http://h/x");
+                let values: Vec<usize> = (0..n).collect();
+                let _ = page(&values, req, "http://h/x", |v| Value::from(*v));
             }
         }
     }

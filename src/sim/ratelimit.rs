@@ -109,7 +109,10 @@ mod tests {
         assert!(limiter.admit("a", t0));
         assert!(limiter.admit("a", t0 + Duration::from_secs(5)));
         assert!(!limiter.admit("a", t0 + Duration::from_secs(6)));
-        assert!(limiter.admit("b", t0 + Duration::from_secs(6)), "other credential unaffected");
+        assert!(
+            limiter.admit("b", t0 + Duration::from_secs(6)),
+            "other credential unaffected"
+        );
         // The first request leaves the window at t0+10: one slot frees up.
         assert!(limiter.admit("a", t0 + Duration::from_secs(10)));
         assert!(!limiter.admit("a", t0 + Duration::from_secs(11)));

@@ -29,13 +29,19 @@ impl SimResponse {
         // Serialising a `Value` cannot fail; an empty body is the harmless fallback anyway.
         let body = serde_json::to_vec(value).unwrap_or_default();
         Self::empty(status)
-            .with_header(CONTENT_TYPE, HeaderValue::from_static("application/json; charset=utf-8"))
+            .with_header(
+                CONTENT_TYPE,
+                HeaderValue::from_static("application/json; charset=utf-8"),
+            )
             .with_body(body)
     }
 
     pub fn text(status: StatusCode, text: impl Into<String>) -> Self {
         Self::empty(status)
-            .with_header(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"))
+            .with_header(
+                CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; charset=utf-8"),
+            )
             .with_body(text.into().into_bytes())
     }
 

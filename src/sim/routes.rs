@@ -27,6 +27,9 @@ pub enum Route {
         key_id: String,
     },
     Token,
+    Workspace {
+        workspace: String,
+    },
     NotFound,
 }
 
@@ -43,6 +46,7 @@ pub enum Operation {
     ProjectKeyGet,
     ProjectKeyDelete,
     Token,
+    WorkspaceGet,
 }
 
 impl Operation {
@@ -58,6 +62,7 @@ impl Operation {
             Operation::ProjectKeyGet => "project_key_get",
             Operation::ProjectKeyDelete => "project_key_delete",
             Operation::Token => "token",
+            Operation::WorkspaceGet => "workspace_get",
         }
     }
 }
@@ -66,7 +71,9 @@ impl Operation {
 pub enum Resolved {
     Op(Operation),
     /// The path exists but not with this method; `allow` is the `Allow` header.
-    MethodNotAllowed { allow: &'static str },
+    MethodNotAllowed {
+        allow: &'static str,
+    },
     NotFound,
 }
 
@@ -99,12 +106,23 @@ pub fn parse_route(path: &str) -> Route {
             workspace: (*ws).to_owned(),
             project: (*project).to_owned(),
         },
-        ["2.0", "workspaces", ws, "projects", project, "deploy-keys", id] => Route::ProjectKey {
+        [
+            "2.0",
+            "workspaces",
+            ws,
+            "projects",
+            project,
+            "deploy-keys",
+            id,
+        ] => Route::ProjectKey {
             workspace: (*ws).to_owned(),
             project: (*project).to_owned(),
             key_id: (*id).to_owned(),
         },
         ["site", "oauth2", "access_token"] => Route::Token,
+        ["2.0", "workspaces", ws] => Route::Workspace {
+            workspace: (*ws).to_owned(),
+        },
         _ => Route::NotFound,
     }
 }
@@ -121,6 +139,8 @@ pub fn resolve(route: &Route, method: &Method) -> Resolved {
         (Route::ProjectKey { .. }, "GET") => Operation::ProjectKeyGet,
         (Route::ProjectKey { .. }, "DELETE") => Operation::ProjectKeyDelete,
         (Route::Token, "POST") => Operation::Token,
+        (Route::Workspace { .. }, "GET") => Operation::WorkspaceGet,
+        (Route::Workspace { .. }, _) => return Resolved::MethodNotAllowed { allow: "GET" },
         (Route::NotFound, _) => return Resolved::NotFound,
         (Route::RepoKeys { .. } | Route::ProjectKeys { .. }, _) => {
             return Resolved::MethodNotAllowed { allow: "GET, POST" };
@@ -132,7 +152,9 @@ pub fn resolve(route: &Route, method: &Method) -> Resolved {
         }
         // Project keys have no PUT in Bitbucket: delete and add again.
         (Route::ProjectKey { .. }, _) => {
-            return Resolved::MethodNotAllowed { allow: "GET, DELETE" };
+            return Resolved::MethodNotAllowed {
+                allow: "GET, DELETE",
+            };
         }
         (Route::Token, _) => return Resolved::MethodNotAllowed { allow: "POST" },
     };
@@ -206,8 +228,14 @@ mod tests {
             }
         );
         assert_eq!(parse_route("/site/oauth2/access_token"), Route::Token);
-        assert_eq!(parse_route("/2.0/repositories//api/deploy-keys"), Route::NotFound);
-        assert_eq!(parse_route("/2.0/repositories/a/b/deploy-keys/%zz"), Route::NotFound);
+        assert_eq!(
+            parse_route("/2.0/repositories//api/deploy-keys"),
+            Route::NotFound
+        );
+        assert_eq!(
+            parse_route("/2.0/repositories/a/b/deploy-keys/%zz"),
+            Route::NotFound
+        );
     }
 
     #[test]
@@ -215,7 +243,9 @@ mod tests {
         let route = parse_route("/2.0/workspaces/acme/projects/CORE/deploy-keys/1");
         assert_eq!(
             resolve(&route, &Method::PUT),
-            Resolved::MethodNotAllowed { allow: "GET, DELETE" }
+            Resolved::MethodNotAllowed {
+                allow: "GET, DELETE"
+            }
         );
     }
 

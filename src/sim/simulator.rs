@@ -4,12 +4,15 @@
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
 
+use axum::body::Bytes;
 use axum::http::header::{HOST, WWW_AUTHENTICATE};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
-use axum::body::Bytes;
 
 use super::SimError;
-use super::auth::{AuthFailure, Credentials, authenticate_client, missing_scopes, parse_authorization, required_scopes};
+use super::auth::{
+    AuthFailure, Credentials, authenticate_client, missing_scopes, parse_authorization,
+    required_scopes,
+};
 use super::catalog::Catalog;
 use super::config::SimConfig;
 use super::deploy_keys::{self, Context};
@@ -56,8 +59,15 @@ impl Simulator {
     pub fn new(config: SimConfig) -> Result<Self, SimError> {
         config.validate()?;
         let seed = config.seed.unwrap_or_else(rand::random);
-        tracing::info!(seed, "fault injection seed (set `seed` in the config to replay)");
-        let state = State::load_or_new(config.oauth_consumers.clone(), config.state_path.clone())?;
+        tracing::info!(
+            seed,
+            "fault injection seed (set `seed` in the config to replay)"
+        );
+        let state = State::load_or_new(
+            config.oauth_consumers.clone(),
+            config.state_path.clone(),
+            jiff::Timestamp::now().as_millisecond(),
+        )?;
         Ok(Self {
             catalog: Catalog::from_config(&config),
             credentials: Credentials {
@@ -101,7 +111,10 @@ impl Simulator {
                 self.identify(&request, &resolved),
             )
         } else if plan.rate_limit_burst {
-            (SimResponse::rate_limited(), self.identify(&request, &resolved))
+            (
+                SimResponse::rate_limited(),
+                self.identify(&request, &resolved),
+            )
         } else {
             self.process(&request, &route, &resolved)
         };
@@ -169,7 +182,10 @@ impl Simulator {
         if !lock(&self.limiter).admit(&credential, Instant::now()) {
             return (SimResponse::rate_limited(), Some(credential));
         }
-        let missing = missing_scopes(required_scopes(op, &principal.credential), &principal.scopes);
+        let missing = missing_scopes(
+            required_scopes(op, &principal.credential),
+            &principal.scopes,
+        );
         if !missing.is_empty() {
             let message = format!(
                 "Your credentials lack one or more required privilege scopes: {}.",
@@ -181,7 +197,10 @@ impl Simulator {
                 principal.scopes.join(", ")
             );
             let body = model::error_body(&message, Some(&detail), None);
-            return (SimResponse::json(StatusCode::FORBIDDEN, &body), Some(credential));
+            return (
+                SimResponse::json(StatusCode::FORBIDDEN, &body),
+                Some(credential),
+            );
         }
         let base = self.base_url(&request.headers);
         let mut state = lock(&self.state);
@@ -218,14 +237,11 @@ impl Simulator {
         }
         let now = jiff::Timestamp::now();
         let (token, record) = oauth::mint(&consumer, now.as_millisecond());
-        let digest = record.digest.clone();
-        let mut state = lock(&self.state);
-        state.insert_token(record, now.as_millisecond());
-        if let Err(response) = deploy_keys::persist(&state, now) {
-            state.remove_token(&digest);
-            return (response, credential);
+        let inserted = lock(&self.state).insert_token(record, now.as_millisecond());
+        match deploy_keys::persist(inserted) {
+            Ok(()) => (oauth::token_response(&consumer, &token), credential),
+            Err(response) => (response, credential),
         }
-        (oauth::token_response(&consumer, &token), credential)
     }
 
     /// Who a request claims to be, without counting it anywhere (for requests answered
@@ -281,7 +297,10 @@ impl Simulator {
             .get(HOST)
             .and_then(|h| h.to_str().ok())
             .filter(|h| is_plausible_host(h));
-        let scheme = match headers.get("x-forwarded-proto").and_then(|h| h.to_str().ok()) {
+        let scheme = match headers
+            .get("x-forwarded-proto")
+            .and_then(|h| h.to_str().ok())
+        {
             Some("https") => "https",
             _ => "http",
         };
@@ -372,7 +391,8 @@ seed: 1
         let sim = sim();
         let rt = runtime();
         let key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIIazEu89wgQZ4bqs3d63QSMzYVa0MuJ2e2gKTKqu+UUO me@host";
-        let body = serde_json::to_vec(&serde_json::json!({"key": key, "label": "ci"})).unwrap_or_default();
+        let body =
+            serde_json::to_vec(&serde_json::json!({"key": key, "label": "ci"})).unwrap_or_default();
         let created = rt.block_on(sim.handle(request(
             Method::POST,
             "/2.0/repositories/acme/api/deploy-keys",

@@ -1,0 +1,49 @@
+# bitbucket-credentials-operator
+SHELL := /bin/bash
+CARGO ?= cargo
+export CARGO_TERM_COLOR ?= never
+
+.PHONY: all build control-plane test test-unit test-e2e test-packaging cluster-up cluster-down crds demo bench fuzz lint
+
+all: build
+
+build:
+	$(CARGO) build --bins
+
+## The real control plane and Helm, built once from the published Go modules into a cache.
+control-plane:
+	bash hack/build-control-plane.sh all
+
+## Regenerate crds/ (and the chart's copy) from the API types.
+crds: build
+	./target/debug/bitbucket-credentials-operator crd | python3 hack/split-crds.py crds charts/bitbucket-credentials-operator/crds
+
+## Every test: unit, simulator contract, the real control plane end to end, packaging.
+test: control-plane
+	$(CARGO) build --bins --tests
+	$(CARGO) test --no-fail-fast -- --test-threads=4
+	$(MAKE) test-packaging
+
+test-unit:
+	$(CARGO) test --lib --bins
+
+test-e2e: control-plane
+	$(CARGO) test --test e2e -- --test-threads=4
+
+test-packaging: control-plane
+	bash hack/with-cluster.sh bash hack/test-packaging.sh
+
+cluster-up: control-plane
+	bash hack/cluster.sh up
+
+cluster-down:
+	bash hack/cluster.sh down
+
+demo:
+	bash hack/demo.sh
+
+bench:
+	@echo "make bench: not yet (see the issue tracker)"; exit 1
+
+lint:
+	$(CARGO) clippy --all-targets -- -D warnings
