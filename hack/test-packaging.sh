@@ -423,12 +423,31 @@ else
 fi
 operator_pid=""
 
+# Stops the private control plane. Closing the lifeline alone is not enough: cluster.sh's
+# EXIT trap runs after run() has returned, when its local list of child pids is gone, so it
+# would wait for its children forever. Its children (etcd, kube-apiserver,
+# kube-controller-manager) are stopped here by pid instead, then cluster.sh itself.
 stop_control_plane() {
   [ -n "${CONTROL_PLANE_PID:-}" ] || return 0
-  local pid=$CONTROL_PLANE_PID
-  eval "exec ${CONTROL_PLANE[1]}>&-" 2>/dev/null
-  for _ in $(seq 600); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+  local pid=$CONTROL_PLANE_PID kids
   CONTROL_PLANE_PID=""
+  kids=$(pgrep -P "$pid" | tr '\n' ' ')
+  if [ -n "${CONTROL_PLANE[1]:-}" ]; then eval "exec ${CONTROL_PLANE[1]}>&-"; fi
+  # shellcheck disable=SC2086
+  [ -z "$kids" ] || kill $kids 2>/dev/null
+  local k alive
+  for _ in $(seq 50); do
+    alive=""
+    for k in $kids; do kill -0 "$k" 2>/dev/null && alive="$alive $k"; done
+    [ -z "$alive" ] && break
+    sleep 0.1
+  done
+  # shellcheck disable=SC2086
+  [ -z "$alive" ] || kill -9 $alive 2>/dev/null
+  for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+  kill "$pid" 2>/dev/null
+  wait "$pid" 2>/dev/null
+  return 0
 }
 
 cleanup() {

@@ -14,7 +14,7 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::runtime::controller::{Config as ControllerConfig, Controller};
 use kube::runtime::reflector::ObjectRef;
 use kube::core::PartialObjectMeta;
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::{Predicate, WatchStreamExt, predicates, reflector, watcher};
 use kube::{Api, Client, ResourceExt};
 
 use crate::api::{
@@ -168,7 +168,19 @@ pub async fn run(config: Config) -> Result<(), RunError> {
             .default_backoff()
             .modify(|s| s.managed_fields_mut().clear())
             .touched_objects();
-        let controller = Controller::new(api, watcher::Config::default().any_semantic())
+        // Status writes must not wake the object up again (a failing object would loop):
+        // only spec (generation), annotations (manual rotation) and finalizers do.
+        let (reader, writer) = reflector::store();
+        let objects = watcher(api, watcher::Config::default().any_semantic())
+            .default_backoff()
+            .modify(|o| o.managed_fields_mut().clear())
+            .reflect(writer)
+            .applied_objects()
+            .predicate_filter(
+                predicates::generation.combine(predicates::annotations).combine(predicates::finalizers),
+                Default::default(),
+            );
+        let controller = Controller::for_stream(objects, reader)
             .with_config(ctrl_config.clone())
             .owns_stream(secret_events);
         let store = controller.store();
@@ -221,7 +233,17 @@ pub async fn run(config: Config) -> Result<(), RunError> {
             .default_backoff()
             .modify(|s| s.managed_fields_mut().clear())
             .touched_objects();
-        let controller = Controller::new(api, watcher::Config::default().any_semantic())
+        let (reader, writer) = reflector::store();
+        let objects = watcher(api, watcher::Config::default().any_semantic())
+            .default_backoff()
+            .modify(|o| o.managed_fields_mut().clear())
+            .reflect(writer)
+            .applied_objects()
+            .predicate_filter(
+                predicates::generation.combine(predicates::annotations).combine(predicates::finalizers),
+                Default::default(),
+            );
+        let controller = Controller::for_stream(objects, reader)
             .with_config(ctrl_config.clone())
             .owns_stream(secret_events);
         syncs.push_oauth(controller.store());
