@@ -246,7 +246,27 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         let controller = Controller::for_stream(objects, reader)
             .with_config(ctrl_config.clone())
             .owns_stream(secret_events);
-        syncs.push_oauth(controller.store());
+        // A consumer Secret rotated by an admin takes effect at once.
+        let consumer_secrets: Api<PartialObjectMeta<Secret>> = match &ns {
+            Some(ns) => Api::namespaced(client.clone(), ns),
+            None => Api::all(client.clone()),
+        };
+        let consumer_events = watcher(consumer_secrets, watcher::Config::default().labels(oauth_consumer::CONSUMER_LABEL))
+            .default_backoff()
+            .modify(|s| s.managed_fields_mut().clear())
+            .touched_objects();
+        let store = controller.store();
+        let by_secret = store.clone();
+        let controller = controller.watches_stream(consumer_events, move |secret: PartialObjectMeta<Secret>| {
+            let (name, ns) = (secret.name_any(), secret.namespace());
+            by_secret
+                .state()
+                .into_iter()
+                .filter(|c| c.spec.consumer_secret_ref.name == name && c.namespace() == ns)
+                .map(|c| ObjectRef::from_obj(&*c))
+                .collect::<Vec<_>>()
+        });
+        syncs.push_oauth(store);
         tasks.push(
             controller
                 .graceful_shutdown_on(shutdown.clone())

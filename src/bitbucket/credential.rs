@@ -83,6 +83,11 @@ impl Credential {
         &self.identity
     }
 
+    /// The hourly budget this credential was configured with.
+    pub fn limiter_budget(&self) -> u32 {
+        self.limiter.lock().unwrap_or_else(|e| e.into_inner()).0
+    }
+
     pub fn auth(&self) -> Auth {
         self.auth.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }

@@ -1,11 +1,253 @@
-//! `BitbucketOAuthConsumer`: short-lived access tokens kept fresh in a Secret.
+//! `BitbucketOAuthConsumer`: short-lived access tokens minted with client_credentials and
+//! kept fresh in a Secret, so CI pods never see the consumer's key and secret.
+//!
+//! The token in the output Secret is the state: a restart finds it there and mints nothing
+//! until the renewal time; a failed renewal leaves the last good token in place.
+
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
+use kube::{Api, Resource, ResourceExt};
+use rand::Rng;
+use serde_json::json;
+use ssh_key::HashAlg;
 
-use super::{Context, Result};
-use crate::api::BitbucketOAuthConsumer;
+use super::workspace::resolve;
+use super::{Context, Error, FIELD_MANAGER, Result, condition, parse_duration, set_condition};
+use crate::api::{BitbucketOAuthConsumer, OAuthConsumerStatus, TokenFormat};
+use crate::bitbucket::Auth;
+use crate::metrics::{ControllerLabels, ErrorLabels, METRICS, ObjectLabels};
+use crate::secret::{TOKEN_USERNAME, token_secret, up_to_date};
+use crate::sensitive::SecretString;
 
-pub async fn reconcile(_obj: Arc<BitbucketOAuthConsumer>, _ctx: Arc<Context>) -> Result<Action> {
-    Ok(Action::await_change())
+const CONTROLLER: &str = "oauthconsumer";
+/// Label the operator puts on a consumer Secret so that a change to it (an admin rotating
+/// the consumer's secret) reaches the operator at once.
+pub const CONSUMER_LABEL: &str = "bitbucket.credentials.dev/oauth-consumer-secret";
+const KEYS: &str = "`key` and `secret`";
+
+pub async fn reconcile(obj: Arc<BitbucketOAuthConsumer>, ctx: Arc<Context>) -> Result<Action> {
+    let started = Instant::now();
+    let labels = ControllerLabels { controller: CONTROLLER.into() };
+    METRICS.reconciles.get_or_create(&labels).inc();
+    if obj.meta().deletion_timestamp.is_some() {
+        METRICS.seconds_until_deadline.remove(&object_labels(&obj));
+        ctx.forget(&*obj);
+        return Ok(Action::await_change());
+    }
+    let result = apply(&obj, &ctx).await;
+    METRICS.reconcile_duration.get_or_create(&labels).observe(started.elapsed().as_secs_f64());
+    match result {
+        Ok(a) => {
+            ctx.succeeded(&*obj);
+            Ok(a)
+        }
+        Err(error) => {
+            METRICS
+                .reconcile_errors
+                .get_or_create(&ErrorLabels { controller: CONTROLLER.into(), reason: error.reason().into() })
+                .inc();
+            let delay = ctx.backoff(&*obj, &error);
+            let mut status = obj.status.clone().unwrap_or_default();
+            let kept = if status.expires_at.as_ref().is_some_and(|t| super::seconds_until(t) > 0) {
+                "; the last token stays in place until it expires"
+            } else {
+                ""
+            };
+            let message = format!("{error}{kept}; retrying in {}s", delay.as_secs());
+            let unchanged = status.conditions.iter().any(|c| c.type_ == "Ready" && c.reason == error.reason());
+            let c = condition(&status.conditions, "Ready", false, error.reason(), message, obj.metadata.generation);
+            set_condition(&mut status.conditions, c);
+            if let Err(e) = patch_status(&obj, &ctx, &status).await {
+                tracing::warn!(error = %e, "cannot record failure in status");
+            }
+            tracing::warn!(object = %super::display_name(&*obj), reason = error.reason(), error = %error, "reconcile failed");
+            if !unchanged {
+                ctx.event(&*obj, true, error.reason(), error.to_string()).await;
+            }
+            Ok(Action::requeue(delay))
+        }
+    }
+}
+
+fn object_labels(obj: &BitbucketOAuthConsumer) -> ObjectLabels {
+    ObjectLabels { kind: "BitbucketOAuthConsumer".into(), namespace: obj.namespace().unwrap_or_default(), name: obj.name_any() }
+}
+
+async fn patch_status(obj: &BitbucketOAuthConsumer, ctx: &Context, status: &OAuthConsumerStatus) -> Result<()> {
+    let api: Api<BitbucketOAuthConsumer> = Api::namespaced(ctx.client.clone(), &obj.namespace().unwrap_or_default());
+    let patch = json!({
+        "apiVersion": BitbucketOAuthConsumer::api_version(&()),
+        "kind": BitbucketOAuthConsumer::kind(&()),
+        "status": status,
+    });
+    api.patch_status(&obj.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(patch)).await?;
+    Ok(())
+}
+
+/// A short digest of the consumer credentials, to notice a rotated secret. Not reversible.
+fn revision(key: &str, secret: &SecretString) -> String {
+    let digest = HashAlg::Sha256.digest(format!("{key}\n{}", secret.expose()).as_bytes());
+    digest.iter().take(8).map(|b| format!("{b:02x}")).collect()
+}
+
+/// When to renew a token that lives `lifetime`: `refresh_before` ahead of its expiry, a
+/// little earlier by a random amount so that many consumers spread out; at half-life if
+/// `refresh_before` is longer than the token lives.
+pub fn renewal_delay(lifetime: Duration, refresh_before: Duration) -> Duration {
+    let base = if refresh_before < lifetime { lifetime - refresh_before } else { lifetime / 2 };
+    let spread = (base / 10).min(Duration::from_secs(300));
+    base - spread.mul_f64(rand::thread_rng().gen_range(0.0..1.0))
+}
+
+fn git_host(site_url: &str) -> String {
+    url::Url::parse(site_url).ok().and_then(|u| u.host_str().map(|h| match u.port() {
+        Some(p) => format!("{h}:{p}"),
+        None => h.to_string(),
+    })).unwrap_or_else(|| "bitbucket.org".into())
+}
+
+fn read_token(secret: &Secret) -> Option<SecretString> {
+    let data = secret.data.as_ref()?;
+    let raw = data.get("token").or_else(|| data.get("password")).map(|b| b.0.clone()).or_else(|| {
+        let line = String::from_utf8(data.get(".git-credentials")?.0.clone()).ok()?;
+        let rest = line.trim().split_once(&format!("{TOKEN_USERNAME}:"))?.1.to_string();
+        Some(rest.rsplit_once('@')?.0.as_bytes().to_vec())
+    })?;
+    SecretString::from_bytes(&raw).filter(|t| !t.expose().is_empty())
+}
+
+async fn apply(obj: &BitbucketOAuthConsumer, ctx: &Context) -> Result<Action> {
+    let ns = obj.namespace().unwrap_or_default();
+    let uid = obj.uid().unwrap_or_default();
+    let original = obj.status.clone().unwrap_or_default();
+    let mut st = original.clone();
+    let ws = resolve(ctx, &ns, &obj.spec.workspace_ref).await?;
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
+
+    // The consumer's credentials, from the same namespace only.
+    let consumer_name = &obj.spec.consumer_secret_ref.name;
+    let consumer = secrets
+        .get_opt(consumer_name)
+        .await?
+        .ok_or_else(|| Error::AuthSecretNotFound { namespace: ns.clone(), name: consumer_name.clone(), keys: KEYS })?;
+    let field = |k: &str| {
+        consumer
+            .data
+            .as_ref()
+            .and_then(|d| d.get(k))
+            .and_then(|v| SecretString::from_bytes(&v.0))
+            .map(|s| SecretString::new(s.expose().trim()))
+            .filter(|s| !s.expose().is_empty())
+            .ok_or_else(|| Error::AuthSecretInvalid { namespace: ns.clone(), name: consumer_name.clone(), key: k.into(), keys: KEYS })
+    };
+    let (key, secret) = (field("key")?.expose().to_string(), field("secret")?);
+    if !consumer.labels().contains_key(CONSUMER_LABEL) {
+        let patch = json!({"metadata": {"labels": {CONSUMER_LABEL: "true"}}});
+        secrets.patch(consumer_name, &PatchParams::default(), &Patch::Merge(patch)).await?;
+    }
+    let rev = revision(&key, &secret);
+
+    let out_name = obj.spec.secret.name.clone().unwrap_or_else(|| obj.name_any());
+    let existing = secrets.get_opt(&out_name).await?;
+    if let Some(s) = &existing
+        && !super::owned_by(s, &uid)
+    {
+        return Err(Error::SecretConflict(format!("{ns}/{out_name}")));
+    }
+    let current = existing.as_ref().and_then(read_token);
+    let due = st.renewal_time.as_ref().is_none_or(|t| super::seconds_until(t) <= 0);
+    let rotated = st.consumer_revision.as_deref() != Some(rev.as_str());
+    let owner = obj.controller_owner_ref(&()).expect("a stored object has a name and uid");
+    let host = git_host(&ws.site_url);
+    let render = |token: &str| {
+        token_secret(&out_name, &ns, owner.clone(), &obj.spec.secret.formats, &obj.spec.secret.metadata, token, &host)
+    };
+
+    let token = match current {
+        Some(t) if !due && !rotated => t,
+        _ => {
+            let credential = ctx.bitbucket.credential(
+                &format!("{}#oauth", ws.site_url),
+                &Auth::OAuthConsumer { key: key.clone(), secret },
+                ws.client.credential().limiter_budget(),
+            );
+            let minted = ctx
+                .bitbucket
+                .mint_token(&ws.site_url, &credential)
+                .await
+                .map_err(|e| Error::bitbucket(format!("OAuth consumer {key}"), e))?;
+            let lifetime = minted.expires_in;
+            let refresh_before = parse_duration(&obj.spec.refresh_before).unwrap_or(Duration::from_secs(900));
+            st.expires_at = Some(super::time_after(lifetime));
+            st.renewal_time = Some(super::time_after(renewal_delay(lifetime, refresh_before)));
+            st.scopes = minted.scopes.clone();
+            st.consumer_revision = Some(rev);
+            ctx.event(obj, false, "TokenIssued", format!("new access token, valid for {}s", lifetime.as_secs())).await;
+            minted.access_token
+        }
+    };
+    let desired = render(token.expose());
+    if !existing.as_ref().is_some_and(|s| up_to_date(s, &desired)) {
+        let mut body = serde_json::to_value(&desired).map_err(|e| Error::Finalizer(e.to_string()))?;
+        body["apiVersion"] = json!("v1");
+        body["kind"] = json!("Secret");
+        if existing.as_ref().is_some_and(|s| s.type_ != desired.type_) {
+            // A Secret's type cannot change: replace it.
+            secrets.delete(&out_name, &Default::default()).await?;
+        }
+        secrets.patch(&out_name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(body)).await?;
+    }
+    st.secret_name = Some(out_name);
+    st.observed_generation = obj.metadata.generation;
+    let expires = st.expires_at.clone();
+    let ready = condition(
+        &st.conditions,
+        "Ready",
+        true,
+        "TokenIssued",
+        format!("access token valid until {}", expires.as_ref().map(|t| t.0.to_string()).unwrap_or_default()),
+        obj.metadata.generation,
+    );
+    set_condition(&mut st.conditions, ready);
+    if st != original {
+        patch_status(obj, ctx, &st).await?;
+    }
+    if let Some(t) = &st.expires_at {
+        METRICS.seconds_until_deadline.get_or_create(&object_labels(obj)).set(super::seconds_until(t));
+    }
+    let next = st.renewal_time.as_ref().map(|t: &Time| super::seconds_until(t).max(1) as u64).unwrap_or(60);
+    Ok(Action::requeue(Duration::from_secs(next)))
+}
+
+/// Formats that carry the token as a password (Secret type `kubernetes.io/basic-auth`).
+pub fn uses_basic_auth(formats: &[TokenFormat]) -> bool {
+    formats.contains(&TokenFormat::BasicAuth)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renewal_comes_before_refresh_before_with_spread() {
+        for _ in 0..100 {
+            let d = renewal_delay(Duration::from_secs(7200), Duration::from_secs(900));
+            assert!(d <= Duration::from_secs(6300) && d >= Duration::from_secs(6000), "{d:?}");
+        }
+        let d = renewal_delay(Duration::from_secs(60), Duration::from_secs(900));
+        assert!(d <= Duration::from_secs(30));
+    }
+
+    #[test]
+    fn the_token_reads_back_from_any_format() {
+        let s = token_secret("n", "ns", Default::default(), &[TokenFormat::GitCredentials], &Default::default(), "tok123", "bitbucket.org");
+        assert_eq!(read_token(&s).unwrap().expose(), "tok123");
+        let s = token_secret("n", "ns", Default::default(), &[TokenFormat::BasicAuth], &Default::default(), "tok456", "bitbucket.org");
+        assert_eq!(read_token(&s).unwrap().expose(), "tok456");
+    }
 }

@@ -4,5 +4,6 @@
 mod support;
 
 mod access_key;
+mod oauth_consumer;
 mod control_plane;
 mod validation;
