@@ -27,7 +27,7 @@ run() {
   local dir=$1 lifeline=${2:-}
   mkdir -p "$dir/pki" "$dir/logs"
   local bin; bin=$("$here/build-control-plane.sh" all | tail -1)
-  local pids=()
+  pids=()
   cleanup() {
     trap - EXIT TERM INT
     for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done

@@ -72,7 +72,7 @@ pub enum RunError {
     Bitbucket(#[from] crate::bitbucket::Error),
 }
 
-/// Ready once every controller's watches have synced.
+/// Ready once the watched kinds can be listed.
 #[derive(Default)]
 struct Health {
     ready: AtomicBool,
@@ -150,7 +150,6 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     let ctrl_config = ControllerConfig::default().concurrency(config.concurrency);
     let secret_selector = format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}");
     let mut tasks = Vec::new();
-    let mut syncs = Syncs::default();
 
     for api in namespaced_api::<BitbucketAccessKey>(&client, &config.watch_namespaces) {
         let ns = api.namespace().map(String::from);
@@ -171,7 +170,7 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         // Status writes must not wake the object up again (a failing object would loop):
         // only spec (generation), annotations (manual rotation) and finalizers do.
         let (reader, writer) = reflector::store();
-        let objects = watcher(api, watcher::Config::default().any_semantic())
+        let objects = watcher(api, watcher::Config::default())
             .default_backoff()
             .modify(|o| o.managed_fields_mut().clear())
             .reflect(writer)
@@ -184,7 +183,6 @@ pub async fn run(config: Config) -> Result<(), RunError> {
             .with_config(ctrl_config.clone())
             .owns_stream(secret_events);
         let store = controller.store();
-        syncs.push(store.clone());
         let by_ws = store.clone();
         let controller = controller
             .watches(workspaces, watcher::Config::default(), move |ws: BitbucketWorkspace| {
@@ -234,7 +232,7 @@ pub async fn run(config: Config) -> Result<(), RunError> {
             .modify(|s| s.managed_fields_mut().clear())
             .touched_objects();
         let (reader, writer) = reflector::store();
-        let objects = watcher(api, watcher::Config::default().any_semantic())
+        let objects = watcher(api, watcher::Config::default())
             .default_backoff()
             .modify(|o| o.managed_fields_mut().clear())
             .reflect(writer)
@@ -266,7 +264,7 @@ pub async fn run(config: Config) -> Result<(), RunError> {
                 .map(|c| ObjectRef::from_obj(&*c))
                 .collect::<Vec<_>>()
         });
-        syncs.push_oauth(store);
+        drop(store);
         tasks.push(
             controller
                 .graceful_shutdown_on(shutdown.clone())
@@ -296,8 +294,17 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     );
 
     let h = health.clone();
+    let probe = client.clone();
+    let namespaces = config.watch_namespaces.clone();
     tokio::spawn(async move {
-        syncs.wait_ready().await;
+        // Ready once every watched kind can be listed with our permissions, which is what
+        // the initial sync of the watches does first.
+        loop {
+            if can_list_everything(&probe, &namespaces).await {
+                break;
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
         h.ready.store(true, Ordering::Relaxed);
         tracing::info!("watches synced; ready");
     });
@@ -308,26 +315,22 @@ pub async fn run(config: Config) -> Result<(), RunError> {
 
 use futures::FutureExt as _;
 
-/// The stores whose initial sync `/readyz` waits for.
-#[derive(Default)]
-struct Syncs {
-    access_keys: Vec<kube::runtime::reflector::Store<BitbucketAccessKey>>,
-    oauth: Vec<kube::runtime::reflector::Store<BitbucketOAuthConsumer>>,
-}
-
-impl Syncs {
-    fn push(&mut self, s: kube::runtime::reflector::Store<BitbucketAccessKey>) {
-        self.access_keys.push(s);
-    }
-    fn push_oauth(&mut self, s: kube::runtime::reflector::Store<BitbucketOAuthConsumer>) {
-        self.oauth.push(s);
-    }
-    async fn wait_ready(self) {
-        for s in self.access_keys {
-            let _ = s.wait_until_ready().await;
-        }
-        for s in self.oauth {
-            let _ = s.wait_until_ready().await;
+async fn can_list_everything(client: &Client, namespaces: &[String]) -> bool {
+    let lp = kube::api::ListParams::default().limit(1);
+    for api in namespaced_api::<BitbucketAccessKey>(client, namespaces) {
+        if api.list_metadata(&lp).await.is_err() {
+            return false;
         }
     }
+    for api in namespaced_api::<BitbucketOAuthConsumer>(client, namespaces) {
+        if api.list_metadata(&lp).await.is_err() {
+            return false;
+        }
+    }
+    for api in namespaced_api::<BitbucketWorkspace>(client, namespaces) {
+        if api.list_metadata(&lp).await.is_err() {
+            return false;
+        }
+    }
+    Api::<ClusterBitbucketWorkspace>::all(client.clone()).list_metadata(&lp).await.is_ok()
 }

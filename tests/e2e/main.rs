@@ -6,4 +6,5 @@ mod support;
 mod access_key;
 mod oauth_consumer;
 mod control_plane;
+mod operations;
 mod validation;

@@ -195,6 +195,7 @@ pub struct Operator {
 
 impl Operator {
     pub fn start(dir: &Path, namespace: &str, extra: &[&str]) -> Operator {
+        std::fs::create_dir_all(dir).unwrap();
         let mut op = Operator {
             proc: None,
             log: dir.join("operator.log"),
@@ -243,6 +244,7 @@ impl Operator {
                 format!("--health-addr=127.0.0.1:{}", self.health_port),
             ])
             .env("KUBECONFIG", &cluster().kubeconfig)
+            .env("POD_NAMESPACE", namespace_of(&self.args))
             .env("RUST_LOG", "info,bitbucket_credentials_operator=debug")
             .envs(envs.iter().copied())
             .stdout(log.try_clone().unwrap())
@@ -492,4 +494,8 @@ where
         assert!(Instant::now() < deadline, "timed out waiting for: {what}");
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
+}
+
+fn namespace_of(args: &[String]) -> String {
+    args.iter().find_map(|a| a.strip_prefix("--watch-namespaces=")).unwrap_or("default").to_string()
 }

@@ -1,0 +1,62 @@
+//! Day-2 operations of the binary: metrics, health, leader election.
+
+use std::time::Duration;
+
+use crate::support::{Env, Operator, eventually};
+
+#[tokio::test]
+async fn metrics_and_readiness_are_served() {
+    let env = Env::new("ops-metrics").await;
+    env.workspace().await;
+    env.apply("apiVersion: bitbucket.credentials.dev/v1alpha1\nkind: BitbucketAccessKey\nmetadata: {name: ci}\nspec:\n  workspaceRef: {name: acme}\n  repositories: [api]\n  rotation: {period: 24h}\n").await;
+    env.wait_ready("bitbucketaccesskeys", "ci", Duration::from_secs(60)).await;
+    let ready = reqwest::get(format!("http://127.0.0.1:{}/readyz", env.operator.health_port)).await.unwrap();
+    assert_eq!(ready.status(), 200);
+    let healthy = reqwest::get(format!("http://127.0.0.1:{}/healthz", env.operator.health_port)).await.unwrap();
+    assert_eq!(healthy.status(), 200);
+    let m = env.operator.metrics().await;
+    for name in [
+        "bitbucket_credentials_operator_reconciles_total",
+        "bitbucket_credentials_operator_reconcile_duration_seconds_bucket",
+        "bitbucket_credentials_operator_bitbucket_requests_total{operation=\"repository_key_create\",status=\"200\"}",
+        "bitbucket_credentials_operator_rate_budget_remaining{credential=\"api-token:admin@acme.test\"}",
+        "bitbucket_credentials_operator_seconds_until_deadline{kind=\"BitbucketAccessKey\"",
+    ] {
+        assert!(m.contains(name), "metrics lack {name}:\n{m}");
+    }
+    env.assert_no_secret_leaked(&[]).await;
+}
+
+#[tokio::test]
+async fn a_second_replica_takes_over_when_the_leader_dies() {
+    let env = Env::new("ops-leader").await;
+    env.workspace().await;
+    let mut leader = env.operator;
+    leader.kill();
+    let leader_args = ["--leader-elect"];
+    let mut a = Operator::start(&env.dir.join("a"), &env.ns, &leader_args);
+    std::fs::create_dir_all(env.dir.join("b")).unwrap();
+    let mut b = Operator::start(&env.dir.join("b"), &env.ns, &leader_args);
+    let _ = &mut leader;
+    let a_leads = eventually("one replica leads", Duration::from_secs(40), || {
+        let (la, lb) = (a.logs(), b.logs());
+        async move {
+            match (la.contains("acquired leadership"), lb.contains("acquired leadership")) {
+                (true, false) => Some(true),
+                (false, true) => Some(false),
+                _ => None,
+            }
+        }
+    })
+    .await;
+    let (first, second) = if a_leads { (&mut a, &mut b) } else { (&mut b, &mut a) };
+    // Only one replica writes: the follower never starts its controllers.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(!second.logs().contains("starting controllers"), "the follower must not reconcile");
+    first.kill();
+    eventually("the follower takes over", Duration::from_secs(60), || {
+        let l = second.logs();
+        async move { l.contains("acquired leadership").then_some(()) }
+    })
+    .await;
+}
