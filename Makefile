@@ -31,7 +31,7 @@ test-e2e: control-plane
 	$(CARGO) test --test e2e -- --test-threads=4
 
 test-packaging: control-plane
-	bash hack/with-cluster.sh bash hack/test-packaging.sh
+	bash hack/with-cluster.sh bash -c 'kubectl apply --server-side -f crds/ >/dev/null && kubectl wait --for=condition=Established crd --all --timeout=60s >/dev/null && bash hack/test-packaging.sh'
 
 cluster-up: control-plane
 	bash hack/cluster.sh up
