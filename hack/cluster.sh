@@ -97,9 +97,31 @@ KC
     | python3 -c 'import json,sys; print(json.load(sys.stdin)["serverVersion"]["gitVersion"])')
   echo "control plane ready: kube-apiserver $version on https://127.0.0.1:$ap, kubeconfig $dir/kubeconfig"
   touch "$dir/ready"
+  # SIGUSR1 restarts the kube-apiserver with the same arguments (etcd keeps the state):
+  # tests use it to check that clients survive an apiserver outage.
+  restart_apiserver() {
+    local old new i
+    old=$(cat "$dir/apiserver.pid")
+    kill "$old" 2>/dev/null || true
+    wait "$old" 2>/dev/null || true
+    start_apiserver
+    new=$(cat "$dir/apiserver.pid")
+    for i in "${!pids[@]}"; do
+      if [ "${pids[$i]}" = "$old" ]; then pids[i]=$new; fi
+    done
+    wait_for "https://127.0.0.1:$ap/readyz" 120 -k -H "Authorization: Bearer $token" || true
+    echo "kube-apiserver restarted (pid $new)"
+  }
+  trap restart_apiserver USR1
   if [ -n "$lifeline" ]; then
     # Tests hold our stdin open; when the test process dies, stdin closes and we stop.
-    cat >/dev/null || true
+    # `cat` runs in the background so that signal traps run while we wait for it.
+    exec 3<&0
+    cat <&3 >/dev/null &
+    local cat_pid=$!
+    exec 3<&-
+    pids+=("$cat_pid")
+    while kill -0 "$cat_pid" 2>/dev/null; do wait "$cat_pid" || true; done
   else
     while true; do sleep 3600 & wait $!; done
   fi

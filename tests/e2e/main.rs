@@ -6,5 +6,6 @@ mod support;
 mod access_key;
 mod oauth_consumer;
 mod control_plane;
+mod git_ssh;
 mod operations;
 mod validation;

@@ -499,3 +499,44 @@ where
 fn namespace_of(args: &[String]) -> String {
     args.iter().find_map(|a| a.strip_prefix("--watch-namespaces=")).unwrap_or("default").to_string()
 }
+
+/// The local "Bitbucket git endpoint": real OpenSSH sshd serving bare repositories to the
+/// access keys the simulator holds (hack/git-endpoint/).
+pub struct GitEndpoint {
+    pub port: u16,
+    pub dir: PathBuf,
+    pub _proc: Proc,
+}
+
+impl GitEndpoint {
+    pub fn start(dir: &Path, sim: &Sim, repos: &[&str]) -> GitEndpoint {
+        let dir = dir.join("git-endpoint");
+        std::fs::create_dir_all(&dir).unwrap();
+        let port = free_port();
+        let child = Command::new(root().join("hack/git-endpoint/run"))
+            .arg(&dir)
+            .arg(&sim.url)
+            .arg(port.to_string())
+            .args(repos)
+            .stdout(std::fs::File::create(dir.with_extension("log")).unwrap())
+            .stderr(std::fs::File::create(dir.with_extension("err.log")).unwrap())
+            .spawn()
+            .expect("start the git endpoint");
+        let proc = Proc { child };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "sshd did not start: {}", std::fs::read_to_string(dir.with_extension("err.log")).unwrap_or_default());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        GitEndpoint { port, dir, _proc: proc }
+    }
+
+    /// The host key line as a workspace's `knownHosts` gives it.
+    pub fn known_hosts(&self) -> String {
+        std::fs::read_to_string(self.dir.join("known_hosts")).unwrap().trim().to_string()
+    }
+
+    pub fn ssh_host(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+}
