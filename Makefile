@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: all build control-plane test test-unit test-e2e test-packaging cluster-up cluster-down crds demo bench fuzz lint
+.PHONY: all build control-plane test test-unit test-e2e test-packaging cluster-up cluster-down crds demo demo-down bench fuzz lint
 
 all: build
 
@@ -41,6 +41,9 @@ cluster-down:
 
 demo:
 	bash hack/demo.sh
+
+demo-down:
+	bash hack/demo.sh down
 
 bench:
 	@echo "make bench: not yet (see the issue tracker)"; exit 1
