@@ -23,20 +23,25 @@ pub struct SshTarget<'a> {
     pub workspace: &'a str,
 }
 
+/// Where a Secret goes and what the user asked to put on it.
+pub struct Placement<'a> {
+    pub name: &'a str,
+    pub namespace: &'a str,
+    pub owner: OwnerReference,
+    pub user: &'a SecretMetadata,
+}
+
 /// The data, labels and annotations of an access key's Secret.
 pub fn access_key_secret(
-    name: &str,
-    namespace: &str,
-    owner: OwnerReference,
+    at: Placement<'_>,
     formats: &[AccessKeyFormat],
-    user: &SecretMetadata,
     key: &KeyPair,
     pending: Option<&KeyPair>,
     target: &SshTarget<'_>,
 ) -> Secret {
     let mut data = BTreeMap::new();
-    let mut labels = user.labels.clone();
-    let mut annotations = user.annotations.clone();
+    let mut labels = at.user.labels.clone();
+    let mut annotations = at.user.annotations.clone();
     let private = || ByteString(key.private_openssh().expose().as_bytes().to_vec());
     let public = || ByteString(format!("{}\n", key.public_key()).into_bytes());
     let known_hosts = ByteString(known_hosts_for(target.known_hosts, target.ssh_host).into_bytes());
@@ -75,11 +80,11 @@ pub fn access_key_secret(
     labels.insert(MANAGED_BY_LABEL.into(), MANAGED_BY_VALUE.into());
     Secret {
         metadata: ObjectMeta {
-            name: Some(name.into()),
-            namespace: Some(namespace.into()),
+            name: Some(at.name.into()),
+            namespace: Some(at.namespace.into()),
             labels: Some(labels),
             annotations: (!annotations.is_empty()).then_some(annotations),
-            owner_references: Some(vec![owner]),
+            owner_references: Some(vec![at.owner]),
             ..Default::default()
         },
         type_: Some(SSH_AUTH_TYPE.into()),
@@ -110,15 +115,7 @@ pub fn known_hosts_for(known_hosts: &str, ssh_host: &str) -> String {
 }
 
 /// The data of an OAuth token Secret, and its type.
-pub fn token_secret(
-    name: &str,
-    namespace: &str,
-    owner: OwnerReference,
-    formats: &[TokenFormat],
-    user: &SecretMetadata,
-    token: &str,
-    git_host: &str,
-) -> Secret {
+pub fn token_secret(at: Placement<'_>, formats: &[TokenFormat], token: &str, git_host: &str) -> Secret {
     let mut data = BTreeMap::new();
     let mut type_ = "Opaque";
     for f in formats {
@@ -139,15 +136,15 @@ pub fn token_secret(
             }
         }
     }
-    let mut labels = user.labels.clone();
+    let mut labels = at.user.labels.clone();
     labels.insert(MANAGED_BY_LABEL.into(), MANAGED_BY_VALUE.into());
     Secret {
         metadata: ObjectMeta {
-            name: Some(name.into()),
-            namespace: Some(namespace.into()),
+            name: Some(at.name.into()),
+            namespace: Some(at.namespace.into()),
             labels: Some(labels),
-            annotations: (!user.annotations.is_empty()).then(|| user.annotations.clone()),
-            owner_references: Some(vec![owner]),
+            annotations: (!at.user.annotations.is_empty()).then(|| at.user.annotations.clone()),
+            owner_references: Some(vec![at.owner]),
             ..Default::default()
         },
         type_: Some(type_.into()),

@@ -27,7 +27,7 @@ use crate::api::{
 use crate::bitbucket::{self, DeployKey, Target};
 use crate::keys::{KeyPair, KeySpec, fingerprint_of_public};
 use crate::metrics::{ControllerLabels, ErrorLabels, METRICS, ObjectLabels};
-use crate::secret::{PENDING_KEY, SshTarget, access_key_secret, up_to_date};
+use crate::secret::{PENDING_KEY, Placement, SshTarget, access_key_secret, up_to_date};
 
 const CONTROLLER: &str = "accesskey";
 pub const DEFAULT_GRACE_PERIOD: Duration = Duration::from_secs(600);
@@ -176,12 +176,10 @@ struct Run<'a> {
 impl Run<'_> {
     fn desired_secret(&self, current: &KeyPair, pending: Option<&KeyPair>) -> Secret {
         let owner = self.obj.controller_owner_ref(&()).expect("a stored object has a name and uid");
+        let namespace = self.obj.namespace().unwrap_or_default();
         access_key_secret(
-            &self.secret_name,
-            &self.obj.namespace().unwrap_or_default(),
-            owner,
+            Placement { name: &self.secret_name, namespace: &namespace, owner, user: &self.obj.spec.secret.metadata },
             &self.obj.spec.secret.formats,
-            &self.obj.spec.secret.metadata,
             current,
             pending,
             &SshTarget { ssh_host: &self.ws.ssh_host, known_hosts: &self.ws.known_hosts, workspace: &self.ws.workspace },

@@ -18,10 +18,10 @@ use ssh_key::HashAlg;
 
 use super::workspace::resolve;
 use super::{Context, Error, FIELD_MANAGER, Result, condition, parse_duration, set_condition};
-use crate::api::{BitbucketOAuthConsumer, OAuthConsumerStatus, TokenFormat};
+use crate::api::{BitbucketOAuthConsumer, OAuthConsumerStatus};
 use crate::bitbucket::Auth;
 use crate::metrics::{ControllerLabels, ErrorLabels, METRICS, ObjectLabels};
-use crate::secret::{TOKEN_USERNAME, token_secret, up_to_date};
+use crate::secret::{Placement, TOKEN_USERNAME, token_secret, up_to_date};
 use crate::sensitive::SecretString;
 
 const CONTROLLER: &str = "oauthconsumer";
@@ -165,7 +165,8 @@ async fn apply(obj: &BitbucketOAuthConsumer, ctx: &Context) -> Result<Action> {
     let owner = obj.controller_owner_ref(&()).expect("a stored object has a name and uid");
     let host = git_host(&ws.site_url);
     let render = |token: &str| {
-        token_secret(&out_name, &ns, owner.clone(), &obj.spec.secret.formats, &obj.spec.secret.metadata, token, &host)
+        let at = Placement { name: &out_name, namespace: &ns, owner: owner.clone(), user: &obj.spec.secret.metadata };
+        token_secret(at, &obj.spec.secret.formats, token, &host)
     };
 
     let token = match current {
@@ -224,14 +225,10 @@ async fn apply(obj: &BitbucketOAuthConsumer, ctx: &Context) -> Result<Action> {
     Ok(Action::requeue(Duration::from_secs(next)))
 }
 
-/// Formats that carry the token as a password (Secret type `kubernetes.io/basic-auth`).
-pub fn uses_basic_auth(formats: &[TokenFormat]) -> bool {
-    formats.contains(&TokenFormat::BasicAuth)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::TokenFormat;
 
     #[test]
     fn renewal_comes_before_refresh_before_with_spread() {
@@ -245,9 +242,11 @@ mod tests {
 
     #[test]
     fn the_token_reads_back_from_any_format() {
-        let s = token_secret("n", "ns", Default::default(), &[TokenFormat::GitCredentials], &Default::default(), "tok123", "bitbucket.org");
+        let user = Default::default();
+        let at = || Placement { name: "n", namespace: "ns", owner: Default::default(), user: &user };
+        let s = token_secret(at(), &[TokenFormat::GitCredentials], "tok123", "bitbucket.org");
         assert_eq!(read_token(&s).unwrap().expose(), "tok123");
-        let s = token_secret("n", "ns", Default::default(), &[TokenFormat::BasicAuth], &Default::default(), "tok456", "bitbucket.org");
+        let s = token_secret(at(), &[TokenFormat::BasicAuth], "tok456", "bitbucket.org");
         assert_eq!(read_token(&s).unwrap().expose(), "tok456");
     }
 }

@@ -21,8 +21,7 @@ pub fn root() -> PathBuf {
 
 pub struct Cluster {
     pub kubeconfig: PathBuf,
-    pub dir: PathBuf,
-    _lifeline: Option<Mutex<ChildStdin>>,
+    _lifeline: Option<Mutex<(ChildStdin, Child)>>,
 }
 
 static CLUSTER: OnceLock<Cluster> = OnceLock::new();
@@ -32,7 +31,7 @@ static CLUSTER: OnceLock<Cluster> = OnceLock::new();
 pub fn cluster() -> &'static Cluster {
     CLUSTER.get_or_init(|| {
         if let Ok(kc) = std::env::var("BCO_TEST_KUBECONFIG") {
-            let c = Cluster { kubeconfig: kc.into(), dir: std::env::temp_dir(), _lifeline: None };
+            let c = Cluster { kubeconfig: kc.into(), _lifeline: None };
             install_crds(&c.kubeconfig);
             return c;
         }
@@ -64,7 +63,7 @@ pub fn cluster() -> &'static Cluster {
             }
         }
         std::thread::spawn(move || for _ in lines {});
-        let c = Cluster { kubeconfig: dir.join("kubeconfig"), dir, _lifeline: Some(Mutex::new(stdin)) };
+        let c = Cluster { kubeconfig: dir.join("kubeconfig"), _lifeline: Some(Mutex::new((stdin, child))) };
         install_crds(&c.kubeconfig);
         c
     })
@@ -122,7 +121,7 @@ impl Drop for Proc {
 /// A running `bitbucket-sim`.
 pub struct Sim {
     pub url: String,
-    pub proc: Proc,
+    pub _proc: Proc,
     pub http: reqwest::Client,
 }
 
@@ -139,7 +138,7 @@ impl Sim {
         let mut line = String::new();
         BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
         let url = line.trim().strip_prefix("listening on ").expect("sim prints its address").to_string();
-        Sim { url, proc: Proc { child }, http: reqwest::Client::new() }
+        Sim { url, _proc: Proc { child }, http: reqwest::Client::new() }
     }
 
     /// Every key the simulator holds, from its inspection API.
