@@ -45,8 +45,9 @@ demo:
 demo-down:
 	bash hack/demo.sh down
 
-bench:
-	@echo "make bench: not yet (see the issue tracker)"; exit 1
+## The scale benchmarks (release build); sizes from BENCH_OBJECTS, BENCH_UNRELATED_SECRETS.
+bench: control-plane
+	$(CARGO) bench --bench scale
 
 lint:
 	$(CARGO) clippy --all-targets -- -D warnings

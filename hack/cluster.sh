@@ -102,7 +102,10 @@ KC
   restart_apiserver() {
     local old new i
     old=$(cat "$dir/apiserver.pid")
+    # SIGTERM, then SIGKILL: a graceful shutdown waits a minute for open watches.
     kill "$old" 2>/dev/null || true
+    for _ in $(seq 50); do kill -0 "$old" 2>/dev/null || break; sleep 0.1; done
+    kill -9 "$old" 2>/dev/null || true
     wait "$old" 2>/dev/null || true
     start_apiserver
     new=$(cat "$dir/apiserver.pid")

@@ -330,11 +330,11 @@ async fn apply(obj: &BitbucketAccessKey, ctx: &Context) -> Result<Action> {
         st.rotate_request = rotate_request.clone();
         let desired = run.desired_secret(&k, None);
         run.write_secret(&desired).await?;
+        // The Secret is the record of the new key: a crash from here on finds it there,
+        // so no status write is needed before registering.
         crate::failpoint::hit("first-key-persisted");
         secret_state = Some(desired);
         st.secret_name = Some(secret_name.clone());
-        patch_status(obj, ctx, &st).await?;
-        crate::failpoint::hit("first-key-status");
         current = Some(k);
     }
     let Some(mut current) = current else { unreachable!("a key was just made") };

@@ -332,7 +332,6 @@ async fn credentials_without_write_scope_are_reported_as_forbidden() {
 async fn a_crash_between_any_two_steps_loses_nothing_and_orphans_nothing() {
     let points = [
         ("first-key-persisted", false),
-        ("first-key-status", false),
         ("current-key-registered", false),
         ("status-recorded", false),
         ("next-key-persisted", true),

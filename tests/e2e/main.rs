@@ -9,3 +9,7 @@ mod control_plane;
 mod git_ssh;
 mod operations;
 mod validation;
+mod chaos;
+mod bad_input;
+mod tenancy;
+mod docs;

@@ -539,3 +539,189 @@ impl GitEndpoint {
         format!("127.0.0.1:{}", self.port)
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// Helpers for tests that need a control plane of their own (chaos: an apiserver restart;
+// tenancy: cluster-scoped objects that every other test's operator would also reconcile).
+
+/// A control plane started by one test (`hack/cluster.sh run DIR`), stopped when dropped
+/// (or when the test process dies: the script's stdin is its lifeline).
+pub struct PrivateCluster {
+    pub kubeconfig: PathBuf,
+    pub dir: PathBuf,
+    child: Child,
+    lifeline: Option<ChildStdin>,
+    restarts: std::sync::Arc<std::sync::atomic::AtomicU32>,
+}
+
+impl PrivateCluster {
+    pub fn start(name: &str) -> PrivateCluster {
+        let dir = tempfile::Builder::new().prefix(&format!("bco-{name}-cluster-")).tempdir().expect("tempdir").keep();
+        let mut child = Command::new("bash")
+            .arg(root().join("hack/cluster.sh"))
+            .args(["run", dir.to_str().unwrap(), "--stdin-lifeline"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start hack/cluster.sh");
+        let lifeline = child.stdin.take();
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = std::sync::mpsc::channel::<String>();
+        let restarts = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let counter = restarts.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if line.starts_with("kube-apiserver restarted") {
+                    counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                }
+                let _ = tx.send(line);
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(1800);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) => {
+                    eprintln!("[{name}] {line}");
+                    if line.starts_with("control plane ready") {
+                        break;
+                    }
+                }
+                Err(_) => panic!("hack/cluster.sh ({name}) exited or timed out before the control plane was ready"),
+            }
+        }
+        let pc = PrivateCluster { kubeconfig: dir.join("kubeconfig"), dir, child, lifeline, restarts };
+        install_crds(&pc.kubeconfig);
+        pc
+    }
+
+    pub async fn client(&self) -> Client {
+        let kc = Kubeconfig::read_from(&self.kubeconfig).expect("kubeconfig");
+        let config = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await.expect("config");
+        Client::try_from(config).expect("client")
+    }
+
+    /// Kills the kube-apiserver and starts it again with the same arguments (SIGUSR1 to
+    /// `cluster.sh run`); returns once the new one answers `/readyz`.
+    pub async fn restart_apiserver(&self) -> Duration {
+        use std::sync::atomic::Ordering;
+        let started = Instant::now();
+        let before = self.restarts.load(Ordering::SeqCst);
+        // SAFETY: sending a signal to our own child process.
+        let rc = unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGUSR1) };
+        assert_eq!(rc, 0, "cannot signal hack/cluster.sh");
+        while self.restarts.load(Ordering::SeqCst) == before {
+            assert!(
+                started.elapsed() < Duration::from_secs(180),
+                "the kube-apiserver did not come back within 180 s (see {}/logs)",
+                self.dir.display()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        started.elapsed()
+    }
+}
+
+impl Drop for PrivateCluster {
+    fn drop(&mut self) {
+        // Closing the lifeline stops the control plane; wait (bounded) for it to go.
+        drop(self.lifeline.take());
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            if self.child.try_wait().ok().flatten().is_some() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Operator {
+    /// An operator run with exactly `args` (plus its metrics and health addresses)
+    /// against the control plane of `kubeconfig`.
+    pub fn start_on(dir: &Path, kubeconfig: &Path, args: &[String]) -> Operator {
+        std::fs::create_dir_all(dir).unwrap();
+        let mut op = Operator {
+            proc: None,
+            log: dir.join("operator.log"),
+            metrics_port: free_port(),
+            health_port: free_port(),
+            args: args.to_vec(),
+            runs: 0,
+        };
+        op.respawn(kubeconfig);
+        op
+    }
+
+    /// Starts the process again (killing the running one first) against `kubeconfig`.
+    pub fn respawn(&mut self, kubeconfig: &Path) {
+        self.proc = None;
+        self.runs += 1;
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_bitbucket-credentials-operator"))
+            .arg("run")
+            .args(&self.args)
+            .args([
+                format!("--metrics-addr=127.0.0.1:{}", self.metrics_port),
+                format!("--health-addr=127.0.0.1:{}", self.health_port),
+            ])
+            .env("KUBECONFIG", kubeconfig)
+            .env("POD_NAMESPACE", namespace_of(&self.args))
+            .env("RUST_LOG", "info,bitbucket_credentials_operator=debug")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start operator");
+        self.proc = Some(Proc { child });
+    }
+
+    /// How many times the process was started.
+    pub fn runs(&self) -> u32 {
+        self.runs
+    }
+}
+
+impl Env {
+    /// A test environment on a private control plane: a namespace, a simulator and an
+    /// operator run with exactly `operator_args` (give it `--watch-namespaces` etc.).
+    pub async fn on_private(pc: &PrivateCluster, name: &str, ns: &str, sim_config: &str, operator_args: &[String]) -> Env {
+        let client = pc.client().await;
+        create_namespace(&client, ns, &[]).await;
+        let dir = tempfile::Builder::new().prefix(&format!("bco-{name}-")).tempdir().unwrap().keep();
+        let sim = Sim::start(&dir, sim_config);
+        let operator = Operator::start_on(&dir, &pc.kubeconfig, operator_args);
+        Env { client, ns: ns.to_string(), dir, sim, operator }
+    }
+}
+
+/// Creates a namespace with labels (it may already exist).
+pub async fn create_namespace(client: &Client, name: &str, labels: &[(&str, &str)]) {
+    let labels: serde_json::Map<String, serde_json::Value> = labels.iter().map(|(k, v)| (k.to_string(), json!(v))).collect();
+    let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": name, "labels": labels}})).unwrap();
+    match Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &ns).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(e)) if e.code == 409 => {}
+        Err(e) => panic!("create namespace {name}: {e}"),
+    }
+}
+
+/// Sets the simulator's faults (`PUT /_sim/faults`).
+pub async fn set_faults(sim: &Sim, faults: serde_json::Value) {
+    let r = sim.http.put(format!("{}/_sim/faults", sim.url)).json(&faults).send().await.unwrap();
+    assert!(r.status().is_success(), "PUT /_sim/faults {faults}: {}", r.status());
+}
+
+/// The SHA256 fingerprint `ssh-keygen -l -E sha256` prints for a private key.
+pub fn ssh_keygen_fingerprint(dir: &Path, private: &[u8]) -> String {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.join(format!("key-{}-{}", std::process::id(), rand_suffix()));
+    std::fs::write(&path, private).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let out = Command::new("ssh-keygen").arg("-l").arg("-E").arg("sha256").arg("-f").arg(&path).output().expect("ssh-keygen");
+    let _ = std::fs::remove_file(&path);
+    String::from_utf8_lossy(&out.stdout).split_whitespace().nth(1).unwrap_or_default().to_string()
+}
