@@ -24,7 +24,9 @@ wait_for() { # url, seconds, curl args...
 }
 
 run() {
-  local dir=$1 lifeline=${2:-}
+  # Global, not local: the EXIT trap that stops everything runs after run() returns.
+  dir=$1
+  local lifeline=${2:-}
   mkdir -p "$dir/pki" "$dir/logs"
   local bin; bin=$("$here/build-control-plane.sh" all | tail -1)
   pids=()
@@ -126,7 +128,9 @@ KC
     pids+=("$cat_pid")
     while kill -0 "$cat_pid" 2>/dev/null; do wait "$cat_pid" || true; done
   else
-    while true; do sleep 3600 & wait $!; done
+    # A short foreground sleep: the TERM trap runs as soon as it returns, and the
+    # cleanup's `wait` has no long-lived child to wait for.
+    while true; do sleep 1; done
   fi
 }
 
