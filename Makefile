@@ -49,5 +49,10 @@ demo-down:
 bench: control-plane
 	$(CARGO) bench --bench scale
 
+## Property-based fuzzing of every parser of outside input (Bitbucket responses, OpenSSH
+## keys, Secret contents read back, the simulator's config and requests), for longer.
+fuzz:
+	PROPTEST_CASES=$${PROPTEST_CASES:-20000} $(CARGO) test --release --lib never_panic -- --test-threads=2
+
 lint:
 	$(CARGO) clippy --all-targets -- -D warnings

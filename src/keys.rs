@@ -173,4 +173,29 @@ mod tests {
         assert!(KeyPair::from_openssh(b"-----BEGIN OPENSSH PRIVATE KEY-----\nnope\n").is_err());
         assert!(fingerprint_of_public("ssh-ed25519 !!!").is_none());
     }
+
+    proptest::proptest! {
+        #[test]
+        fn reading_any_secret_bytes_as_a_private_key_never_panics(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..2048)) {
+            let _ = KeyPair::from_openssh(&bytes);
+        }
+
+        #[test]
+        fn a_corrupted_private_key_never_panics(pos in 0usize..400, byte in proptest::prelude::any::<u8>()) {
+            static PEM: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+            let pem = PEM.get_or_init(|| {
+                KeyPair::generate(KeySpec::new(KeyType::Ed25519, None, None), "fuzz").unwrap().private_openssh().expose().as_bytes().to_vec()
+            });
+            let mut bytes = pem.clone();
+            let i = pos % bytes.len();
+            bytes[i] = byte;
+            let _ = KeyPair::from_openssh(&bytes);
+        }
+
+        #[test]
+        fn any_public_key_line_never_panics(line in ".*") {
+            let _ = fingerprint_of_public(&line);
+        }
+    }
 }
+

@@ -249,4 +249,22 @@ mod tests {
         let s = token_secret(at(), &[TokenFormat::BasicAuth], "tok456", "bitbucket.org");
         assert_eq!(read_token(&s).unwrap().expose(), "tok456");
     }
+
+    proptest::proptest! {
+        #[test]
+        fn reading_a_token_back_from_any_secret_never_panics(
+            token in proptest::option::of(proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200)),
+            creds in proptest::option::of(".*"),
+        ) {
+            let mut data = std::collections::BTreeMap::new();
+            if let Some(t) = token {
+                data.insert("token".to_string(), k8s_openapi::ByteString(t));
+            }
+            if let Some(c) = creds {
+                data.insert(".git-credentials".to_string(), k8s_openapi::ByteString(c.into_bytes()));
+            }
+            let _ = read_token(&Secret { data: Some(data), ..Default::default() });
+        }
+    }
 }
+

@@ -419,4 +419,25 @@ faults: {latencyMs: 0, errorRate: 0.0, timeoutRate: 0.0, timeoutMs: 30000, rateL
         .expect("parses");
         assert!(!format!("{config:?}").contains("s3cret"));
     }
+
+    proptest::proptest! {
+        #[test]
+        fn any_config_text_never_panics(text in ".*") {
+            let _ = SimConfig::from_yaml(&text);
+        }
+
+        #[test]
+        fn any_yaml_shaped_config_never_panics(
+            slug in "[a-z]{0,5}",
+            repo in "[a-zA-Z/]{0,5}",
+            project in proptest::option::of("[A-Z]{0,3}"),
+            n in proptest::prelude::any::<i64>(),
+        ) {
+            let text = format!(
+                "workspaces:\n  - slug: {slug}\n    repositories: [{{slug: {repo:?}, project: {project:?}}}]\npagelen: {n}\nrateLimit: {{requestsPerWindow: {n}, windowSeconds: {n}}}\n"
+            );
+            let _ = SimConfig::from_yaml(&text);
+        }
+    }
 }
+
