@@ -153,35 +153,8 @@ pub async fn run(config: Config) -> Result<(), RunError> {
 
     for api in namespaced_api::<BitbucketAccessKey>(&client, &config.watch_namespaces) {
         let ns = api.namespace().map(String::from);
-        let secrets: Api<PartialObjectMeta<Secret>> = match &ns {
-            Some(ns) => Api::namespaced(client.clone(), ns),
-            None => Api::all(client.clone()),
-        };
-        let workspaces: Api<BitbucketWorkspace> = match &ns {
-            Some(ns) => Api::namespaced(client.clone(), ns),
-            None => Api::all(client.clone()),
-        };
-        // Secrets are watched as metadata only, and only those the operator labels: a
-        // cluster full of other Secrets costs nothing.
-        let secret_events = watcher(secrets, watcher::Config::default().labels(&secret_selector))
-            .default_backoff()
-            .modify(|s| s.managed_fields_mut().clear())
-            .touched_objects();
-        // Status writes must not wake the object up again (a failing object would loop):
-        // only spec (generation), annotations (manual rotation) and finalizers do.
-        let (reader, writer) = reflector::store();
-        let objects = watcher(api, watcher::Config::default())
-            .default_backoff()
-            .modify(|o| o.managed_fields_mut().clear())
-            .reflect(writer)
-            .applied_objects()
-            .predicate_filter(
-                predicates::generation.combine(predicates::annotations).combine(predicates::finalizers),
-                Default::default(),
-            );
-        let controller = Controller::for_stream(objects, reader)
-            .with_config(ctrl_config.clone())
-            .owns_stream(secret_events);
+        let workspaces: Api<BitbucketWorkspace> = scoped(&client, &ns);
+        let controller = controller_for(api, scoped(&client, &ns), &secret_selector, ctrl_config.clone());
         let store = controller.store();
         let by_ws = store.clone();
         let controller = controller
@@ -223,33 +196,9 @@ pub async fn run(config: Config) -> Result<(), RunError> {
 
     for api in namespaced_api::<BitbucketOAuthConsumer>(&client, &config.watch_namespaces) {
         let ns = api.namespace().map(String::from);
-        let secrets: Api<PartialObjectMeta<Secret>> = match &ns {
-            Some(ns) => Api::namespaced(client.clone(), ns),
-            None => Api::all(client.clone()),
-        };
-        let secret_events = watcher(secrets, watcher::Config::default().labels(&secret_selector))
-            .default_backoff()
-            .modify(|s| s.managed_fields_mut().clear())
-            .touched_objects();
-        let (reader, writer) = reflector::store();
-        let objects = watcher(api, watcher::Config::default())
-            .default_backoff()
-            .modify(|o| o.managed_fields_mut().clear())
-            .reflect(writer)
-            .applied_objects()
-            .predicate_filter(
-                predicates::generation.combine(predicates::annotations).combine(predicates::finalizers),
-                Default::default(),
-            );
-        let controller = Controller::for_stream(objects, reader)
-            .with_config(ctrl_config.clone())
-            .owns_stream(secret_events);
+        let controller = controller_for(api, scoped(&client, &ns), &secret_selector, ctrl_config.clone());
         // A consumer Secret rotated by an admin takes effect at once.
-        let consumer_secrets: Api<PartialObjectMeta<Secret>> = match &ns {
-            Some(ns) => Api::namespaced(client.clone(), ns),
-            None => Api::all(client.clone()),
-        };
-        let consumer_events = watcher(consumer_secrets, watcher::Config::default().labels(oauth_consumer::CONSUMER_LABEL))
+        let consumer_events = watcher(scoped::<PartialObjectMeta<Secret>>(&client, &ns), watcher::Config::default().labels(oauth_consumer::CONSUMER_LABEL))
             .default_backoff()
             .modify(|s| s.managed_fields_mut().clear())
             .touched_objects();
@@ -314,6 +263,49 @@ pub async fn run(config: Config) -> Result<(), RunError> {
 }
 
 use futures::FutureExt as _;
+
+/// An `Api` for one namespace, or for all of them.
+fn scoped<K>(client: &Client, namespace: &Option<String>) -> Api<K>
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+    K::DynamicType: Default,
+{
+    match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+/// A controller for `K` that owns the Secrets the operator labels.
+fn controller_for<K>(
+    api: Api<K>,
+    secrets: Api<PartialObjectMeta<Secret>>,
+    selector: &str,
+    config: ControllerConfig,
+) -> Controller<K>
+where
+    K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+{
+    // Secrets are watched as metadata only, and only those the operator labels: a
+    // cluster full of other Secrets costs nothing.
+    let secret_events = watcher(secrets, watcher::Config::default().labels(selector))
+        .default_backoff()
+        .modify(|s| s.managed_fields_mut().clear())
+        .touched_objects();
+    // Status writes must not wake the object up again (a failing object would loop):
+    // only spec (generation), annotations (manual rotation) and finalizers do.
+    let (reader, writer) = reflector::store();
+    let objects = watcher(api, watcher::Config::default())
+        .default_backoff()
+        .modify(|o| o.managed_fields_mut().clear())
+        .reflect(writer)
+        .applied_objects()
+        .predicate_filter(
+            predicates::generation.combine(predicates::annotations).combine(predicates::finalizers),
+            Default::default(),
+        );
+    Controller::for_stream(objects, reader).with_config(config).owns_stream(secret_events)
+}
 
 async fn can_list_everything(client: &Client, namespaces: &[String]) -> bool {
     let lp = kube::api::ListParams::default().limit(1);

@@ -31,6 +31,32 @@ pub struct Placement<'a> {
     pub user: &'a SecretMetadata,
 }
 
+impl Placement<'_> {
+    /// The Secret, labelled as the operator's so that its metadata-only watch sees it.
+    fn secret(
+        self,
+        type_: &str,
+        mut labels: BTreeMap<String, String>,
+        annotations: BTreeMap<String, String>,
+        data: BTreeMap<String, ByteString>,
+    ) -> Secret {
+        labels.insert(MANAGED_BY_LABEL.into(), MANAGED_BY_VALUE.into());
+        Secret {
+            metadata: ObjectMeta {
+                name: Some(self.name.into()),
+                namespace: Some(self.namespace.into()),
+                labels: Some(labels),
+                annotations: (!annotations.is_empty()).then_some(annotations),
+                owner_references: Some(vec![self.owner]),
+                ..Default::default()
+            },
+            type_: Some(type_.into()),
+            data: Some(data),
+            ..Default::default()
+        }
+    }
+}
+
 /// The data, labels and annotations of an access key's Secret.
 pub fn access_key_secret(
     at: Placement<'_>,
@@ -77,20 +103,7 @@ pub fn access_key_secret(
     if let Some(p) = pending {
         data.insert(PENDING_KEY.into(), ByteString(p.private_openssh().expose().as_bytes().to_vec()));
     }
-    labels.insert(MANAGED_BY_LABEL.into(), MANAGED_BY_VALUE.into());
-    Secret {
-        metadata: ObjectMeta {
-            name: Some(at.name.into()),
-            namespace: Some(at.namespace.into()),
-            labels: Some(labels),
-            annotations: (!annotations.is_empty()).then_some(annotations),
-            owner_references: Some(vec![at.owner]),
-            ..Default::default()
-        },
-        type_: Some(SSH_AUTH_TYPE.into()),
-        data: Some(data),
-        ..Default::default()
-    }
+    at.secret(SSH_AUTH_TYPE, labels, annotations, data)
 }
 
 /// known_hosts lines, rewritten for a non-default port as `[host]:port` the way OpenSSH
@@ -136,21 +149,8 @@ pub fn token_secret(at: Placement<'_>, formats: &[TokenFormat], token: &str, git
             }
         }
     }
-    let mut labels = at.user.labels.clone();
-    labels.insert(MANAGED_BY_LABEL.into(), MANAGED_BY_VALUE.into());
-    Secret {
-        metadata: ObjectMeta {
-            name: Some(at.name.into()),
-            namespace: Some(at.namespace.into()),
-            labels: Some(labels),
-            annotations: (!at.user.annotations.is_empty()).then(|| at.user.annotations.clone()),
-            owner_references: Some(vec![at.owner]),
-            ..Default::default()
-        },
-        type_: Some(type_.into()),
-        data: Some(data),
-        ..Default::default()
-    }
+    let (labels, annotations) = (at.user.labels.clone(), at.user.annotations.clone());
+    at.secret(type_, labels, annotations, data)
 }
 
 /// Whether `actual` already holds everything `desired` says (data equal, labels and
