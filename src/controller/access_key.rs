@@ -412,7 +412,7 @@ async fn apply(obj: &BitbucketAccessKey, ctx: &Context) -> Result<Action> {
         st.retiring_keys.drain(..).partition(|k| super::seconds_until(&k.remove_after) <= 0);
     st.retiring_keys = keep;
     for k in &due {
-        run.delete_registrations(&k.registrations).await.inspect_err(|_| {})?;
+        run.delete_registrations(&k.registrations).await?;
         ctx.event(obj, false, "RetiredKeyRemoved", format!("old key {} removed after its grace period", k.fingerprint)).await;
     }
 
