@@ -67,7 +67,11 @@ pub async fn reconcile(obj: Arc<BitbucketAccessKey>, ctx: Arc<Context>) -> Resul
 
 /// Ready=False with the error's reason and when the next attempt comes, and a Warning event.
 async fn report_failure(obj: &BitbucketAccessKey, ctx: &Context, error: &Error, delay: Duration) {
-    let mut status = obj.status.clone().unwrap_or_default();
+    // The status as stored now: this reconcile may have recorded progress (write-ahead
+    // registrations) that the copy it started from does not have.
+    let api: Api<BitbucketAccessKey> = Api::namespaced(ctx.client.clone(), &obj.namespace().unwrap_or_default());
+    let latest = api.get_status(&obj.name_any()).await.ok().filter(|o| o.metadata.uid == obj.metadata.uid);
+    let mut status = latest.and_then(|o| o.status).or_else(|| obj.status.clone()).unwrap_or_default();
     let retry = if error.is_transient() { format!("; retrying in {}s", delay.as_secs()) } else { format!("; checking again in {}s", delay.as_secs()) };
     let message = format!("{error}{retry}");
     let c = condition(&status.conditions, "Ready", false, error.reason(), message.clone(), obj.metadata.generation);
@@ -247,21 +251,54 @@ impl Run<'_> {
         Ok(regs)
     }
 
-    async fn delete_registrations(&self, regs: &[Registration]) -> Result<()> {
+    /// Removes registrations. One with id 0 is a target where the key may be (a crash
+    /// left it unrecorded): its keys of this object with `fingerprint` (any, if None)
+    /// are found by listing.
+    async fn delete_registrations(&self, regs: &[Registration], fingerprint: Option<&str>) -> Result<()> {
         let client = &self.ws.client;
         futures::stream::iter(regs.to_vec())
             .map(|r| async move {
                 let target = target_of(&r);
-                match client.delete_key(&target, r.id).await {
-                    Ok(()) | Err(bitbucket::Error::RepositoryNotFound(_) | bitbucket::Error::ProjectNotFound(_)) => Ok(()),
-                    Err(e) => Err(Error::bitbucket(&target, e)),
+                let gone = |e: &bitbucket::Error| matches!(e, bitbucket::Error::RepositoryNotFound(_) | bitbucket::Error::ProjectNotFound(_));
+                if r.id != 0 {
+                    return match client.delete_key(&target, r.id).await {
+                        Err(e) if !gone(&e) => Err(Error::bitbucket(&target, e)),
+                        _ => Ok(()),
+                    };
                 }
+                let keys = match client.list_keys(&target).await {
+                    Ok(k) => k,
+                    Err(e) if gone(&e) => return Ok(()),
+                    Err(e) => return Err(Error::bitbucket(&target, e)),
+                };
+                for k in keys.iter().filter(|k| is_ours(k, &self.uid)) {
+                    let fp = fingerprint_of_public(k.key_body()).unwrap_or_default();
+                    if fingerprint.is_none_or(|f| f == fp) {
+                        client.delete_key(&target, k.id).await.map_err(|e| Error::bitbucket(&target, e))?;
+                    }
+                }
+                Ok(())
             })
             .buffer_unordered(TARGET_CONCURRENCY)
             .try_collect::<Vec<()>>()
             .await?;
         Ok(())
     }
+}
+
+/// Write-ahead: before a key is added to targets that status does not list yet, status
+/// lists them (id 0: "a key of this object may be there"), so that a crash before the
+/// registrations are recorded cannot leave a key where nobody will look (a target then
+/// dropped from the spec, or the object deleted).
+async fn record_intent(st: &mut AccessKeyStatus, targets: &[Target], obj: &BitbucketAccessKey, ctx: &Context) -> Result<()> {
+    let known: BTreeSet<Target> = st.registrations.iter().map(target_of).collect();
+    let new: Vec<Registration> = targets.iter().filter(|t| !known.contains(t)).map(|t| registration(t, 0)).collect();
+    if new.is_empty() {
+        return Ok(());
+    }
+    st.registrations.extend(new);
+    st.registrations.sort();
+    patch_status(obj, ctx, st).await
 }
 
 fn read_key(secret: Option<&Secret>, field: &str) -> Option<KeyPair> {
@@ -272,9 +309,6 @@ fn read_key(secret: Option<&Secret>, field: &str) -> Option<KeyPair> {
 async fn apply(obj: &BitbucketAccessKey, ctx: &Context) -> Result<Action> {
     let ns = obj.namespace().unwrap_or_default();
     let uid = obj.uid().unwrap_or_default();
-    let generation = obj.metadata.generation;
-    let original = obj.status.clone().unwrap_or_default();
-    let mut st = original.clone();
     let secret_name = obj.spec.secret.name.clone().unwrap_or_else(|| obj.name_any());
 
     let ws = resolve(ctx, &ns, &obj.spec.workspace_ref).await?;
@@ -289,11 +323,30 @@ async fn apply(obj: &BitbucketAccessKey, ctx: &Context) -> Result<Action> {
     {
         return Err(Error::SecretConflict(format!("{ns}/{secret_name}")));
     }
+    let mut current = read_key(existing.as_ref(), "ssh-privatekey");
+    let mut pending = read_key(existing.as_ref(), PENDING_KEY);
+
+    // The watch cache may not have seen the status this operator wrote a moment ago (our
+    // own Secret write re-triggers the object): read the object itself before concluding
+    // that status and Secret disagree.
+    let fresh;
+    let obj = match &current {
+        Some(k) if obj.status.as_ref().and_then(|s| s.fingerprint.as_deref()) != Some(k.fingerprint()) => {
+            let api: Api<BitbucketAccessKey> = Api::namespaced(ctx.client.clone(), &ns);
+            fresh = api.get_opt(&obj.name_any()).await?;
+            match &fresh {
+                Some(f) if f.uid().as_deref() == Some(uid.as_str()) => f,
+                _ => obj,
+            }
+        }
+        _ => obj,
+    };
+    let generation = obj.metadata.generation;
+    let original = obj.status.clone().unwrap_or_default();
+    let mut st = original.clone();
     let run = Run { obj, ctx, ws, uid: uid.clone(), secret_name: secret_name.clone(), secrets };
     let grace = grace_period(obj);
     let key_spec = KeySpec::new(obj.spec.key_type, obj.spec.rsa_bits, obj.spec.ecdsa_curve);
-    let mut current = read_key(existing.as_ref(), "ssh-privatekey");
-    let mut pending = read_key(existing.as_ref(), PENDING_KEY);
     let mut secret_state = existing;
 
     // The Secret is the truth about which key is current: a crash may have switched it
@@ -303,15 +356,19 @@ async fn apply(obj: &BitbucketAccessKey, ctx: &Context) -> Result<Action> {
     {
         retire_current(&mut st, grace);
         adopt_key(&mut st, k, obj);
+        st.registrations = targets.iter().map(|t| registration(t, 0)).collect();
     }
     if pending.as_ref().zip(current.as_ref()).is_some_and(|(p, c)| p.fingerprint() == c.fingerprint()) {
         pending = None;
     }
 
+    // A new object's first registration creates directly (a key that already exists is
+    // adopted from the duplicate answer); listing every target's keys waits for the first
+    // drift check, so creating N objects on one repository costs N creates, not N lists.
     let drift_due = st
         .last_verified_time
         .as_ref()
-        .is_none_or(|t| super::seconds_until(t) + ctx.settings.drift_check_interval.as_secs() as i64 <= 0);
+        .is_some_and(|t| super::seconds_until(t) + ctx.settings.drift_check_interval.as_secs() as i64 <= 0);
     let spec_changed = original.observed_generation.is_some() && original.observed_generation != generation;
     let mut list = drift_due || spec_changed;
 
@@ -358,6 +415,7 @@ async fn apply(obj: &BitbucketAccessKey, ctx: &Context) -> Result<Action> {
         };
         let mut keep: BTreeSet<String> = st.retiring_keys.iter().map(|r| r.fingerprint.clone()).collect();
         keep.insert(current.fingerprint().into());
+        record_intent(&mut st, &targets, obj, ctx).await?;
         let regs = run.register(&next, &targets, true, &keep).await?;
         crate::failpoint::hit("next-key-registered");
         let desired = run.desired_secret(&next, None);
@@ -375,34 +433,43 @@ async fn apply(obj: &BitbucketAccessKey, ctx: &Context) -> Result<Action> {
         list = false;
     }
 
-    // Every target holds the current key; targets gone from the spec lose it.
-    let registered: BTreeSet<Target> = st.registrations.iter().map(target_of).collect();
+    // Targets gone from the spec lose every key of this object (current, retiring, or
+    // left there unrecorded by a crash).
     let wanted: BTreeSet<Target> = targets.iter().cloned().collect();
-    if list || registered != wanted {
-        let keep: BTreeSet<String> = st.retiring_keys.iter().map(|r| r.fingerprint.clone()).collect();
-        let to_check: Vec<Target> = if list { targets.clone() } else { wanted.difference(&registered).cloned().collect() };
-        let mut regs: Vec<Registration> = st.registrations.iter().filter(|r| wanted.contains(&target_of(r)) && !to_check.contains(&target_of(r))).cloned().collect();
-        regs.extend(run.register(&current, &to_check, list, &keep).await?);
-        crate::failpoint::hit("current-key-registered");
-        let removed: Vec<Registration> = st.registrations.iter().filter(|r| !wanted.contains(&target_of(r))).cloned().collect();
-        let removed_retiring: Vec<Registration> = st
-            .retiring_keys
-            .iter()
-            .flat_map(|k| k.registrations.iter())
-            .filter(|r| !wanted.contains(&target_of(r)))
-            .cloned()
-            .collect();
-        run.delete_registrations(&removed).await?;
-        run.delete_registrations(&removed_retiring).await?;
-        for r in &removed {
+    let dropped: Vec<Registration> = st
+        .registrations
+        .iter()
+        .chain(st.retiring_keys.iter().flat_map(|k| k.registrations.iter()))
+        .map(target_of)
+        .filter(|t| !wanted.contains(t))
+        .collect::<BTreeSet<Target>>()
+        .iter()
+        .map(|t| registration(t, 0))
+        .collect();
+    if !dropped.is_empty() {
+        run.delete_registrations(&dropped, None).await?;
+        for r in &dropped {
             ctx.event(obj, false, "Unregistered", format!("access key removed from {}", target_of(r))).await;
         }
+        st.registrations.retain(|r| wanted.contains(&target_of(r)));
         for k in &mut st.retiring_keys {
             k.registrations.retain(|r| wanted.contains(&target_of(r)));
         }
+    }
+
+    // Every target holds the current key.
+    let registered: BTreeSet<Target> = st.registrations.iter().filter(|r| r.id != 0).map(target_of).collect();
+    if list || registered != wanted {
+        let keep: BTreeSet<String> = st.retiring_keys.iter().map(|r| r.fingerprint.clone()).collect();
+        let to_check: Vec<Target> = if list { targets.clone() } else { wanted.difference(&registered).cloned().collect() };
+        let mut regs: Vec<Registration> =
+            st.registrations.iter().filter(|r| r.id != 0 && wanted.contains(&target_of(r)) && !to_check.contains(&target_of(r))).cloned().collect();
+        record_intent(&mut st, &to_check, obj, ctx).await?;
+        regs.extend(run.register(&current, &to_check, list, &keep).await?);
+        crate::failpoint::hit("current-key-registered");
         regs.sort();
         st.registrations = regs;
-        if list {
+        if list || st.last_verified_time.is_none() {
             st.last_verified_time = Some(now());
         }
     }
@@ -412,7 +479,7 @@ async fn apply(obj: &BitbucketAccessKey, ctx: &Context) -> Result<Action> {
         st.retiring_keys.drain(..).partition(|k| super::seconds_until(&k.remove_after) <= 0);
     st.retiring_keys = keep;
     for k in &due {
-        run.delete_registrations(&k.registrations).await?;
+        run.delete_registrations(&k.registrations, Some(&k.fingerprint)).await?;
         ctx.event(obj, false, "RetiredKeyRemoved", format!("old key {} removed after its grace period", k.fingerprint)).await;
     }
 
