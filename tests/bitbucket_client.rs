@@ -1,0 +1,167 @@
+//! The Bitbucket client against the running simulator: success and every error class.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bitbucket_credentials_operator::bitbucket::{Auth, Bitbucket, ClientOptions, Error, Target, WorkspaceClient};
+use bitbucket_credentials_operator::keys::{KeyPair, KeySpec};
+use bitbucket_credentials_operator::sensitive::SecretString;
+use bitbucket_credentials_operator::sim::{SimConfig, serve};
+
+const CONFIG: &str = r#"
+workspaces:
+  - slug: acme
+    repositories: [{slug: api, project: CORE}, {slug: web}]
+    projects: [{key: CORE}]
+apiTokens:
+  - {email: admin@acme.test, token: tok-admin, scopes: [admin:repository:bitbucket, write:ssh-key:bitbucket, delete:ssh-key:bitbucket, admin:project:bitbucket, read:workspace:bitbucket]}
+  - {email: reader@acme.test, token: tok-reader, scopes: [admin:repository:bitbucket]}
+oauthConsumers:
+  - {key: ck, secret: cs, scopes: [repository:admin, project:admin], expiresIn: 7200}
+  - {key: old, secret: os, scopes: [repository:admin], expiresIn: 7200, legacyScopesField: true}
+rateLimit: {requestsPerWindow: 100000, windowSeconds: 3600}
+pagelen: 10
+"#;
+
+async fn sim(config: &str) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let config = SimConfig::from_yaml(config).expect("config");
+    tokio::spawn(async move { serve(config, listener).await });
+    url
+}
+
+fn client(url: &str, auth: Auth, options: ClientOptions) -> WorkspaceClient {
+    let bb = Arc::new(Bitbucket::new(options).unwrap());
+    let cred = bb.credential(&format!("{url}/2.0"), &auth, 100_000);
+    bb.workspace(&format!("{url}/2.0"), url, "acme", cred)
+}
+
+fn admin() -> Auth {
+    Auth::ApiToken { email: "admin@acme.test".into(), token: SecretString::new("tok-admin") }
+}
+
+fn fast() -> ClientOptions {
+    ClientOptions { timeout: Duration::from_millis(500), max_attempts: 2, backoff_base: Duration::from_millis(10), backoff_max: Duration::from_millis(20) }
+}
+
+fn key() -> KeyPair {
+    KeyPair::generate(KeySpec::new(Default::default(), None, None), "client test").unwrap()
+}
+
+#[tokio::test]
+async fn keys_are_created_listed_across_pages_relabelled_and_deleted() {
+    let url = sim(CONFIG).await;
+    let c = client(&url, admin(), ClientOptions::default());
+    c.verify().await.expect("verify");
+    let repo = Target::Repository("api".into());
+    let mut ids = Vec::new();
+    for i in 0..23 {
+        let k = key();
+        let created = c.create_key(&repo, k.public_key(), &format!("label {i}")).await.expect("create");
+        assert_eq!(created.key, k.public_key_body(), "Bitbucket strips the comment from key");
+        assert_eq!(created.comment.as_deref(), Some("client test"));
+        ids.push(created.id);
+    }
+    let listed = c.list_keys(&repo).await.expect("list");
+    assert_eq!(listed.len(), 23, "every page followed");
+    let relabelled = c.update_label(&repo, ids[0], "renamed").await.expect("update");
+    assert_eq!(relabelled.label.as_deref(), Some("renamed"));
+    assert_eq!(c.get_key(&repo, ids[0]).await.unwrap().label.as_deref(), Some("renamed"));
+    c.delete_key(&repo, ids[0]).await.expect("delete");
+    c.delete_key(&repo, ids[0]).await.expect("deleting a key that is gone is fine");
+    assert_eq!(c.get_key(&repo, ids[0]).await.unwrap_err(), Error::KeyNotFound(ids[0]));
+    let project = Target::Project("CORE".into());
+    let k = key();
+    let created = c.create_key(&project, k.public_key(), "p").await.expect("project key");
+    assert_eq!(c.list_keys(&project).await.unwrap()[0].id, created.id);
+}
+
+#[tokio::test]
+async fn each_refusal_is_told_apart() {
+    let url = sim(CONFIG).await;
+    let c = client(&url, admin(), ClientOptions::default());
+    let k = key();
+    let api = Target::Repository("api".into());
+    c.create_key(&api, k.public_key(), "x").await.unwrap();
+    let dup = c.create_key(&api, k.public_key(), "x").await.unwrap_err();
+    assert!(matches!(dup, Error::DuplicateKey(_)), "{dup:?}");
+    assert!(!dup.is_transient());
+    let bad = c.create_key(&api, "ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAAAgQC7 short", "x").await.unwrap_err();
+    assert!(matches!(bad, Error::InvalidKey(_)), "{bad:?}");
+    let missing = c.list_keys(&Target::Repository("nope".into())).await.unwrap_err();
+    assert_eq!(missing, Error::RepositoryNotFound("acme/nope".into()));
+    let missing = c.list_keys(&Target::Project("NOPE".into())).await.unwrap_err();
+    assert_eq!(missing, Error::ProjectNotFound("acme/NOPE".into()));
+
+    let wrong = client(&url, Auth::ApiToken { email: "admin@acme.test".into(), token: SecretString::new("wrong") }, ClientOptions::default());
+    assert!(matches!(wrong.list_keys(&api).await.unwrap_err(), Error::Unauthorized(_)));
+    let reader = client(&url, Auth::ApiToken { email: "reader@acme.test".into(), token: SecretString::new("tok-reader") }, ClientOptions::default());
+    let denied = reader.create_key(&api, key().public_key(), "x").await.unwrap_err();
+    assert!(matches!(denied, Error::Forbidden(_)), "{denied:?}");
+    assert_eq!(denied.reason(), "Forbidden");
+    let other_ws = {
+        let bb = Arc::new(Bitbucket::new(ClientOptions::default()).unwrap());
+        let cred = bb.credential(&format!("{url}/2.0"), &admin(), 1000);
+        bb.workspace(&format!("{url}/2.0"), &url, "nowhere", cred)
+    };
+    assert_eq!(other_ws.verify().await.unwrap_err(), Error::WorkspaceNotFound("nowhere".into()));
+}
+
+#[tokio::test]
+async fn an_access_token_is_reported_as_the_wrong_mechanism() {
+    // Access tokens cannot be configured on a workspace; the classification is checked on
+    // the simulator's real answer.
+    let url = sim(&format!("{CONFIG}accessTokens: [{{token: repo-token}}]\n")).await;
+    let resp = reqwest::Client::new()
+        .get(format!("{url}/2.0/repositories/acme/api/deploy-keys"))
+        .bearer_auth("repo-token")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 403);
+    let body = resp.text().await.unwrap();
+    assert!(body.contains("not accessible by this authentication mechanism"), "{body}");
+    let e = Error::AuthMechanismRefused(body);
+    assert_eq!(e.reason(), "AuthMechanismRefused");
+    assert!(e.to_string().contains("access tokens cannot manage access keys"));
+}
+
+#[tokio::test]
+async fn oauth_consumers_get_tokens_with_scope_or_the_older_scopes() {
+    let url = sim(CONFIG).await;
+    let c = client(&url, Auth::OAuthConsumer { key: "ck".into(), secret: SecretString::new("cs") }, ClientOptions::default());
+    c.list_keys(&Target::Repository("api".into())).await.expect("a bearer token is minted and used");
+    let bb = Bitbucket::new(ClientOptions::default()).unwrap();
+    let cred = bb.credential(&url, &Auth::OAuthConsumer { key: "old".into(), secret: SecretString::new("os") }, 1000);
+    let token = bb.mint_token(&url, &cred).await.expect("token");
+    assert_eq!(token.scopes, vec!["repository:admin".to_string()], "the older `scopes` field is read");
+    assert!(token.expires_in >= Duration::from_secs(7000));
+    let bad = bb.credential(&url, &Auth::OAuthConsumer { key: "ck".into(), secret: SecretString::new("nope") }, 1000);
+    let e = bb.mint_token(&url, &bad).await.unwrap_err();
+    assert!(matches!(&e, Error::OAuth { error, .. } if error == "invalid_client"), "{e:?}");
+    assert_eq!(e.reason(), "InvalidClient");
+}
+
+#[tokio::test]
+async fn rate_limits_server_errors_and_timeouts_are_transient() {
+    let url = sim(&CONFIG.replace("requestsPerWindow: 100000", "requestsPerWindow: 2")).await;
+    let c = client(&url, admin(), fast());
+    let api = Target::Repository("api".into());
+    let _ = c.list_keys(&api).await;
+    let _ = c.list_keys(&api).await;
+    let limited = c.list_keys(&api).await.unwrap_err();
+    assert_eq!(limited, Error::RateLimited);
+    assert!(limited.is_transient());
+
+    let url = sim(&format!("{CONFIG}faults: {{errorRate: 1.0}}\n")).await;
+    let e = client(&url, admin(), fast()).list_keys(&api).await.unwrap_err();
+    assert!(matches!(e, Error::Server { .. }) && e.is_transient(), "{e:?}");
+
+    let url = sim(&format!("{CONFIG}faults: {{timeoutRate: 1.0, timeoutMs: 2000}}\n")).await;
+    let e = client(&url, admin(), fast()).list_keys(&api).await.unwrap_err();
+    assert!(matches!(e, Error::Timeout(_)) && e.is_transient(), "{e:?}");
+
+    let e = client("http://127.0.0.1:9", admin(), fast()).list_keys(&api).await.unwrap_err();
+    assert!(matches!(e, Error::Transport(_)) && e.is_transient(), "{e:?}");
+}
