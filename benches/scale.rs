@@ -58,14 +58,7 @@ async fn create_keys(client: &Client, ns: &str, names: &[String], repos: &[&str]
 }
 
 fn access_keys(client: &Client, ns: &str) -> Api<kube::api::DynamicObject> {
-    let ar = kube::discovery::ApiResource {
-        group: "bitbucket.credentials.dev".into(),
-        version: "v1alpha1".into(),
-        api_version: "bitbucket.credentials.dev/v1alpha1".into(),
-        kind: "BitbucketAccessKey".into(),
-        plural: "bitbucketaccesskeys".into(),
-    };
-    Api::namespaced_with(client.clone(), ns, &ar)
+    Api::namespaced_with(client.clone(), ns, &support::resource("bitbucketaccesskeys"))
 }
 
 async fn count_ready(client: &Client, ns: &str) -> usize {

@@ -226,28 +226,7 @@ async fn access_keys_converge_after_kills_faults_and_an_apiserver_restart() {
     .map(|s| s.to_string())
     .collect();
     let mut env = Env::on_private(&pc, "chaos", NS, &chaos_sim_config(), &args).await;
-    env.apply(&format!(
-        r#"
-apiVersion: v1
-kind: Secret
-metadata: {{name: bb-admin}}
-stringData: {{email: admin@acme.test, token: tok-admin-0123456789}}
----
-apiVersion: bitbucket.credentials.dev/v1alpha1
-kind: BitbucketWorkspace
-metadata: {{name: acme}}
-spec:
-  workspace: acme
-  apiURL: {url}/2.0
-  siteURL: {url}
-  sshHost: git.acme.test
-  knownHosts: "git.acme.test ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIIazEu89wgQZ4bqs3d63QSMzYVa0MuJ2e2gKTKqu+UUO"
-  requestsPerHour: 100000
-  auth: {{apiToken: {{secretRef: {{name: bb-admin}}}}}}
-"#,
-        url = env.sim.url
-    ))
-    .await;
+    env.apply(&crate::support::workspace_yaml(&env.sim.url, "  requestsPerHour: 100000\n")).await;
     env.wait_ready("bitbucketworkspaces", "acme", Duration::from_secs(60)).await;
 
     let keys = env.api("bitbucketaccesskeys");

@@ -325,45 +325,12 @@ impl Env {
 
     /// A namespaced workspace `acme` pointing at this test's simulator, with an API token.
     pub async fn workspace(&self) {
-        self.apply(&format!(
-            r#"
-apiVersion: v1
-kind: Secret
-metadata: {{name: bb-admin}}
-stringData: {{email: admin@acme.test, token: tok-admin-0123456789}}
----
-apiVersion: bitbucket.credentials.dev/v1alpha1
-kind: BitbucketWorkspace
-metadata: {{name: acme}}
-spec:
-  workspace: acme
-  apiURL: {url}/2.0
-  siteURL: {url}
-  sshHost: git.acme.test
-  knownHosts: "git.acme.test ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIIazEu89wgQZ4bqs3d63QSMzYVa0MuJ2e2gKTKqu+UUO"
-  auth: {{apiToken: {{secretRef: {{name: bb-admin}}}}}}
-"#,
-            url = self.sim.url
-        ))
-        .await;
+        self.apply(&workspace_yaml(&self.sim.url, "")).await;
         self.wait_ready("bitbucketworkspaces", "acme", Duration::from_secs(60)).await;
     }
 
     pub fn api(&self, plural: &str) -> Api<DynamicObject> {
-        let kind = match plural {
-            "bitbucketworkspaces" => "BitbucketWorkspace",
-            "bitbucketaccesskeys" => "BitbucketAccessKey",
-            "bitbucketoauthconsumers" => "BitbucketOAuthConsumer",
-            "clusterbitbucketworkspaces" => "ClusterBitbucketWorkspace",
-            other => panic!("unknown {other}"),
-        };
-        let ar = ApiResource {
-            group: "bitbucket.credentials.dev".into(),
-            version: "v1alpha1".into(),
-            api_version: "bitbucket.credentials.dev/v1alpha1".into(),
-            kind: kind.into(),
-            plural: plural.into(),
-        };
+        let ar = resource(plural);
         if plural.starts_with("cluster") {
             Api::all_with(self.client.clone(), &ar)
         } else {
@@ -466,6 +433,48 @@ use serde::Deserialize;
 
 async fn discovery(client: &Client) -> Discovery {
     Discovery::new(client.clone()).run().await.expect("discovery")
+}
+
+/// The API resource of one of the operator's kinds, by plural.
+pub fn resource(plural: &str) -> ApiResource {
+    let kind = match plural {
+        "bitbucketworkspaces" => "BitbucketWorkspace",
+        "bitbucketaccesskeys" => "BitbucketAccessKey",
+        "bitbucketoauthconsumers" => "BitbucketOAuthConsumer",
+        "clusterbitbucketworkspaces" => "ClusterBitbucketWorkspace",
+        other => panic!("unknown {other}"),
+    };
+    ApiResource {
+        group: "bitbucket.credentials.dev".into(),
+        version: "v1alpha1".into(),
+        api_version: "bitbucket.credentials.dev/v1alpha1".into(),
+        kind: kind.into(),
+        plural: plural.into(),
+    }
+}
+
+/// The auth Secret and the namespaced workspace `acme` for a simulator at `url`;
+/// `extra_spec` lines (two-space indented) are added to the spec.
+pub fn workspace_yaml(url: &str, extra_spec: &str) -> String {
+    format!(
+        r#"
+apiVersion: v1
+kind: Secret
+metadata: {{name: bb-admin}}
+stringData: {{email: admin@acme.test, token: tok-admin-0123456789}}
+---
+apiVersion: bitbucket.credentials.dev/v1alpha1
+kind: BitbucketWorkspace
+metadata: {{name: acme}}
+spec:
+  workspace: acme
+  apiURL: {url}/2.0
+  siteURL: {url}
+  sshHost: git.acme.test
+  knownHosts: "git.acme.test ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIIazEu89wgQZ4bqs3d63QSMzYVa0MuJ2e2gKTKqu+UUO"
+  auth: {{apiToken: {{secretRef: {{name: bb-admin}}}}}}
+{extra_spec}"#
+    )
 }
 
 pub fn tail(s: &str, n: usize) -> String {

@@ -14,34 +14,17 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
 use kube::api::{DynamicObject, ListParams};
-use kube::discovery::ApiResource;
 
 use crate::support::{Env, PrivateCluster, SECRET_VALUES, SIM_CONFIG, create_namespace, kubectl, kubectl_apply, tail};
 
 const WAIT: Duration = Duration::from_secs(90);
 const OPERATOR_NS: &str = "bco-system";
 
-fn resource(plural: &str) -> ApiResource {
-    let kind = match plural {
-        "bitbucketworkspaces" => "BitbucketWorkspace",
-        "bitbucketaccesskeys" => "BitbucketAccessKey",
-        "bitbucketoauthconsumers" => "BitbucketOAuthConsumer",
-        "clusterbitbucketworkspaces" => "ClusterBitbucketWorkspace",
-        other => panic!("unknown {other}"),
-    };
-    ApiResource {
-        group: "bitbucket.credentials.dev".into(),
-        version: "v1alpha1".into(),
-        api_version: "bitbucket.credentials.dev/v1alpha1".into(),
-        kind: kind.into(),
-        plural: plural.into(),
-    }
-}
 
 fn api_in(env: &Env, plural: &str, ns: Option<&str>) -> Api<DynamicObject> {
     match ns {
-        Some(ns) => Api::namespaced_with(env.client.clone(), ns, &resource(plural)),
-        None => Api::all_with(env.client.clone(), &resource(plural)),
+        Some(ns) => Api::namespaced_with(env.client.clone(), ns, &crate::support::resource(plural)),
+        None => Api::all_with(env.client.clone(), &crate::support::resource(plural)),
     }
 }
 
