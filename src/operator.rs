@@ -202,8 +202,7 @@ pub async fn run(config: Config) -> Result<(), RunError> {
             .default_backoff()
             .modify(|s| s.managed_fields_mut().clear())
             .touched_objects();
-        let store = controller.store();
-        let by_secret = store.clone();
+        let by_secret = controller.store();
         let controller = controller.watches_stream(consumer_events, move |secret: PartialObjectMeta<Secret>| {
             let (name, ns) = (secret.name_any(), secret.namespace());
             by_secret
@@ -213,7 +212,6 @@ pub async fn run(config: Config) -> Result<(), RunError> {
                 .map(|c| ObjectRef::from_obj(&*c))
                 .collect::<Vec<_>>()
         });
-        drop(store);
         tasks.push(
             controller
                 .graceful_shutdown_on(shutdown.clone())

@@ -535,7 +535,7 @@ async fn cleanup(obj: &BitbucketAccessKey, ctx: &Context) -> Result<Action> {
         namespace: obj.namespace().unwrap_or_default(),
         name: obj.name_any(),
     });
-    ctx.forget(obj);
+    ctx.succeeded(obj);
     if obj.spec.deletion_policy == DeletionPolicy::Retain {
         return Ok(Action::await_change());
     }

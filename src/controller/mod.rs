@@ -84,13 +84,10 @@ impl Context {
         jitter(delay)
     }
 
+    /// Clears the object's failure count (after a success, or when it goes away).
     pub fn succeeded<K: Resource<DynamicType = ()>>(&self, obj: &K) {
         let key = ObjectRef::from_obj(obj).to_string();
         self.failures.lock().unwrap_or_else(|e| e.into_inner()).remove(&key);
-    }
-
-    pub fn forget<K: Resource<DynamicType = ()>>(&self, obj: &K) {
-        self.succeeded(obj)
     }
 }
 

@@ -36,7 +36,7 @@ pub async fn reconcile(obj: Arc<BitbucketOAuthConsumer>, ctx: Arc<Context>) -> R
     METRICS.reconciles.get_or_create(&labels).inc();
     if obj.meta().deletion_timestamp.is_some() {
         METRICS.seconds_until_deadline.remove(&object_labels(&obj));
-        ctx.forget(&*obj);
+        ctx.succeeded(&*obj);
         return Ok(Action::await_change());
     }
     let result = apply(&obj, &ctx).await;
