@@ -264,7 +264,7 @@ async fn main() {
     }
 
     // The table and the JSON.
-    println!("\n{:<82} {:>10} {:>10} {:>8}  {:<28} {}", "figure", "value", "baseline", "ratio", "target", "met");
+    println!("\n{:<82} {:>10} {:>10} {:>8}  {:<28} met", "figure", "value", "baseline", "ratio", "target");
     let mut json_rows = Vec::new();
     for r in &rows {
         let ratio = if r.baseline > 0.0 { r.value / r.baseline } else { f64::NAN };
