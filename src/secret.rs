@@ -128,7 +128,8 @@ pub fn known_hosts_for(known_hosts: &str, ssh_host: &str) -> String {
 }
 
 /// The data of an OAuth token Secret, and its type.
-pub fn token_secret(at: Placement<'_>, formats: &[TokenFormat], token: &str, git_host: &str) -> Secret {
+/// `git_origin` is `scheme://host[:port]` of the site (`https://bitbucket.org`).
+pub fn token_secret(at: Placement<'_>, formats: &[TokenFormat], token: &str, git_origin: &str) -> Secret {
     let mut data = BTreeMap::new();
     let mut type_ = "Opaque";
     for f in formats {
@@ -144,13 +145,21 @@ pub fn token_secret(at: Placement<'_>, formats: &[TokenFormat], token: &str, git
             TokenFormat::GitCredentials => {
                 data.insert(
                     ".git-credentials".into(),
-                    ByteString(format!("https://{TOKEN_USERNAME}:{token}@{git_host}\n").into_bytes()),
+                    ByteString(git_credentials_line(git_origin, token).into_bytes()),
                 );
             }
         }
     }
     let (labels, annotations) = (at.user.labels.clone(), at.user.annotations.clone());
     at.secret(type_, labels, annotations, data)
+}
+
+/// `https://x-token-auth:TOKEN@bitbucket.org`, the line git's `store` helper reads.
+fn git_credentials_line(origin: &str, token: &str) -> String {
+    match origin.split_once("://") {
+        Some((scheme, host)) => format!("{scheme}://{TOKEN_USERNAME}:{token}@{host}\n"),
+        None => format!("https://{TOKEN_USERNAME}:{token}@{origin}\n"),
+    }
 }
 
 /// Whether `actual` already holds everything `desired` says (data equal, labels and

@@ -104,11 +104,18 @@ pub fn renewal_delay(lifetime: Duration, refresh_before: Duration) -> Duration {
     base - spread.mul_f64(rand::thread_rng().gen_range(0.0..1.0))
 }
 
-fn git_host(site_url: &str) -> String {
-    url::Url::parse(site_url).ok().and_then(|u| u.host_str().map(|h| match u.port() {
-        Some(p) => format!("{h}:{p}"),
-        None => h.to_string(),
-    })).unwrap_or_else(|| "bitbucket.org".into())
+/// `scheme://host[:port]` of the site, where git clones over HTTPS (`https://bitbucket.org`).
+fn git_origin(site_url: &str) -> String {
+    url::Url::parse(site_url)
+        .ok()
+        .and_then(|u| {
+            let host = u.host_str()?.to_string();
+            Some(match u.port() {
+                Some(p) => format!("{}://{host}:{p}", u.scheme()),
+                None => format!("{}://{host}", u.scheme()),
+            })
+        })
+        .unwrap_or_else(|| "https://bitbucket.org".into())
 }
 
 fn read_token(secret: &Secret) -> Option<SecretString> {
@@ -163,7 +170,7 @@ async fn apply(obj: &BitbucketOAuthConsumer, ctx: &Context) -> Result<Action> {
     let due = st.renewal_time.as_ref().is_none_or(|t| super::seconds_until(t) <= 0);
     let rotated = st.consumer_revision.as_deref() != Some(rev.as_str());
     let owner = obj.controller_owner_ref(&()).expect("a stored object has a name and uid");
-    let host = git_host(&ws.site_url);
+    let host = git_origin(&ws.site_url);
     let render = |token: &str| {
         let at = Placement { name: &out_name, namespace: &ns, owner: owner.clone(), user: &obj.spec.secret.metadata };
         token_secret(at, &obj.spec.secret.formats, token, &host)
@@ -244,9 +251,9 @@ mod tests {
     fn the_token_reads_back_from_any_format() {
         let user = Default::default();
         let at = || Placement { name: "n", namespace: "ns", owner: Default::default(), user: &user };
-        let s = token_secret(at(), &[TokenFormat::GitCredentials], "tok123", "bitbucket.org");
+        let s = token_secret(at(), &[TokenFormat::GitCredentials], "tok123", "https://bitbucket.org");
         assert_eq!(read_token(&s).unwrap().expose(), "tok123");
-        let s = token_secret(at(), &[TokenFormat::BasicAuth], "tok456", "bitbucket.org");
+        let s = token_secret(at(), &[TokenFormat::BasicAuth], "tok456", "https://bitbucket.org");
         assert_eq!(read_token(&s).unwrap().expose(), "tok456");
     }
 

@@ -94,6 +94,11 @@ impl Simulator {
             // Test plumbing: no faults, no auth, not counted.
             return inspect::handle(self, &request);
         }
+        if is_git_info_refs(&request.path) {
+            let (response, credential) = self.git_http(&request);
+            self.record(&request, "git_info_refs", response.status, credential);
+            return response;
+        }
         let route = parse_route(&request.path);
         let resolved = resolve(&route, &request.method);
         let plan = if is_api_path(&request.path) {
@@ -124,6 +129,30 @@ impl Simulator {
             tokio::time::sleep(hold).await;
         }
         response
+    }
+
+    /// Git over HTTPS (`/{workspace}/{repo}.git/info/refs`): Bitbucket asks for Basic
+    /// credentials and takes an OAuth access token as the password of `x-token-auth`.
+    /// The simulator serves no repository content: an accepted token gets 404, so tests
+    /// learn from the request log that git sent it.
+    fn git_http(&self, request: &SimRequest) -> (SimResponse, Option<String>) {
+        let challenge = || {
+            SimResponse::bitbucket_error(StatusCode::UNAUTHORIZED, "Authentication required")
+                .with_header(WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"Bitbucket.org HTTP\""))
+        };
+        let token = match parse_authorization(&request.headers) {
+            crate::sim::auth::Authorization::Basic { user, secret } if user == "x-token-auth" => secret,
+            _ => return (challenge(), None),
+        };
+        let bearer = crate::sim::auth::Authorization::Bearer(token);
+        let now = jiff::Timestamp::now();
+        match self.credentials.authenticate(&bearer, false, &lock(&self.state), now.as_millisecond()) {
+            Ok(principal) => (
+                SimResponse::bitbucket_error(StatusCode::NOT_FOUND, "the simulator serves no git content"),
+                Some(principal.credential.id().to_owned()),
+            ),
+            Err(_) => (challenge(), None),
+        }
     }
 
     fn process(
@@ -329,6 +358,12 @@ fn is_plausible_host(host: &str) -> bool {
         && host
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']' | '_'))
+}
+
+/// `/{workspace}/{repo}[.git]/info/refs`, the first request of a git clone over HTTP.
+fn is_git_info_refs(path: &str) -> bool {
+    let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    matches!(parts.as_slice(), [ws, repo, "info", "refs"] if !ws.is_empty() && !repo.is_empty() && *ws != "2.0" && *ws != "_sim")
 }
 
 #[cfg(test)]

@@ -37,7 +37,7 @@ async fn a_token_lands_in_the_secret_in_every_format_and_never_the_consumer_secr
     assert_eq!(text(&s, "username"), "x-token-auth");
     assert_eq!(text(&s, "password"), token);
     let host = env.sim.url.trim_start_matches("http://").to_string();
-    assert_eq!(text(&s, ".git-credentials"), format!("https://x-token-auth:{token}@{host}\n"));
+    assert_eq!(text(&s, ".git-credentials"), format!("http://x-token-auth:{token}@{host}\n"));
     for v in s.data.as_ref().unwrap().values() {
         let v = String::from_utf8_lossy(&v.0);
         assert!(!v.contains("cs-main-secret"), "the consumer secret never reaches the output Secret");
@@ -145,4 +145,36 @@ async fn a_hundred_consumers_do_not_all_renew_in_the_same_second() {
     let busiest = per_second.values().max().copied().unwrap_or(0);
     eprintln!("100 renewals over {} distinct seconds, at most {busiest} in one", per_second.len());
     assert!(per_second.len() >= 50, "renewals spread over only {} seconds", per_second.len());
+}
+
+#[tokio::test]
+async fn real_git_sends_the_token_as_x_token_auth_from_the_git_credentials_file() {
+    let env = Env::new("oauth-git").await;
+    env.workspace().await;
+    env.apply(&consumer("ci", "  secret:\n    formats: [git-credentials]\n")).await;
+    env.wait_ready("bitbucketoauthconsumers", "ci", READY).await;
+    let s = env.secret("ci").await.unwrap();
+    // Mounted as a pod would, and handed to git's own `store` credential helper.
+    let file = env.dir.join("git-credentials");
+    std::fs::write(&file, text(&s, ".git-credentials")).unwrap();
+    let out = std::process::Command::new("git")
+        .args(["-c", &format!("credential.helper=store --file={}", file.display())])
+        .args(["clone", "-q", &format!("{}/acme/api.git", env.sim.url)])
+        .arg(env.dir.join("https-clone"))
+        .env("GIT_TERMINAL_PROMPT", "0")
+        .env("HOME", &env.dir)
+        .output()
+        .unwrap();
+    // The simulator serves no git content (404 once authenticated); what matters is what
+    // git sent: first an anonymous request answered with a Basic challenge, then the
+    // token as the password of x-token-auth, accepted as consumer ck-main's token.
+    assert!(!out.status.success());
+    let log = env.sim.requests().await;
+    let git: Vec<&serde_json::Value> =
+        log["recent"].as_array().unwrap().iter().filter(|r| r["endpoint"] == "git_info_refs").collect();
+    assert!(git.iter().any(|r| r["status"] == 401 && r["credential"].is_null()), "{git:?}");
+    assert!(
+        git.iter().any(|r| r["status"] == 404 && r["credential"] == "ck-main"),
+        "git did not authenticate with the token as x-token-auth: {git:?}"
+    );
 }
