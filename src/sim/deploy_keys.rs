@@ -190,17 +190,7 @@ fn create(target: Target, body: &[u8], ctx: Context<'_>) -> SimResponse {
         added_by: ctx.principal.account(),
         fingerprint,
     };
-    let id = record.id;
-    if let Err(response) = persist(ctx.state.put_key(record, ctx.now.as_millisecond())) {
-        return response;
-    }
-    match ctx.state.key(id) {
-        Some(record) => SimResponse::json(
-            StatusCode::OK,
-            &model::key_object(record, ctx.catalog, ctx.base),
-        ),
-        None => internal_error(),
-    }
+    save_and_answer(record, ctx)
 }
 
 /// PUT: label and comment may change, the key material may not.
@@ -242,8 +232,13 @@ fn update(target: &Target, key_id: Option<&str>, body: &[u8], ctx: Context<'_>) 
     if let Some(label) = label {
         updated.label = label;
     }
-    let id = existing.id;
-    if let Err(response) = persist(ctx.state.put_key(updated, ctx.now.as_millisecond())) {
+    save_and_answer(updated, ctx)
+}
+
+/// Stores a key and answers 200 with the key object, as create and update do.
+fn save_and_answer(record: KeyRecord, ctx: Context<'_>) -> SimResponse {
+    let id = record.id;
+    if let Err(response) = persist(ctx.state.put_key(record, ctx.now.as_millisecond())) {
         return response;
     }
     match ctx.state.key(id) {
