@@ -154,27 +154,40 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     for api in namespaced_api::<BitbucketAccessKey>(&client, &config.watch_namespaces) {
         let ns = api.namespace().map(String::from);
         let workspaces: Api<BitbucketWorkspace> = scoped(&client, &ns);
-        let controller = controller_for(api, scoped(&client, &ns), &secret_selector, ctrl_config.clone());
+        let controller = controller_for(api, scoped(&client, &ns), &secret_selector, ctrl_config.clone(), &ctx);
         let store = controller.store();
+        // Workspaces are kept in stores that reconciles resolve them from.
+        let (ws_store, ws_writer) = reflector::store();
+        ctx.caches.add_workspace_store(ns.clone(), ws_store);
+        let ws_events = watcher(workspaces, watcher::Config::default())
+            .default_backoff()
+            .modify(|o| o.managed_fields_mut().clear())
+            .reflect(ws_writer)
+            .touched_objects();
         let by_ws = store.clone();
-        let controller = controller
-            .watches(workspaces, watcher::Config::default(), move |ws: BitbucketWorkspace| {
-                let (name, ns) = (ws.name_any(), ws.namespace());
-                by_ws
-                    .state()
-                    .into_iter()
-                    .filter(|k| {
-                        k.spec.workspace_ref.kind == WorkspaceKind::BitbucketWorkspace
-                            && k.spec.workspace_ref.name == name
-                            && k.namespace() == ns
-                    })
-                    .map(|k| ObjectRef::from_obj(&*k))
-                    .collect::<Vec<_>>()
-            });
+        let controller = controller.watches_stream(ws_events, move |ws: BitbucketWorkspace| {
+            let (name, ns) = (ws.name_any(), ws.namespace());
+            by_ws
+                .state()
+                .into_iter()
+                .filter(|k| {
+                    k.spec.workspace_ref.kind == WorkspaceKind::BitbucketWorkspace
+                        && k.spec.workspace_ref.name == name
+                        && k.namespace() == ns
+                })
+                .map(|k| ObjectRef::from_obj(&*k))
+                .collect::<Vec<_>>()
+        });
         let by_cws = store.clone();
-        let controller = controller.watches(
-            Api::<ClusterBitbucketWorkspace>::all(client.clone()),
-            watcher::Config::default(),
+        let (cws_store, cws_writer) = reflector::store();
+        ctx.caches.set_cluster_workspace_store(cws_store);
+        let cws_events = watcher(Api::<ClusterBitbucketWorkspace>::all(client.clone()), watcher::Config::default())
+            .default_backoff()
+            .modify(|o| o.managed_fields_mut().clear())
+            .reflect(cws_writer)
+            .touched_objects();
+        let controller = controller.watches_stream(
+            cws_events,
             move |ws: ClusterBitbucketWorkspace| {
                 let name = ws.name_any();
                 by_cws
@@ -196,7 +209,7 @@ pub async fn run(config: Config) -> Result<(), RunError> {
 
     for api in namespaced_api::<BitbucketOAuthConsumer>(&client, &config.watch_namespaces) {
         let ns = api.namespace().map(String::from);
-        let controller = controller_for(api, scoped(&client, &ns), &secret_selector, ctrl_config.clone());
+        let controller = controller_for(api, scoped(&client, &ns), &secret_selector, ctrl_config.clone(), &ctx);
         // A consumer Secret rotated by an admin takes effect at once.
         let consumer_events = watcher(scoped::<PartialObjectMeta<Secret>>(&client, &ns), watcher::Config::default().labels(oauth_consumer::CONSUMER_LABEL))
             .default_backoff()
@@ -280,18 +293,23 @@ fn controller_for<K>(
     secrets: Api<PartialObjectMeta<Secret>>,
     selector: &str,
     config: ControllerConfig,
+    ctx: &Arc<Context>,
 ) -> Controller<K>
 where
     K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
 {
     // Secrets are watched as metadata only, and only those the operator labels: a
-    // cluster full of other Secrets costs nothing.
+    // cluster full of other Secrets costs nothing. The echo of the operator's own write
+    // wakes nobody (the reconcile that wrote it knows what it wrote).
+    let caches = ctx.clone();
     let secret_events = watcher(secrets, watcher::Config::default().labels(selector))
         .default_backoff()
         .modify(|s| s.managed_fields_mut().clear())
-        .touched_objects();
-    // Status writes must not wake the object up again (a failing object would loop):
-    // only spec (generation), annotations (manual rotation) and finalizers do.
+        .touched_objects()
+        .filter(move |s| futures::future::ready(!matches!(s, Ok(s) if caches.caches.is_own_write(s))));
+    // Status writes must not wake the object up again (a failing object would loop), nor
+    // does the finalizer the reconcile adds itself: only spec (generation, which deletion
+    // bumps too) and annotations (manual rotation) do.
     let (reader, writer) = reflector::store();
     let objects = watcher(api, watcher::Config::default())
         .default_backoff()
@@ -299,7 +317,7 @@ where
         .reflect(writer)
         .applied_objects()
         .predicate_filter(
-            predicates::generation.combine(predicates::annotations).combine(predicates::finalizers),
+            predicates::generation.combine(predicates::annotations),
             Default::default(),
         );
     Controller::for_stream(objects, reader).with_config(config).owns_stream(secret_events)

@@ -15,7 +15,6 @@ use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
-use kube::runtime::finalizer::{self, Event as Finalizer};
 use kube::{Api, Resource, ResourceExt};
 use serde_json::json;
 
@@ -38,23 +37,14 @@ pub async fn reconcile(obj: Arc<BitbucketAccessKey>, ctx: Arc<Context>) -> Resul
     let started = Instant::now();
     let labels = ControllerLabels { controller: CONTROLLER.into() };
     METRICS.reconciles.get_or_create(&labels).inc();
-    let ns = obj.namespace().unwrap_or_default();
-    let api: Api<BitbucketAccessKey> = Api::namespaced(ctx.client.clone(), &ns);
-    let result = finalizer::finalizer(&api, FINALIZER, obj.clone(), |event| async {
-        match event {
-            Finalizer::Apply(o) => apply(&o, &ctx).await,
-            Finalizer::Cleanup(o) => cleanup(&o, &ctx).await,
-        }
-    })
-    .await;
+    let result = with_finalizer(&obj, &ctx).await;
     METRICS.reconcile_duration.get_or_create(&labels).observe(started.elapsed().as_secs_f64());
     let error = match result {
         Ok(action) => {
             ctx.succeeded(&*obj);
             return Ok(action);
         }
-        Err(finalizer::Error::ApplyFailed(e) | finalizer::Error::CleanupFailed(e)) => e,
-        Err(e) => Error::Finalizer(e.to_string()),
+        Err(e) => e,
     };
     METRICS
         .reconcile_errors
@@ -63,6 +53,49 @@ pub async fn reconcile(obj: Arc<BitbucketAccessKey>, ctx: Arc<Context>) -> Resul
     let delay = ctx.backoff(&*obj, &error);
     report_failure(&obj, &ctx, &error, delay).await;
     Ok(Action::requeue(delay))
+}
+
+/// The finalizer around the work: cleanup and release when the object is being deleted;
+/// otherwise the finalizer is added (before anything is registered) and the work done in
+/// the same reconcile.
+async fn with_finalizer(obj: &BitbucketAccessKey, ctx: &Context) -> Result<Action> {
+    let api: Api<BitbucketAccessKey> = Api::namespaced(ctx.client.clone(), &obj.namespace().unwrap_or_default());
+    let finalizers = obj.finalizers();
+    let ours = finalizers.iter().position(|f| f == FINALIZER);
+    if obj.meta().deletion_timestamp.is_some() {
+        let Some(i) = ours else { return Ok(Action::await_change()) };
+        let action = cleanup(obj, ctx).await?;
+        // The test ops make a stale copy fail instead of removing someone else's entry.
+        let patch = json!([
+            {"op": "test", "path": format!("/metadata/finalizers/{i}"), "value": FINALIZER},
+            {"op": "remove", "path": format!("/metadata/finalizers/{i}")},
+        ]);
+        patch_finalizers(&api, obj, patch).await?;
+        return Ok(action);
+    }
+    if ours.is_none() {
+        let patch = if finalizers.is_empty() {
+            json!([
+                {"op": "test", "path": "/metadata/finalizers", "value": null},
+                {"op": "add", "path": "/metadata/finalizers", "value": [FINALIZER]},
+            ])
+        } else {
+            json!([
+                {"op": "test", "path": "/metadata/finalizers", "value": finalizers},
+                {"op": "add", "path": "/metadata/finalizers/-", "value": FINALIZER},
+            ])
+        };
+        patch_finalizers(&api, obj, patch).await?;
+    }
+    apply(obj, ctx).await
+}
+
+async fn patch_finalizers(api: &Api<BitbucketAccessKey>, obj: &BitbucketAccessKey, patch: serde_json::Value) -> Result<()> {
+    let patch: json_patch::Patch = serde_json::from_value(patch).map_err(|e| Error::Finalizer(e.to_string()))?;
+    api.patch::<BitbucketAccessKey>(&obj.name_any(), &PatchParams::default(), &Patch::Json(patch))
+        .await
+        .map_err(|e| Error::Finalizer(e.to_string()))?;
+    Ok(())
 }
 
 /// Ready=False with the error's reason and when the next attempt comes, and a Warning event.
@@ -194,9 +227,11 @@ impl Run<'_> {
         let mut body = serde_json::to_value(desired).map_err(|e| Error::Finalizer(e.to_string()))?;
         body["apiVersion"] = json!("v1");
         body["kind"] = json!("Secret");
-        self.secrets
+        let written = self
+            .secrets
             .patch(&self.secret_name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(body))
             .await?;
+        self.ctx.caches.wrote(&written);
         Ok(())
     }
 

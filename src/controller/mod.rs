@@ -2,6 +2,7 @@
 //! reasons, conditions, events and backoff.
 
 pub mod access_key;
+pub mod cache;
 pub mod oauth_consumer;
 pub mod workspace;
 
@@ -37,6 +38,7 @@ pub struct Context {
     pub client: Client,
     pub bitbucket: Arc<Bitbucket>,
     pub settings: Settings,
+    pub caches: cache::Caches,
     recorder: Recorder,
     failures: Mutex<HashMap<String, u32>>,
 }
@@ -44,7 +46,7 @@ pub struct Context {
 impl Context {
     pub fn new(client: Client, bitbucket: Arc<Bitbucket>, settings: Settings) -> Self {
         let recorder = Recorder::new(client.clone(), Reporter { controller: FIELD_MANAGER.into(), instance: None });
-        Self { client, bitbucket, settings, recorder, failures: Mutex::new(HashMap::new()) }
+        Self { client, bitbucket, settings, caches: Default::default(), recorder, failures: Mutex::new(HashMap::new()) }
     }
 
     /// Publishes an Event; failing to publish never fails a reconcile.

@@ -208,7 +208,8 @@ async fn apply(obj: &BitbucketOAuthConsumer, ctx: &Context) -> Result<Action> {
             // A Secret's type cannot change: replace it.
             secrets.delete(&out_name, &Default::default()).await?;
         }
-        secrets.patch(&out_name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(body)).await?;
+        let written = secrets.patch(&out_name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(body)).await?;
+        ctx.caches.wrote(&written);
     }
     st.secret_name = Some(out_name);
     st.observed_generation = obj.metadata.generation;

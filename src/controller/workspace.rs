@@ -43,6 +43,8 @@ impl Resolved {
 const API_TOKEN_KEYS: &str = "`email` and `token`";
 const OAUTH_KEYS: &str = "`key` and `secret`";
 
+/// The credential in a workspace's auth Secret, read afresh (nothing tells the operator
+/// when an admin rotates it, so it is not cached).
 async fn read_auth(ctx: &Context, namespace: &str, settings: &WorkspaceSettings<'_>) -> Result<Auth> {
     let (source, keys) = match (&settings.auth.api_token, &settings.auth.oauth_consumer) {
         (Some(s), _) => (s, API_TOKEN_KEYS),
@@ -107,10 +109,12 @@ fn require_ready(status: Option<&WorkspaceStatus>, display: &str) -> Result<()> 
 pub async fn resolve(ctx: &Context, namespace: &str, r: &WorkspaceRef) -> Result<Resolved> {
     match r.kind {
         WorkspaceKind::BitbucketWorkspace => {
-            let ws = Api::<BitbucketWorkspace>::namespaced(ctx.client.clone(), namespace)
-                .get_opt(&r.name)
-                .await?
-                .ok_or_else(|| Error::WorkspaceNotFound {
+            let cached = ctx.caches.workspace(namespace, &r.name);
+            let ws = match cached {
+                Some(ws) => Some(ws),
+                None => Api::<BitbucketWorkspace>::namespaced(ctx.client.clone(), namespace).get_opt(&r.name).await?.map(Arc::new),
+            };
+            let ws = ws.ok_or_else(|| Error::WorkspaceNotFound {
                     kind: "BitbucketWorkspace",
                     name: format!("{namespace}/{}", r.name),
                     hint: " (a BitbucketWorkspace is usable only from its own namespace; use a ClusterBitbucketWorkspace to share one)".into(),
@@ -122,10 +126,12 @@ pub async fn resolve(ctx: &Context, namespace: &str, r: &WorkspaceRef) -> Result
             Ok(resolved(&settings, client_for(ctx, &settings, &auth), display))
         }
         WorkspaceKind::ClusterBitbucketWorkspace => {
-            let ws = Api::<ClusterBitbucketWorkspace>::all(ctx.client.clone())
-                .get_opt(&r.name)
-                .await?
-                .ok_or_else(|| Error::WorkspaceNotFound {
+            let cached = ctx.caches.cluster_workspace(&r.name);
+            let ws = match cached {
+                Some(ws) => Some(ws),
+                None => Api::<ClusterBitbucketWorkspace>::all(ctx.client.clone()).get_opt(&r.name).await?.map(Arc::new),
+            };
+            let ws = ws.ok_or_else(|| Error::WorkspaceNotFound {
                     kind: "ClusterBitbucketWorkspace",
                     name: r.name.clone(),
                     hint: String::new(),
