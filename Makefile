@@ -47,7 +47,7 @@ demo-down:
 
 ## The scale benchmarks (release build); sizes from BENCH_OBJECTS, BENCH_UNRELATED_SECRETS.
 bench: control-plane
-	$(CARGO) bench --bench scale
+	BCO_OPERATOR_LOG=$${BCO_OPERATOR_LOG:-info} $(CARGO) bench --bench scale
 
 ## Property-based fuzzing of every parser of outside input (Bitbucket responses, OpenSSH
 ## keys, Secret contents read back, the simulator's config and requests), for longer.

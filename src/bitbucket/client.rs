@@ -21,6 +21,8 @@ pub struct ClientOptions {
     /// First backoff after a transient failure; doubles each attempt, with full jitter.
     pub backoff_base: Duration,
     pub backoff_max: Duration,
+    /// The window `requestsPerHour` applies to (an hour; scaled down only for tests).
+    pub budget_window: Duration,
 }
 
 impl Default for ClientOptions {
@@ -30,6 +32,7 @@ impl Default for ClientOptions {
             max_attempts: 3,
             backoff_base: Duration::from_millis(500),
             backoff_max: Duration::from_secs(8),
+            budget_window: super::credential::HOUR,
         }
     }
 }
@@ -60,7 +63,7 @@ impl Bitbucket {
         let mut map = self.credentials.lock().unwrap_or_else(|e| e.into_inner());
         let cred = map
             .entry(key)
-            .or_insert_with(|| Arc::new(Credential::new(auth.clone(), requests_per_hour)))
+            .or_insert_with(|| Arc::new(Credential::new(auth.clone(), requests_per_hour, self.options.budget_window)))
             .clone();
         if cred.update(auth, requests_per_hour)
             && let Ok(mut t) = cred.token.try_lock()

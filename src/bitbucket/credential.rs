@@ -56,24 +56,31 @@ pub struct Credential {
     pub(crate) token: tokio::sync::Mutex<Option<Token>>,
     recent: Mutex<VecDeque<Instant>>,
     identity: String,
+    /// The window the budget applies to: an hour, as Bitbucket counts (shorter only in
+    /// tests and benchmarks, which scale the hour down).
+    window: Duration,
 }
 
-fn limiter_for(per_hour: u32) -> std::sync::Arc<DefaultDirectRateLimiter> {
-    let per_hour = NonZeroU32::new(per_hour.max(1)).unwrap_or(NonZeroU32::MIN);
-    // A burst of a tenth of the hour keeps budget + burst under Bitbucket's hourly cap
-    // while letting a small batch of work go through at once.
-    let burst = NonZeroU32::new((per_hour.get() / 10).max(1)).unwrap_or(NonZeroU32::MIN);
-    let period = Duration::from_secs(3600) / per_hour.get();
-    let quota = Quota::with_period(period).unwrap_or_else(|| Quota::per_hour(per_hour)).allow_burst(burst);
+/// Bitbucket's budget window: requests per hour.
+pub const HOUR: Duration = Duration::from_secs(3600);
+
+fn limiter_for(per_window: u32, window: Duration) -> std::sync::Arc<DefaultDirectRateLimiter> {
+    let per_window = NonZeroU32::new(per_window.max(1)).unwrap_or(NonZeroU32::MIN);
+    // A burst of a tenth of the window keeps budget + burst under Bitbucket's cap while
+    // letting a small batch of work go through at once.
+    let burst = NonZeroU32::new((per_window.get() / 10).max(1)).unwrap_or(NonZeroU32::MIN);
+    let period = window / per_window.get();
+    let quota = Quota::with_period(period).unwrap_or_else(|| Quota::per_hour(per_window)).allow_burst(burst);
     std::sync::Arc::new(RateLimiter::direct(quota))
 }
 
 impl Credential {
-    pub fn new(auth: Auth, requests_per_hour: u32) -> Self {
+    pub fn new(auth: Auth, requests_per_hour: u32, window: Duration) -> Self {
         Self {
+            window,
             identity: auth.identity(),
             auth: Mutex::new(auth),
-            limiter: Mutex::new((requests_per_hour, limiter_for(requests_per_hour))),
+            limiter: Mutex::new((requests_per_hour, limiter_for(requests_per_hour, window))),
             token: tokio::sync::Mutex::new(None),
             recent: Mutex::new(VecDeque::new()),
         }
@@ -104,7 +111,7 @@ impl Credential {
         }
         let mut l = self.limiter.lock().unwrap_or_else(|e| e.into_inner());
         if l.0 != requests_per_hour {
-            *l = (requests_per_hour, limiter_for(requests_per_hour));
+            *l = (requests_per_hour, limiter_for(requests_per_hour, self.window));
         }
         changed
     }
@@ -117,7 +124,7 @@ impl Credential {
         let now = Instant::now();
         let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
         recent.push_back(now);
-        while recent.front().is_some_and(|t| now.duration_since(*t) > Duration::from_secs(3600)) {
+        while recent.front().is_some_and(|t| now.duration_since(*t) > self.window) {
             recent.pop_front();
         }
         METRICS

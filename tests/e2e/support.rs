@@ -244,7 +244,7 @@ impl Operator {
             ])
             .env("KUBECONFIG", &cluster().kubeconfig)
             .env("POD_NAMESPACE", namespace_of(&self.args))
-            .env("RUST_LOG", "info,bitbucket_credentials_operator=debug")
+            .env("RUST_LOG", std::env::var("BCO_OPERATOR_LOG").unwrap_or_else(|_| "info,bitbucket_credentials_operator=debug".into()))
             .envs(envs.iter().copied())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
