@@ -228,10 +228,10 @@ async fn main() {
     // 1. Throughput, for each size; the last environment stays for the rest.
     let mut last = None;
     for &objects in &sizes {
-        let env = Env::with("bench-throughput", &SIM_CONFIG.replace("requestsPerWindow: 100000", "requestsPerWindow: 100000000"), &["--drift-check-interval=6h", "--concurrency=16"]).await;
+        let env = Env::with("bench-throughput", &SIM_CONFIG.replace("requestsPerWindow: 100000", "requestsPerWindow: 100000000"), &["--drift-check-interval=6h", "--concurrency=16", "--rate-window=60s"]).await;
         env.workspace().await;
         env.api("bitbucketworkspaces")
-            .patch("acme", &PatchParams::default(), &Patch::Merge(json!({"spec": {"requestsPerHour": 1000000}})))
+            .patch("acme", &PatchParams::default(), &Patch::Merge(json!({"spec": {"requestsPerHour": 100000}})))
             .await
             .unwrap();
         let names: Vec<String> = (0..objects).map(|i| format!("k{i}")).collect();

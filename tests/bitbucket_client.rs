@@ -42,7 +42,7 @@ fn admin() -> Auth {
 }
 
 fn fast() -> ClientOptions {
-    ClientOptions { timeout: Duration::from_millis(500), max_attempts: 2, backoff_base: Duration::from_millis(10), backoff_max: Duration::from_millis(20) }
+    ClientOptions { timeout: Duration::from_millis(500), max_attempts: 2, backoff_base: Duration::from_millis(10), backoff_max: Duration::from_millis(20), ..Default::default() }
 }
 
 fn key() -> KeyPair {

@@ -21,6 +21,9 @@ pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
 pub const MANAGED_BY_VALUE: &str = "bitbucket-credentials-operator";
 /// Finalizer that removes keys from Bitbucket before the object goes.
 pub const FINALIZER: &str = "bitbucket.credentials.dev/cleanup";
+/// On an access key's Secret: the repositories and projects where a key of its object may
+/// be registered (written before each registration, so that a crash cannot hide one).
+pub const TARGETS_ANNOTATION: &str = "bitbucket.credentials.dev/targets";
 
 /// Every CRD with the file name it is checked in under in `crds/`.
 pub fn crds() -> Vec<(&'static str, CustomResourceDefinition)> {

@@ -22,6 +22,7 @@ use super::workspace::{Resolved, resolve};
 use super::{Context, Error, FIELD_MANAGER, Result, condition, jitter, now, parse_duration, set_condition, time_after};
 use crate::api::{
     AccessKeyStatus, BitbucketAccessKey, DeletionPolicy, FINALIZER, ROTATE_ANNOTATION, Registration, RetiringKey,
+    TARGETS_ANNOTATION,
 };
 use crate::bitbucket::{self, DeployKey, Target};
 use crate::keys::{KeyPair, KeySpec, fingerprint_of_public};
@@ -208,19 +209,50 @@ struct Run<'a> {
     uid: String,
     secret_name: String,
     secrets: Api<Secret>,
+    /// Keys created in Bitbucket by this reconcile (fingerprint, target), announced in
+    /// one event once status records them.
+    created: std::sync::Mutex<Vec<(String, String)>>,
 }
 
 impl Run<'_> {
-    fn desired_secret(&self, current: &KeyPair, pending: Option<&KeyPair>) -> Secret {
+    /// The Secret with `current` (and `pending`), recording `targets` as where a key of
+    /// this object may be registered.
+    fn desired_secret(&self, current: &KeyPair, pending: Option<&KeyPair>, targets: &BTreeSet<Target>) -> Secret {
         let owner = self.obj.controller_owner_ref(&()).expect("a stored object has a name and uid");
         let namespace = self.obj.namespace().unwrap_or_default();
-        access_key_secret(
+        let mut secret = access_key_secret(
             Placement { name: &self.secret_name, namespace: &namespace, owner, user: &self.obj.spec.secret.metadata },
             &self.obj.spec.secret.formats,
             current,
             pending,
             &SshTarget { ssh_host: &self.ws.ssh_host, known_hosts: &self.ws.known_hosts, workspace: &self.ws.workspace },
-        )
+        );
+        secret.metadata.annotations.get_or_insert_default().insert(TARGETS_ANNOTATION.into(), encode_targets(targets));
+        secret
+    }
+
+    /// Write-ahead: before a key is added to targets the Secret does not list yet, the
+    /// Secret lists them, so that a crash before the registrations are recorded in status
+    /// cannot leave a key where nobody will look (a target then dropped from the spec, or
+    /// the object deleted). `current` and `pending` are the keys the Secret holds now.
+    async fn record_intent(
+        &self,
+        secret: &mut Option<Secret>,
+        also: BTreeSet<Target>,
+        adding: &[Target],
+        current: &KeyPair,
+        pending: Option<&KeyPair>,
+    ) -> Result<()> {
+        let mut recorded = recorded_targets(secret.as_ref());
+        if adding.iter().all(|t| recorded.contains(t)) {
+            return Ok(());
+        }
+        recorded.extend(also);
+        recorded.extend(adding.iter().cloned());
+        let desired = self.desired_secret(current, pending, &recorded);
+        self.write_secret(&desired).await?;
+        *secret = Some(desired);
+        Ok(())
     }
 
     async fn write_secret(&self, desired: &Secret) -> Result<()> {
@@ -263,9 +295,7 @@ impl Run<'_> {
                     }
                     match client.create_key(&target, key.public_key(), &label).await {
                         Ok(k) => {
-                            self.ctx
-                                .event(self.obj, false, "Registered", format!("access key {} registered on {target}", key.fingerprint()))
-                                .await;
+                            self.created.lock().unwrap_or_else(|e| e.into_inner()).push((key.fingerprint().to_string(), target.to_string()));
                             Ok(registration(&target, k.id))
                         }
                         Err(bitbucket::Error::DuplicateKey(m)) => {
@@ -321,19 +351,34 @@ impl Run<'_> {
     }
 }
 
-/// Write-ahead: before a key is added to targets that status does not list yet, status
-/// lists them (id 0: "a key of this object may be there"), so that a crash before the
-/// registrations are recorded cannot leave a key where nobody will look (a target then
-/// dropped from the spec, or the object deleted).
-async fn record_intent(st: &mut AccessKeyStatus, targets: &[Target], obj: &BitbucketAccessKey, ctx: &Context) -> Result<()> {
-    let known: BTreeSet<Target> = st.registrations.iter().map(target_of).collect();
-    let new: Vec<Registration> = targets.iter().filter(|t| !known.contains(t)).map(|t| registration(t, 0)).collect();
-    if new.is_empty() {
-        return Ok(());
-    }
-    st.registrations.extend(new);
-    st.registrations.sort();
-    patch_status(obj, ctx, st).await
+/// Where a key of this object may be registered: the spec's targets and every target
+/// status records, for the current key or a retiring one.
+fn may_hold_keys(st: &AccessKeyStatus, targets: &[Target]) -> BTreeSet<Target> {
+    let recorded = st.registrations.iter().chain(st.retiring_keys.iter().flat_map(|k| k.registrations.iter()));
+    targets.iter().cloned().chain(recorded.map(target_of)).collect()
+}
+
+fn encode_targets(targets: &BTreeSet<Target>) -> String {
+    let one = |t: &Target| match t {
+        Target::Repository(r) => format!("repository/{r}"),
+        Target::Project(p) => format!("project/{p}"),
+    };
+    targets.iter().map(one).collect::<Vec<_>>().join(",")
+}
+
+/// The targets a Secret records (see `TARGETS_ANNOTATION`); anything unreadable is skipped.
+fn recorded_targets(secret: Option<&Secret>) -> BTreeSet<Target> {
+    let value = secret.and_then(|s| s.metadata.annotations.as_ref()).and_then(|a| a.get(TARGETS_ANNOTATION));
+    value
+        .map(|v| v.as_str())
+        .unwrap_or_default()
+        .split(',')
+        .filter_map(|t| match t.trim().split_once('/') {
+            Some(("repository", r)) if !r.is_empty() => Some(Target::Repository(r.into())),
+            Some(("project", p)) if !p.is_empty() => Some(Target::Project(p.into())),
+            _ => None,
+        })
+        .collect()
 }
 
 fn read_key(secret: Option<&Secret>, field: &str) -> Option<KeyPair> {
@@ -379,7 +424,7 @@ async fn apply(obj: &BitbucketAccessKey, ctx: &Context) -> Result<Action> {
     let generation = obj.metadata.generation;
     let original = obj.status.clone().unwrap_or_default();
     let mut st = original.clone();
-    let run = Run { obj, ctx, ws, uid: uid.clone(), secret_name: secret_name.clone(), secrets };
+    let run = Run { obj, ctx, ws, uid: uid.clone(), secret_name: secret_name.clone(), secrets, created: Default::default() };
     let grace = grace_period(obj);
     let key_spec = KeySpec::new(obj.spec.key_type, obj.spec.rsa_bits, obj.spec.ecdsa_curve);
     let mut secret_state = existing;
@@ -395,6 +440,14 @@ async fn apply(obj: &BitbucketAccessKey, ctx: &Context) -> Result<Action> {
     }
     if pending.as_ref().zip(current.as_ref()).is_some_and(|(p, c)| p.fingerprint() == c.fingerprint()) {
         pending = None;
+    }
+    // The Secret lists where a key of this object may be (written ahead of each
+    // registration); status may not know all of them after a crash.
+    let known = may_hold_keys(&st, &[]);
+    let unknown: Vec<Target> = recorded_targets(secret_state.as_ref()).into_iter().filter(|t| !known.contains(t)).collect();
+    if !unknown.is_empty() {
+        st.registrations.extend(unknown.iter().map(|t| registration(t, 0)));
+        st.registrations.sort();
     }
 
     // A new object's first registration creates directly (a key that already exists is
@@ -420,10 +473,10 @@ async fn apply(obj: &BitbucketAccessKey, ctx: &Context) -> Result<Action> {
         retire_current(&mut st, grace);
         adopt_key(&mut st, &k, obj);
         st.rotate_request = rotate_request.clone();
-        let desired = run.desired_secret(&k, None);
+        let desired = run.desired_secret(&k, None, &may_hold_keys(&st, &targets));
         run.write_secret(&desired).await?;
-        // The Secret is the record of the new key: a crash from here on finds it there,
-        // so no status write is needed before registering.
+        // The Secret is the record of the new key and of where it is about to be
+        // registered: a crash from here on finds both there.
         crate::failpoint::hit("first-key-persisted");
         secret_state = Some(desired);
         st.secret_name = Some(secret_name.clone());
@@ -442,18 +495,21 @@ async fn apply(obj: &BitbucketAccessKey, ctx: &Context) -> Result<Action> {
             Some(p) => p,
             None => {
                 let k = KeyPair::generate_blocking(key_spec, comment(ctx, &uid)).await?;
-                let desired = run.desired_secret(&current, Some(&k));
+                let mut recorded = recorded_targets(secret_state.as_ref());
+                recorded.extend(may_hold_keys(&st, &targets));
+                let desired = run.desired_secret(&current, Some(&k), &recorded);
                 run.write_secret(&desired).await?;
+                secret_state = Some(desired);
                 crate::failpoint::hit("next-key-persisted");
                 k
             }
         };
         let mut keep: BTreeSet<String> = st.retiring_keys.iter().map(|r| r.fingerprint.clone()).collect();
         keep.insert(current.fingerprint().into());
-        record_intent(&mut st, &targets, obj, ctx).await?;
+        run.record_intent(&mut secret_state, may_hold_keys(&st, &targets), &targets, &current, Some(&next)).await?;
         let regs = run.register(&next, &targets, true, &keep).await?;
         crate::failpoint::hit("next-key-registered");
-        let desired = run.desired_secret(&next, None);
+        let desired = run.desired_secret(&next, None, &recorded_targets(secret_state.as_ref()));
         run.write_secret(&desired).await?;
         crate::failpoint::hit("secret-switched");
         secret_state = Some(desired);
@@ -499,7 +555,7 @@ async fn apply(obj: &BitbucketAccessKey, ctx: &Context) -> Result<Action> {
         let to_check: Vec<Target> = if list { targets.clone() } else { wanted.difference(&registered).cloned().collect() };
         let mut regs: Vec<Registration> =
             st.registrations.iter().filter(|r| r.id != 0 && wanted.contains(&target_of(r)) && !to_check.contains(&target_of(r))).cloned().collect();
-        record_intent(&mut st, &to_check, obj, ctx).await?;
+        run.record_intent(&mut secret_state, may_hold_keys(&st, &targets), &to_check, &current, None).await?;
         regs.extend(run.register(&current, &to_check, list, &keep).await?);
         crate::failpoint::hit("current-key-registered");
         regs.sort();
@@ -519,10 +575,12 @@ async fn apply(obj: &BitbucketAccessKey, ctx: &Context) -> Result<Action> {
     }
 
     // The Secret as it should be (restores a hand edit).
-    let desired = run.desired_secret(&current, None);
+    let desired = run.desired_secret(&current, None, &may_hold_keys(&st, &targets));
     if !secret_state.as_ref().is_some_and(|s| up_to_date(s, &desired)) {
         run.write_secret(&desired).await?;
-        if secret_state.is_some() {
+        let mut edited = desired.clone();
+        edited.metadata.annotations.get_or_insert_default().remove(TARGETS_ANNOTATION);
+        if secret_state.as_ref().is_some_and(|s| !up_to_date(s, &edited)) {
             ctx.event(obj, false, "SecretRestored", format!("Secret {secret_name} was changed outside the operator and has been restored")).await;
         }
     }
@@ -545,6 +603,14 @@ async fn apply(obj: &BitbucketAccessKey, ctx: &Context) -> Result<Action> {
     if st != original {
         patch_status(obj, ctx, &st).await?;
         crate::failpoint::hit("status-recorded");
+    }
+    let created = std::mem::take(&mut *run.created.lock().unwrap_or_else(|e| e.into_inner()));
+    let mut by_key: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    for (fingerprint, target) in created {
+        by_key.entry(fingerprint).or_default().push(target);
+    }
+    for (fingerprint, on) in by_key {
+        ctx.event(obj, false, "Registered", format!("access key {fingerprint} registered on {}", on.join(", "))).await;
     }
 
     // Wake up for the next thing that is due.
@@ -578,9 +644,12 @@ async fn cleanup(obj: &BitbucketAccessKey, ctx: &Context) -> Result<Action> {
     let uid = obj.uid().unwrap_or_default();
     let ws = resolve(ctx, &ns, &obj.spec.workspace_ref).await?;
     let status = obj.status.clone().unwrap_or_default();
-    let mut all: BTreeSet<Target> = targets(obj).into_iter().collect();
-    all.extend(status.registrations.iter().map(target_of));
-    all.extend(status.retiring_keys.iter().flat_map(|k| k.registrations.iter().map(target_of)));
+    let mut all = may_hold_keys(&status, &targets(obj));
+    let secret_name = obj.spec.secret.name.clone().unwrap_or_else(|| obj.name_any());
+    let secret = Api::<Secret>::namespaced(ctx.client.clone(), &ns).get_opt(&secret_name).await?;
+    if let Some(s) = secret.as_ref().filter(|s| super::owned_by(*s, &uid)) {
+        all.extend(recorded_targets(Some(s)));
+    }
     let mut removed = 0;
     for target in all {
         let keys = match ws.client.list_keys(&target).await {
@@ -608,6 +677,18 @@ mod tests {
         assert!(is_ours(&k("bitbucket-credentials-operator cluster=a uid=123"), "123"));
         assert!(!is_ours(&k("bitbucket-credentials-operator cluster=a uid=1234"), "123"));
         assert!(!is_ours(&k("someone's laptop"), "123"));
+    }
+
+    #[test]
+    fn the_secret_records_targets_and_reads_them_back() {
+        let targets: BTreeSet<Target> =
+            [Target::Repository("api".into()), Target::Repository("web.site".into()), Target::Project("CORE_2".into())].into();
+        let mut secret = Secret::default();
+        secret.metadata.annotations = Some([(TARGETS_ANNOTATION.to_string(), encode_targets(&targets))].into());
+        assert_eq!(recorded_targets(Some(&secret)), targets);
+        secret.metadata.annotations = Some([(TARGETS_ANNOTATION.to_string(), "repository/api,,nonsense,team/x,project/".into())].into());
+        assert_eq!(recorded_targets(Some(&secret)), [Target::Repository("api".into())].into());
+        assert!(recorded_targets(None).is_empty());
     }
 
     #[test]

@@ -587,3 +587,30 @@ async fn a_repository_dropped_before_its_registration_was_recorded_loses_its_key
     assert!(kept.is_ok(), "the key on the dropped repository stayed: {:?}", kept.unwrap_err());
     assert!(left.is_empty(), "keys of the deleted object (uid={uid}) stay in Bitbucket: {left:?}");
 }
+
+/// The object is deleted while the operator is down, after a key was created and before
+/// status recorded it: the Secret's record of where keys may be finds it.
+#[tokio::test]
+async fn an_object_deleted_before_its_registration_was_recorded_leaves_no_key() {
+    let mut env = Env::with("crash-deleted-object", crate::support::SIM_CONFIG, &[]).await;
+    env.workspace().await;
+    env.operator.kill();
+    env.operator.restart_with(&[("BCO_FAILPOINT", "current-key-registered")]);
+    env.apply(&one_key("ci", "  repositories: [api, web]\n  projects: [CORE]\n")).await;
+    assert!(env.operator.wait_exit(Duration::from_secs(60)), "the operator never reached current-key-registered");
+    let registered = sim_keys(&env).await;
+    assert_eq!(registered.len(), 3, "{registered:?}");
+    let status = env.get("bitbucketaccesskeys", "ci").await.unwrap().data["status"].clone();
+    assert!(status["registrations"].as_array().is_none_or(|r| r.iter().all(|r| r["id"] == 0)), "status already knows the keys: {status}");
+    // While the operator is down, the object is deleted and loses a project from its spec
+    // in the same breath (the finalizer keeps it until the operator is back).
+    env.apply(&one_key("ci", "  repositories: [api, web]\n")).await;
+    env.api("bitbucketaccesskeys").delete("ci", &DeleteParams::default()).await.unwrap();
+    env.operator.restart();
+    crate::support::eventually("the object is gone", Duration::from_secs(60), || async {
+        env.get("bitbucketaccesskeys", "ci").await.is_none().then_some(())
+    })
+    .await;
+    let left = sim_keys(&env).await;
+    assert!(left.is_empty(), "keys of the deleted object stay in Bitbucket: {left:?}");
+}
