@@ -18,7 +18,8 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{DynamicObject, Patch, PatchParams, PostParams};
 use kube::runtime::wait::await_condition;
-use kube::{Api, Client};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client, ResourceExt};
 use serde_json::{Value, json};
 use support::{Env, SIM_CONFIG};
 
@@ -72,20 +73,28 @@ fn is_ready(o: &DynamicObject) -> bool {
     o.data["status"]["conditions"].as_array().is_some_and(|c| c.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
 }
 
-async fn count_ready(client: &Client, ns: &str) -> usize {
-    let list = access_keys(client, ns).list(&Default::default()).await.expect("list");
-    list.items.iter().filter(|o| is_ready(o)).count()
-}
-
+/// Waits until `n` objects are Ready, following a watch (polling lists of thousands of
+/// objects would load the API server more than the operator does).
 async fn wait_all_ready(client: &Client, ns: &str, n: usize, timeout: Duration) -> Duration {
     let start = Instant::now();
-    loop {
-        if count_ready(client, ns).await >= n {
-            return start.elapsed();
+    let mut ready = std::collections::HashSet::new();
+    let events = watcher(access_keys(client, ns), watcher::Config::default()).default_backoff().applied_objects();
+    let mut events = std::pin::pin!(events);
+    let all = async {
+        while let Some(o) = events.next().await {
+            let Ok(o) = o else { continue };
+            if is_ready(&o) {
+                ready.insert(o.name_any());
+            } else {
+                ready.remove(&o.name_any());
+            }
+            if ready.len() >= n {
+                return;
+            }
         }
-        assert!(start.elapsed() < timeout, "not all {n} objects Ready within {timeout:?}");
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    };
+    tokio::time::timeout(timeout, all).await.unwrap_or_else(|_| panic!("not all {n} objects Ready within {timeout:?}"));
+    start.elapsed()
 }
 
 /// One object applied and watched until Ready.
@@ -396,7 +405,7 @@ async fn main() {
 fn reconcile_counts(metrics: &str) -> BTreeMap<String, f64> {
     metrics
         .lines()
-        .filter(|l| l.starts_with("bitbucket_credentials_operator_reconciles_total") || l.starts_with("bitbucket_credentials_operator_bitbucket_requests_total"))
+        .filter(|l| l.starts_with("bitbucket_credentials_operator_reconcile") || l.starts_with("bitbucket_credentials_operator_bitbucket_requests_total"))
         .filter_map(|l| l.rsplit_once(' ').and_then(|(k, v)| Some((k.to_string(), v.parse().ok()?))))
         .collect()
 }

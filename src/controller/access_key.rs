@@ -86,9 +86,13 @@ async fn with_finalizer(obj: &BitbucketAccessKey, ctx: &Context) -> Result<Actio
                 {"op": "add", "path": "/metadata/finalizers/-", "value": FINALIZER},
             ])
         };
-        patch_finalizers(&api, obj, patch).await?;
+        // The finalizer must be there before anything is registered, not before the
+        // reads: both go at once.
+        let (added, inputs) = tokio::join!(patch_finalizers(&api, obj, patch), read_inputs(obj, ctx));
+        added?;
+        return apply(obj, ctx, inputs?).await;
     }
-    apply(obj, ctx).await
+    apply(obj, ctx, read_inputs(obj, ctx).await?).await
 }
 
 async fn patch_finalizers(api: &Api<BitbucketAccessKey>, obj: &BitbucketAccessKey, patch: serde_json::Value) -> Result<()> {
@@ -386,23 +390,37 @@ fn read_key(secret: Option<&Secret>, field: &str) -> Option<KeyPair> {
     KeyPair::from_openssh(&bytes.0).ok()
 }
 
-async fn apply(obj: &BitbucketAccessKey, ctx: &Context) -> Result<Action> {
-    let ns = obj.namespace().unwrap_or_default();
-    let uid = obj.uid().unwrap_or_default();
-    let secret_name = obj.spec.secret.name.clone().unwrap_or_else(|| obj.name_any());
+/// What a reconcile reads before it acts: the workspace and the object's Secret.
+struct Inputs {
+    ws: Resolved,
+    existing: Option<Secret>,
+}
 
-    let ws = resolve(ctx, &ns, &obj.spec.workspace_ref).await?;
-    let targets = targets(obj);
-    for t in &targets {
+async fn read_inputs(obj: &BitbucketAccessKey, ctx: &Context) -> Result<Inputs> {
+    let ns = obj.namespace().unwrap_or_default();
+    let secret_name = obj.spec.secret.name.clone().unwrap_or_else(|| obj.name_any());
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
+    let (ws, existing) = tokio::try_join!(resolve(ctx, &ns, &obj.spec.workspace_ref), async {
+        secrets.get_opt(&secret_name).await.map_err(Error::from)
+    })?;
+    for t in &targets(obj) {
         ws.check_allowed(t.name())?;
     }
-    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
-    let existing = secrets.get_opt(&secret_name).await?;
     if let Some(s) = &existing
-        && !super::owned_by(s, &uid)
+        && !super::owned_by(s, &obj.uid().unwrap_or_default())
     {
         return Err(Error::SecretConflict(format!("{ns}/{secret_name}")));
     }
+    Ok(Inputs { ws, existing })
+}
+
+async fn apply(obj: &BitbucketAccessKey, ctx: &Context, inputs: Inputs) -> Result<Action> {
+    let ns = obj.namespace().unwrap_or_default();
+    let uid = obj.uid().unwrap_or_default();
+    let secret_name = obj.spec.secret.name.clone().unwrap_or_else(|| obj.name_any());
+    let Inputs { ws, existing } = inputs;
+    let targets = targets(obj);
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
     let mut current = read_key(existing.as_ref(), "ssh-privatekey");
     let mut pending = read_key(existing.as_ref(), PENDING_KEY);
 
