@@ -263,10 +263,13 @@ impl Run<'_> {
         let mut body = serde_json::to_value(desired).map_err(|e| Error::Finalizer(e.to_string()))?;
         body["apiVersion"] = json!("v1");
         body["kind"] = json!("Secret");
+        let ns = self.obj.namespace().unwrap_or_default();
+        self.ctx.caches.writing(&ns, &self.secret_name);
         let written = self
             .secrets
             .patch(&self.secret_name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(body))
-            .await?;
+            .await
+            .inspect_err(|_| self.ctx.caches.write_failed(&ns, &self.secret_name))?;
         self.ctx.caches.wrote(&written);
         Ok(())
     }

@@ -16,6 +16,9 @@ use crate::api::{BitbucketWorkspace, ClusterBitbucketWorkspace};
 /// working set: entries go as soon as their watch event arrives).
 const OWN_WRITES_MAX: usize = 100_000;
 
+/// The mark of a write whose answer has not come yet.
+const IN_FLIGHT: &str = "";
+
 #[derive(Default)]
 pub struct Caches {
     /// Stores of namespaced workspaces: one per watched namespace, or one for all (None).
@@ -51,6 +54,21 @@ impl Caches {
         lock(&self.cluster_workspaces).as_ref().and_then(|s| s.get(&ObjectRef::new(name)))
     }
 
+    /// Marks a Secret as being written: its watch event may arrive before the write's
+    /// answer does, and is that write's echo.
+    pub fn writing(&self, namespace: &str, name: &str) {
+        let mut map = lock(&self.own_writes);
+        if map.len() >= OWN_WRITES_MAX {
+            map.clear();
+        }
+        map.insert((namespace.to_string(), name.to_string()), IN_FLIGHT.into());
+    }
+
+    /// A write that failed leaves no echo to wait for.
+    pub fn write_failed(&self, namespace: &str, name: &str) {
+        lock(&self.own_writes).remove(&(namespace.to_string(), name.to_string()));
+    }
+
     /// Records the version of a Secret this operator just wrote.
     pub fn wrote(&self, secret: &Secret) {
         let (Some(ns), Some(rv)) = (secret.namespace(), secret.resource_version()) else { return };
@@ -65,11 +83,17 @@ impl Caches {
     pub fn is_own_write(&self, secret: &PartialObjectMeta<Secret>) -> bool {
         let key = (secret.namespace().unwrap_or_default(), secret.name_any());
         let mut map = lock(&self.own_writes);
-        if secret.meta().deletion_timestamp.is_none() && map.get(&key) == secret.resource_version().as_ref() {
-            map.remove(&key);
-            return true;
+        if secret.meta().deletion_timestamp.is_some() {
+            return false;
         }
-        false
+        match map.get(&key) {
+            Some(rv) if rv == IN_FLIGHT => true,
+            Some(rv) if Some(rv) == secret.resource_version().as_ref() => {
+                map.remove(&key);
+                true
+            }
+            _ => false,
+        }
     }
 }
 
@@ -91,5 +115,9 @@ mod tests {
         assert!(c.is_own_write(&event("10")));
         assert!(!c.is_own_write(&event("10")), "a second event for the same version is not skipped");
         assert!(!c.is_own_write(&event("11")), "a later edit is not ours");
+        c.writing("ns", "a");
+        assert!(c.is_own_write(&event("12")), "an event during our write is its echo");
+        c.wrote(&Secret { metadata: meta("a", "12"), ..Default::default() });
+        assert!(!c.is_own_write(&event("13")), "a later edit is not ours");
     }
 }

@@ -49,7 +49,8 @@ impl Context {
         Self { client, bitbucket, settings, caches: Default::default(), recorder, failures: Mutex::new(HashMap::new()) }
     }
 
-    /// Publishes an Event; failing to publish never fails a reconcile.
+    /// Publishes an Event in the background: neither its round trip nor its failure
+    /// holds up or fails a reconcile.
     pub async fn event<K: Resource<DynamicType = ()>>(&self, obj: &K, warning: bool, reason: &str, note: String) {
         let ev = Event {
             type_: if warning { EventType::Warning } else { EventType::Normal },
@@ -59,9 +60,12 @@ impl Context {
             secondary: None,
         };
         let reference: ObjectReference = obj.object_ref(&());
-        if let Err(e) = self.recorder.publish(&ev, &reference).await {
-            tracing::debug!(error = %e, "cannot publish event");
-        }
+        let recorder = self.recorder.clone();
+        tokio::spawn(async move {
+            if let Err(e) = recorder.publish(&ev, &reference).await {
+                tracing::debug!(error = %e, "cannot publish event");
+            }
+        });
     }
 
     /// The delay before retrying after `error`, growing with consecutive failures of the

@@ -208,7 +208,12 @@ async fn apply(obj: &BitbucketOAuthConsumer, ctx: &Context) -> Result<Action> {
             // A Secret's type cannot change: replace it.
             secrets.delete(&out_name, &Default::default()).await?;
         }
-        let written = secrets.patch(&out_name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(body)).await?;
+        let ns = obj.namespace().unwrap_or_default();
+        ctx.caches.writing(&ns, &out_name);
+        let written = secrets
+            .patch(&out_name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(body))
+            .await
+            .inspect_err(|_| ctx.caches.write_failed(&ns, &out_name))?;
         ctx.caches.wrote(&written);
     }
     st.secret_name = Some(out_name);
