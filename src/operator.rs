@@ -310,7 +310,13 @@ where
         .default_backoff()
         .modify(|s| s.managed_fields_mut().clear())
         .touched_objects()
-        .filter(move |s| futures::future::ready(!matches!(s, Ok(s) if caches.caches.is_own_write(s))));
+        .filter(move |s| {
+            let own = matches!(s, Ok(s) if caches.caches.is_own_write(s));
+            if let Ok(s) = s && !own {
+                tracing::debug!(secret = %s.name_any(), resource_version = ?s.resource_version(), "Secret changed");
+            }
+            futures::future::ready(!own)
+        });
     // Status writes must not wake the object up again (a failing object would loop), nor
     // does the finalizer the reconcile adds itself: only spec (generation, which deletion
     // bumps too) and annotations (manual rotation) do.

@@ -38,6 +38,7 @@ pub async fn reconcile(obj: Arc<BitbucketAccessKey>, ctx: Arc<Context>) -> Resul
     let started = Instant::now();
     let labels = ControllerLabels { controller: CONTROLLER.into() };
     METRICS.reconciles.get_or_create(&labels).inc();
+    tracing::debug!(object = %super::display_name(&*obj), "reconciling");
     let result = with_finalizer(&obj, &ctx).await;
     METRICS.reconcile_duration.get_or_create(&labels).observe(started.elapsed().as_secs_f64());
     let error = match result {
@@ -270,6 +271,7 @@ impl Run<'_> {
             .patch(&self.secret_name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(body))
             .await
             .inspect_err(|_| self.ctx.caches.write_failed(&ns, &self.secret_name))?;
+        tracing::debug!(secret = %self.secret_name, resource_version = ?written.resource_version(), "Secret written");
         self.ctx.caches.wrote(&written);
         Ok(())
     }

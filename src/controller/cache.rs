@@ -12,8 +12,7 @@ use kube::{Resource, ResourceExt};
 
 use crate::api::{BitbucketWorkspace, ClusterBitbucketWorkspace};
 
-/// Secret versions remembered per namespace/name, at most this many (a bound, not a
-/// working set: entries go as soon as their watch event arrives).
+/// Secret versions remembered (the last write per namespace/name), at most this many.
 const OWN_WRITES_MAX: usize = 100_000;
 
 /// The mark of a write whose answer has not come yet.
@@ -79,21 +78,15 @@ impl Caches {
         map.insert((ns, secret.name_any()), rv);
     }
 
-    /// Whether a watch event is the echo of this operator's own write (and forgets it).
+    /// Whether a watch event is the echo of this operator's own write.
     pub fn is_own_write(&self, secret: &PartialObjectMeta<Secret>) -> bool {
         let key = (secret.namespace().unwrap_or_default(), secret.name_any());
-        let mut map = lock(&self.own_writes);
+        let map = lock(&self.own_writes);
         if secret.meta().deletion_timestamp.is_some() {
             return false;
         }
-        match map.get(&key) {
-            Some(rv) if rv == IN_FLIGHT => true,
-            Some(rv) if Some(rv) == secret.resource_version().as_ref() => {
-                map.remove(&key);
-                true
-            }
-            _ => false,
-        }
+        // Entries stay: every controller's Secret watch sees the same event.
+        map.get(&key).is_some_and(|rv| rv == IN_FLIGHT || Some(rv) == secret.resource_version().as_ref())
     }
 }
 
@@ -113,7 +106,7 @@ mod tests {
         let event = |rv: &str| PartialObjectMeta::<Secret> { metadata: meta("a", rv), ..Default::default() };
         assert!(!c.is_own_write(&event("9")), "an older version is someone else's");
         assert!(c.is_own_write(&event("10")));
-        assert!(!c.is_own_write(&event("10")), "a second event for the same version is not skipped");
+        assert!(c.is_own_write(&event("10")), "every watch sees the echo");
         assert!(!c.is_own_write(&event("11")), "a later edit is not ours");
         c.writing("ns", "a");
         assert!(c.is_own_write(&event("12")), "an event during our write is its echo");
