@@ -387,6 +387,9 @@ async fn main() {
         met: writes == 0,
     });
     raw.insert("restart_time_to_readyz_ms".into(), json!(to_ready.as_millis()));
+    let pid = env.operator.proc.as_ref().unwrap().child.id();
+    raw.insert("restart_rss_kib_after_90s".into(), json!(rss_kib(pid, "VmRSS:")));
+    raw.insert("restart_peak_rss_kib".into(), json!(rss_kib(pid, "VmHWM:")));
     raw.insert("restart_operator_metrics".into(), json!(reconcile_counts(&env.operator.metrics().await)));
 
     // 2. Latency: one object to Ready, against the same round trips done directly.

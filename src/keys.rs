@@ -87,6 +87,10 @@ impl KeyPair {
 
     /// Generation off the async workers, so an RSA key never stalls other reconciles.
     pub async fn generate_blocking(spec: KeySpec, comment: String) -> Result<Self, KeyError> {
+        // An ed25519 key takes microseconds: a thread of the blocking pool would cost more.
+        if spec.key_type == KeyType::Ed25519 {
+            return Self::generate(spec, &comment);
+        }
         tokio::task::spawn_blocking(move || Self::generate(spec, &comment))
             .await
             .map_err(|e| KeyError::Generate(e.to_string()))?

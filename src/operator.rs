@@ -165,7 +165,7 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         ctx.caches.add_workspace_store(ns.clone(), ws_store);
         let ws_events = watcher(workspaces, watcher::Config::default())
             .default_backoff()
-            .modify(|o| o.managed_fields_mut().clear())
+            .modify(slim)
             .reflect(ws_writer)
             .touched_objects();
         let by_ws = store.clone();
@@ -187,7 +187,7 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         ctx.caches.set_cluster_workspace_store(cws_store);
         let cws_events = watcher(Api::<ClusterBitbucketWorkspace>::all(client.clone()), watcher::Config::default())
             .default_backoff()
-            .modify(|o| o.managed_fields_mut().clear())
+            .modify(slim)
             .reflect(cws_writer)
             .touched_objects();
         let controller = controller.watches_stream(
@@ -279,6 +279,15 @@ pub async fn run(config: Config) -> Result<(), RunError> {
 
 use futures::FutureExt as _;
 
+/// What the caches keep of an object: not its managed fields, nor the copy of the whole
+/// object `kubectl apply` leaves in an annotation (as large as the object itself).
+fn slim<K: kube::Resource>(o: &mut K) {
+    o.meta_mut().managed_fields = None;
+    if let Some(a) = o.meta_mut().annotations.as_mut() {
+        a.remove("kubectl.kubernetes.io/last-applied-configuration");
+    }
+}
+
 /// An `Api` for one namespace, or for all of them.
 fn scoped<K>(client: &Client, namespace: &Option<String>) -> Api<K>
 where
@@ -323,7 +332,7 @@ where
     let (reader, writer) = reflector::store();
     let objects = watcher(api, watcher::Config::default())
         .default_backoff()
-        .modify(|o| o.managed_fields_mut().clear())
+        .modify(slim)
         .reflect(writer)
         .applied_objects()
         .predicate_filter(

@@ -217,6 +217,11 @@ impl WorkspaceClient {
         &self.credential
     }
 
+    /// Names the listing of a target's keys as this credential sees it.
+    pub fn listing_key(&self, target: &Target) -> String {
+        format!("{} {}", self.credential.identity(), self.keys_url(target))
+    }
+
     fn keys_url(&self, target: &Target) -> String {
         match target {
             Target::Repository(r) => format!("{}/repositories/{}/{}/deploy-keys", self.api_url, self.workspace, r),

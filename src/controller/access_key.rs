@@ -206,6 +206,23 @@ fn adopt_key(status: &mut AccessKeyStatus, key: &KeyPair, obj: &BitbucketAccessK
     status.last_rotation_time = Some(now());
 }
 
+/// How `register` finds out whether a key is already on a target.
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum Lookup {
+    /// Create it; Bitbucket's duplicate answer says when it is there.
+    Create,
+    /// List the target's keys now.
+    Fresh,
+    /// A drift check: a listing of the target made a moment ago for another object's
+    /// drift check will do (N objects on one repository share it).
+    Shared,
+}
+
+/// How old a shared listing may be: a tenth of the drift check interval, at most 5 min.
+fn shared_listing_age(ctx: &Context) -> Duration {
+    (ctx.settings.drift_check_interval / 10).min(Duration::from_secs(300))
+}
+
 /// Everything one reconcile needs to act, resolved once.
 struct Run<'a> {
     obj: &'a BitbucketAccessKey,
@@ -277,10 +294,10 @@ impl Run<'_> {
     }
 
     /// Makes sure `key` is registered on every target and returns the registrations.
-    /// With `list`, each target's keys are read first: the key is adopted if it is there,
-    /// and keys of this object that are not in `keep` (fingerprints) are removed.
+    /// With a listing, each target's keys are read first: the key is adopted if it is
+    /// there, and keys of this object that are not in `keep` (fingerprints) are removed.
     /// Without, the key is created directly and adopted if Bitbucket says it exists.
-    async fn register(&self, key: &KeyPair, targets: &[Target], list: bool, keep: &BTreeSet<String>) -> Result<Vec<Registration>> {
+    async fn register(&self, key: &KeyPair, targets: &[Target], lookup: Lookup, keep: &BTreeSet<String>) -> Result<Vec<Registration>> {
         let label = label(self.obj, self.ctx);
         let regs: Vec<Registration> = futures::stream::iter(targets.iter().cloned())
             .map(|target| {
@@ -288,7 +305,21 @@ impl Run<'_> {
                 async move {
                     let client = &self.ws.client;
                     let wrap = |e| Error::bitbucket(&target, e);
-                    let existing = if list { Some(client.list_keys(&target).await.map_err(wrap)?) } else { None };
+                    let existing = match lookup {
+                        Lookup::Create => None,
+                        Lookup::Fresh => Some(Arc::new(client.list_keys(&target).await.map_err(wrap)?)),
+                        Lookup::Shared => {
+                            let age = shared_listing_age(self.ctx);
+                            let shared = self.ctx.caches.listing(client.listing_key(&target), age, || client.list_keys(&target)).await;
+                            let shared = shared.map_err(wrap)?;
+                            // A key missing from a shared listing may be newer than it: look again.
+                            if shared.iter().any(|k| k.key_body() == key.public_key_body()) {
+                                Some(shared)
+                            } else {
+                                Some(Arc::new(client.list_keys(&target).await.map_err(wrap)?))
+                            }
+                        }
+                    };
                     if let Some(keys) = &existing {
                         for k in keys.iter().filter(|k| is_ours(k, &self.uid)) {
                             let fp = fingerprint_of_public(k.key_body()).unwrap_or_default();
@@ -299,7 +330,7 @@ impl Run<'_> {
                         }
                     }
                     let found = |keys: &[DeployKey]| keys.iter().find(|k| k.key_body() == key.public_key_body()).map(|k| k.id);
-                    if let Some(id) = existing.as_deref().and_then(found) {
+                    if let Some(id) = existing.as_deref().map(|v| v.as_slice()).and_then(found) {
                         return Ok(registration(&target, id));
                     }
                     match client.create_key(&target, key.public_key(), &label).await {
@@ -530,7 +561,7 @@ async fn apply(obj: &BitbucketAccessKey, ctx: &Context, inputs: Inputs) -> Resul
         let mut keep: BTreeSet<String> = st.retiring_keys.iter().map(|r| r.fingerprint.clone()).collect();
         keep.insert(current.fingerprint().into());
         run.record_intent(&mut secret_state, may_hold_keys(&st, &targets), &targets, &current, Some(&next)).await?;
-        let regs = run.register(&next, &targets, true, &keep).await?;
+        let regs = run.register(&next, &targets, Lookup::Fresh, &keep).await?;
         crate::failpoint::hit("next-key-registered");
         let desired = run.desired_secret(&next, None, &recorded_targets(secret_state.as_ref()));
         run.write_secret(&desired).await?;
@@ -579,7 +610,12 @@ async fn apply(obj: &BitbucketAccessKey, ctx: &Context, inputs: Inputs) -> Resul
         let mut regs: Vec<Registration> =
             st.registrations.iter().filter(|r| r.id != 0 && wanted.contains(&target_of(r)) && !to_check.contains(&target_of(r))).cloned().collect();
         run.record_intent(&mut secret_state, may_hold_keys(&st, &targets), &to_check, &current, None).await?;
-        regs.extend(run.register(&current, &to_check, list, &keep).await?);
+        let lookup = match (list, spec_changed) {
+            (false, _) => Lookup::Create,
+            (true, true) => Lookup::Fresh,
+            (true, false) => Lookup::Shared,
+        };
+        regs.extend(run.register(&current, &to_check, lookup, &keep).await?);
         crate::failpoint::hit("current-key-registered");
         regs.sort();
         st.registrations = regs;

@@ -1,9 +1,12 @@
-//! What reconciles would otherwise read from the API server every time: workspace
-//! objects (from the watches the controllers run anyway), and which Secret versions this
-//! operator wrote itself, so that its own writes do not wake their owners up again.
+//! What reconciles would otherwise read every time: workspace objects (from the watches
+//! the controllers run anyway), which Secret versions this operator wrote itself (so that
+//! its own writes do not wake their owners up again), and Bitbucket's key listings shared
+//! by the drift checks of objects on the same repository or project.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Secret;
 use kube::core::PartialObjectMeta;
@@ -11,6 +14,9 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Resource, ResourceExt};
 
 use crate::api::{BitbucketWorkspace, ClusterBitbucketWorkspace};
+use crate::bitbucket::{self, DeployKey};
+
+type Listing = Arc<tokio::sync::OnceCell<(Instant, Arc<Vec<DeployKey>>)>>;
 
 /// Secret versions remembered (the last write per namespace/name), at most this many.
 const OWN_WRITES_MAX: usize = 100_000;
@@ -24,6 +30,7 @@ pub struct Caches {
     workspaces: Mutex<Vec<(Option<String>, Store<BitbucketWorkspace>)>>,
     cluster_workspaces: Mutex<Option<Store<ClusterBitbucketWorkspace>>>,
     own_writes: Mutex<HashMap<(String, String), String>>,
+    listings: Mutex<HashMap<String, Listing>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -51,6 +58,22 @@ impl Caches {
 
     pub fn cluster_workspace(&self, name: &str) -> Option<std::sync::Arc<ClusterBitbucketWorkspace>> {
         lock(&self.cluster_workspaces).as_ref().and_then(|s| s.get(&ObjectRef::new(name)))
+    }
+
+    /// A target's keys, listed at most `max_age` ago: concurrent callers share one
+    /// listing, later ones reuse it until it is too old. A failed listing is not kept.
+    pub async fn listing<F, Fut>(&self, key: String, max_age: Duration, fetch: F) -> Result<Arc<Vec<DeployKey>>, bitbucket::Error>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Vec<DeployKey>, bitbucket::Error>>,
+    {
+        let cell = {
+            let mut map = lock(&self.listings);
+            map.retain(|_, c| c.get().is_none_or(|(at, _)| at.elapsed() < max_age));
+            map.entry(key).or_default().clone()
+        };
+        let (_, keys) = cell.get_or_try_init(|| async { Ok::<_, bitbucket::Error>((Instant::now(), Arc::new(fetch().await?))) }).await?;
+        Ok(keys.clone())
     }
 
     /// Marks a Secret as being written: its watch event may arrive before the write's
@@ -94,6 +117,33 @@ impl Caches {
 mod tests {
     use super::*;
     use kube::api::ObjectMeta;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    #[tokio::test]
+    async fn listings_are_shared_until_they_are_too_old_and_failures_are_not_kept() {
+        let c = Caches::default();
+        let calls = AtomicU32::new(0);
+        let fetch = || async {
+            calls.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            Ok(vec![])
+        };
+        let age = Duration::from_millis(300);
+        let (a, b) = tokio::join!(c.listing("t".into(), age, fetch), c.listing("t".into(), age, fetch));
+        assert!(a.is_ok() && b.is_ok());
+        assert_eq!(calls.load(Ordering::SeqCst), 1, "concurrent callers share one listing");
+        c.listing("t".into(), age, fetch).await.unwrap();
+        assert_eq!(calls.load(Ordering::SeqCst), 1, "a fresh listing is reused");
+        c.listing("u".into(), age, fetch).await.unwrap();
+        assert_eq!(calls.load(Ordering::SeqCst), 2, "another target has its own");
+        tokio::time::sleep(age).await;
+        c.listing("t".into(), age, fetch).await.unwrap();
+        assert_eq!(calls.load(Ordering::SeqCst), 3, "an old listing is not used");
+        let failed = c.listing("v".into(), age, || async { Err(bitbucket::Error::Timeout(Duration::from_secs(1))) }).await;
+        assert!(failed.is_err());
+        c.listing("v".into(), age, fetch).await.unwrap();
+        assert_eq!(calls.load(Ordering::SeqCst), 4, "a failure is not kept");
+    }
 
     fn meta(name: &str, rv: &str) -> ObjectMeta {
         ObjectMeta { name: Some(name.into()), namespace: Some("ns".into()), resource_version: Some(rv.into()), ..Default::default() }

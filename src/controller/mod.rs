@@ -39,14 +39,14 @@ pub struct Context {
     pub bitbucket: Arc<Bitbucket>,
     pub settings: Settings,
     pub caches: cache::Caches,
-    recorder: Recorder,
+    reporter: Reporter,
     failures: Mutex<HashMap<String, u32>>,
 }
 
 impl Context {
     pub fn new(client: Client, bitbucket: Arc<Bitbucket>, settings: Settings) -> Self {
-        let recorder = Recorder::new(client.clone(), Reporter { controller: FIELD_MANAGER.into(), instance: None });
-        Self { client, bitbucket, settings, caches: Default::default(), recorder, failures: Mutex::new(HashMap::new()) }
+        let reporter = Reporter { controller: FIELD_MANAGER.into(), instance: None };
+        Self { client, bitbucket, settings, caches: Default::default(), reporter, failures: Mutex::new(HashMap::new()) }
     }
 
     /// Publishes an Event in the background: neither its round trip nor its failure
@@ -60,7 +60,11 @@ impl Context {
             secondary: None,
         };
         let reference: ObjectReference = obj.object_ref(&());
-        let recorder = self.recorder.clone();
+        // A recorder per event: the shared one would keep every event it ever published
+        // for minutes (and scan them all on each publish), which at thousands of objects
+        // costs more memory than the objects themselves. Repeats are few anyway: failures
+        // publish only when their reason changes.
+        let recorder = Recorder::new(self.client.clone(), self.reporter.clone());
         tokio::spawn(async move {
             if let Err(e) = recorder.publish(&ev, &reference).await {
                 tracing::debug!(error = %e, "cannot publish event");

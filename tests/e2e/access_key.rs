@@ -371,3 +371,36 @@ async fn a_crash_between_any_two_steps_loses_nothing_and_orphans_nothing() {
         eprintln!("crash at {point}: converged");
     }
 }
+
+/// Drift checks of objects on the same repository read its keys once between them, not
+/// once each, and still find every key.
+#[tokio::test]
+async fn drift_checks_on_one_repository_share_its_listing() {
+    let env = Env::with("shared-listing", crate::support::SIM_CONFIG, &["--drift-check-interval=20s"]).await;
+    env.workspace().await;
+    let names: Vec<String> = (0..12).map(|i| format!("ci-{i}")).collect();
+    for n in &names {
+        env.apply(&access_key(n, "  repositories: [api]\n")).await;
+    }
+    let mut verified_at = std::collections::BTreeMap::new();
+    for n in &names {
+        let o = env.wait_ready("bitbucketaccesskeys", n, READY).await;
+        verified_at.insert(n.clone(), status_str(&o, "lastVerifiedTime"));
+    }
+    let lists = |v: &Value| v["byEndpoint"]["repo_keys_list"].as_u64().unwrap_or(0);
+    let before = lists(&env.sim.requests().await);
+    // Each object's first drift check comes 20-48 s after it was verified.
+    tokio::time::sleep(Duration::from_secs(50)).await;
+    let listed = lists(&env.sim.requests().await) - before;
+    let mut checked = 0;
+    for n in &names {
+        let o = env.get("bitbucketaccesskeys", n).await.unwrap();
+        if status_str(&o, "lastVerifiedTime") != verified_at[n] {
+            checked += 1;
+        }
+    }
+    assert!(checked >= 8, "only {checked} of 12 objects had a drift check");
+    assert!(listed < checked as u64, "{checked} drift checks listed the repository {listed} times");
+    assert_eq!(env.sim.keys().await.len(), 12, "every key is still there, once");
+    eprintln!("{checked} drift checks, {listed} listings of the repository");
+}
