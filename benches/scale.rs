@@ -348,10 +348,17 @@ async fn main() {
         value: rss_after as f64 / 1024.0,
         baseline: rss_before as f64 / 1024.0,
         unit: "MiB",
-        target: "< 64 MiB and flat (ratio <= 1.1)".into(),
-        met: peak < 64 * 1024 && (rss_after as f64) <= rss_before as f64 * 1.1,
+        target: "flat (ratio <= 1.1)".into(),
+        met: (rss_after as f64) <= rss_before as f64 * 1.1,
     });
-    raw.insert("memory_peak_kib".into(), json!(peak));
+    rows.push(Row {
+        name: format!("memory: peak RSS with {objects} objects created and {unrelated} unrelated Secrets (MiB) vs 64 MiB"),
+        value: peak as f64 / 1024.0,
+        baseline: 64.0,
+        unit: "MiB",
+        target: "ratio < 1".into(),
+        met: peak < 64 * 1024,
+    });
 
     // 4. Restart: no Bitbucket writes, reads spread out, time to /readyz.
     let writes_of = |v: &Value| count(v, "byMethod", &["POST", "PUT", "DELETE"]);

@@ -33,24 +33,33 @@ pub struct Settings {
     pub drift_check_interval: Duration,
 }
 
+/// Events waiting to be published, at most this many; a reconcile that would add one
+/// more waits (memory stays bounded when the API server falls behind).
+const EVENT_QUEUE: usize = 1024;
+/// Events published at once.
+const EVENT_PUBLISHERS: usize = 8;
+
 /// What every reconcile gets.
 pub struct Context {
     pub client: Client,
     pub bitbucket: Arc<Bitbucket>,
     pub settings: Settings,
     pub caches: cache::Caches,
-    reporter: Reporter,
+    events: tokio::sync::mpsc::Sender<(Event, ObjectReference)>,
     failures: Mutex<HashMap<String, u32>>,
 }
 
 impl Context {
+    /// Needs a Tokio runtime: it starts the task that publishes events.
     pub fn new(client: Client, bitbucket: Arc<Bitbucket>, settings: Settings) -> Self {
         let reporter = Reporter { controller: FIELD_MANAGER.into(), instance: None };
-        Self { client, bitbucket, settings, caches: Default::default(), reporter, failures: Mutex::new(HashMap::new()) }
+        let (events, queue) = tokio::sync::mpsc::channel(EVENT_QUEUE);
+        tokio::spawn(publish_events(queue, client.clone(), reporter));
+        Self { client, bitbucket, settings, caches: Default::default(), events, failures: Mutex::new(HashMap::new()) }
     }
 
-    /// Publishes an Event in the background: neither its round trip nor its failure
-    /// holds up or fails a reconcile.
+    /// Queues an Event: neither its round trip nor its failure holds up or fails a
+    /// reconcile.
     pub async fn event<K: Resource<DynamicType = ()>>(&self, obj: &K, warning: bool, reason: &str, note: String) {
         let ev = Event {
             type_: if warning { EventType::Warning } else { EventType::Normal },
@@ -60,16 +69,9 @@ impl Context {
             secondary: None,
         };
         let reference: ObjectReference = obj.object_ref(&());
-        // A recorder per event: the shared one would keep every event it ever published
-        // for minutes (and scan them all on each publish), which at thousands of objects
-        // costs more memory than the objects themselves. Repeats are few anyway: failures
-        // publish only when their reason changes.
-        let recorder = Recorder::new(self.client.clone(), self.reporter.clone());
-        tokio::spawn(async move {
-            if let Err(e) = recorder.publish(&ev, &reference).await {
-                tracing::debug!(error = %e, "cannot publish event");
-            }
-        });
+        if self.events.send((ev, reference)).await.is_err() {
+            tracing::debug!("event publisher stopped");
+        }
     }
 
     /// The delay before retrying after `error`, growing with consecutive failures of the
@@ -99,6 +101,25 @@ impl Context {
         let key = ObjectRef::from_obj(obj).to_string();
         self.failures.lock().unwrap_or_else(|e| e.into_inner()).remove(&key);
     }
+}
+
+/// Publishes queued events, a few at a time. A recorder per event: a shared one keeps
+/// every event it published for minutes (and scans them all on each publish), which at
+/// thousands of objects costs more memory than the objects themselves; repeats are few
+/// anyway, as failures publish only when their reason changes.
+async fn publish_events(queue: tokio::sync::mpsc::Receiver<(Event, ObjectReference)>, client: Client, reporter: Reporter) {
+    use futures::StreamExt;
+    let queued = futures::stream::unfold(queue, |mut q| async move { q.recv().await.map(|e| (e, q)) });
+    queued
+        .for_each_concurrent(EVENT_PUBLISHERS, |(ev, reference)| {
+            let recorder = Recorder::new(client.clone(), reporter.clone());
+            async move {
+                if let Err(e) = recorder.publish(&ev, &reference).await {
+                    tracing::debug!(error = %e, "cannot publish event");
+                }
+            }
+        })
+        .await;
 }
 
 /// ±20 % so that work scheduled together spreads out.

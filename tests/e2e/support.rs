@@ -102,8 +102,23 @@ pub async fn client() -> Client {
     Client::try_from(config).expect("client")
 }
 
+/// A port for a process to listen on, below the ephemeral range (where outgoing
+/// connections would take a port handed out a moment before), from a counter that starts
+/// at a place of its own for each test process.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let _ = NEXT.compare_exchange(0, 20000 + (std::process::id() % 600) as u16 * 20, Ordering::SeqCst, Ordering::SeqCst);
+    loop {
+        let port = NEXT.fetch_add(1, Ordering::SeqCst);
+        if port >= 32000 {
+            NEXT.store(20000, Ordering::SeqCst);
+            continue;
+        }
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// A child process killed when dropped.
