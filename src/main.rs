@@ -28,6 +28,7 @@ async fn main() -> std::process::ExitCode {
         }
         Command::Run(config) => {
             limit_malloc_arenas();
+            tokio::spawn(return_free_memory());
             telemetry::init(config.log_format);
             match operator::run(config).await {
                 Ok(()) => std::process::ExitCode::SUCCESS,
@@ -50,6 +51,20 @@ fn limit_malloc_arenas() {
         // SAFETY: mallopt only changes allocator parameters, and glibc serialises it.
         unsafe {
             libc::mallopt(libc::M_ARENA_MAX, 2);
+        }
+    }
+}
+
+/// Hands memory that is free inside the heap back to the system now and then. Creating
+/// thousands of objects leaves the heap full of holes between long-lived cached objects,
+/// which glibc only returns from the top of the heap on its own.
+async fn return_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    loop {
+        tokio::time::sleep(std::time::Duration::from_secs(10)).await;
+        // SAFETY: malloc_trim only releases free pages; glibc locks the arenas it walks.
+        unsafe {
+            libc::malloc_trim(0);
         }
     }
 }
