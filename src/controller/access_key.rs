@@ -106,8 +106,8 @@ async fn patch_finalizers(api: &Api<BitbucketAccessKey>, obj: &BitbucketAccessKe
 
 /// Ready=False with the error's reason and when the next attempt comes, and a Warning event.
 async fn report_failure(obj: &BitbucketAccessKey, ctx: &Context, error: &Error, delay: Duration) {
-    // The status as stored now: this reconcile may have recorded progress (write-ahead
-    // registrations) that the copy it started from does not have.
+    // The status as stored now: the cached copy this reconcile started from may predate
+    // the last status write.
     let api: Api<BitbucketAccessKey> = Api::namespaced(ctx.client.clone(), &obj.namespace().unwrap_or_default());
     let latest = api.get_status(&obj.name_any()).await.ok().filter(|o| o.metadata.uid == obj.metadata.uid);
     let mut status = latest.and_then(|o| o.status).or_else(|| obj.status.clone()).unwrap_or_default();
