@@ -197,6 +197,30 @@ async fn baseline(client: &Client, ns: &str, names: &[String], concurrency: usiz
     start.elapsed()
 }
 
+/// An operator, a simulator and a Ready workspace `acme` with a budget of
+/// `requests_per_hour` (per `rate_window`).
+async fn bench_env(name: &str, sim_config: &str, rate_window: &str, requests_per_hour: u64) -> Env {
+    let env = Env::with(name, sim_config, &["--drift-check-interval=6h", "--concurrency=16", rate_window]).await;
+    env.workspace().await;
+    env.api("bitbucketworkspaces")
+        .patch("acme", &PatchParams::default(), &Patch::Merge(json!({"spec": {"requestsPerHour": requests_per_hour}})))
+        .await
+        .unwrap();
+    env
+}
+
+/// Applies `n` objects named `{prefix}{i}` (one repository each, four repositories in
+/// turn) and waits until all are Ready: the time, and the simulator's request log before
+/// and after.
+async fn all_to_ready(env: &Env, prefix: &str, n: usize, concurrency: usize) -> (Duration, Value, Value) {
+    let names: Vec<String> = (0..n).map(|i| format!("{prefix}{i}")).collect();
+    let before = requests(env).await;
+    let t = Instant::now();
+    create_keys(&env.client, &env.ns, &names, &["api", "web", "tools", "infra"], concurrency).await;
+    let took = wait_all_ready(&env.client, &env.ns, n, Duration::from_secs(3600)).await.max(t.elapsed());
+    (took, before, requests(env).await)
+}
+
 async fn requests(env: &Env) -> Value {
     env.sim.requests().await
 }
@@ -258,19 +282,9 @@ async fn main() {
     {
         let (limit, budget, window) = (600u64, 500u64, 60u64);
         let sim = SIM_CONFIG.replace("requestsPerWindow: 100000, windowSeconds: 3600", &format!("requestsPerWindow: {limit}, windowSeconds: {window}"));
-        let env = Env::with("bench-rate", &sim, &["--drift-check-interval=6h", "--concurrency=16", &format!("--rate-window={window}s")]).await;
-        env.workspace().await;
-        env.api("bitbucketworkspaces")
-            .patch("acme", &PatchParams::default(), &Patch::Merge(json!({"spec": {"requestsPerHour": budget}})))
-            .await
-            .unwrap();
+        let env = bench_env("bench-rate", &sim, &format!("--rate-window={window}s"), budget).await;
         tokio::time::sleep(Duration::from_secs(8)).await; // the burst refills
-        let names: Vec<String> = (0..rate_objects).map(|i| format!("r{i}")).collect();
-        let before = requests(&env).await;
-        let t = Instant::now();
-        create_keys(&env.client, &env.ns, &names, &["api", "web", "tools", "infra"], concurrency).await;
-        let took = wait_all_ready(&env.client, &env.ns, rate_objects, Duration::from_secs(1800)).await.max(t.elapsed());
-        let after = requests(&env).await;
+        let (took, before, after) = all_to_ready(&env, "r", rate_objects, concurrency).await;
         let total = after["total"].as_u64().unwrap_or(0) - before["total"].as_u64().unwrap_or(0);
         let throttled = count(&after, "byStatus", &["429"]) - count(&before, "byStatus", &["429"]);
         // The fastest the budget allows: a burst of a tenth of the window, then the rate.
@@ -291,18 +305,10 @@ async fn main() {
     // 1. Throughput, for each size; the last environment stays for the rest.
     let mut last = None;
     for &objects in &sizes {
-        let env = Env::with("bench-throughput", &SIM_CONFIG.replace("requestsPerWindow: 100000", "requestsPerWindow: 100000000"), &["--drift-check-interval=6h", "--concurrency=16", "--rate-window=60s"]).await;
-        env.workspace().await;
-        env.api("bitbucketworkspaces")
-            .patch("acme", &PatchParams::default(), &Patch::Merge(json!({"spec": {"requestsPerHour": 100000}})))
-            .await
-            .unwrap();
+        let sim = SIM_CONFIG.replace("requestsPerWindow: 100000", "requestsPerWindow: 100000000");
+        let env = bench_env("bench-throughput", &sim, "--rate-window=60s", 100000).await;
+        let (ready, before, after) = all_to_ready(&env, "k", objects, concurrency).await;
         let names: Vec<String> = (0..objects).map(|i| format!("k{i}")).collect();
-        let before = requests(&env).await;
-        let t = Instant::now();
-        create_keys(&env.client, &env.ns, &names, &["api", "web", "tools", "infra"], concurrency).await;
-        let ready = wait_all_ready(&env.client, &env.ns, objects, Duration::from_secs(3600)).await.max(t.elapsed());
-        let after = requests(&env).await;
         let base_ns = format!("{}-base", env.ns);
         support::create_namespace(&env.client, &base_ns, &[]).await;
         let base = baseline(&env.client, &base_ns, &names, concurrency, false).await;

@@ -79,11 +79,7 @@ impl Caches {
     /// Marks a Secret as being written: its watch event may arrive before the write's
     /// answer does, and is that write's echo.
     pub fn writing(&self, namespace: &str, name: &str) {
-        let mut map = lock(&self.own_writes);
-        if map.len() >= OWN_WRITES_MAX {
-            map.clear();
-        }
-        map.insert((namespace.to_string(), name.to_string()), IN_FLIGHT.into());
+        self.remember_write(namespace.to_string(), name.to_string(), IN_FLIGHT.into());
     }
 
     /// A write that failed leaves no echo to wait for.
@@ -94,11 +90,15 @@ impl Caches {
     /// Records the version of a Secret this operator just wrote.
     pub fn wrote(&self, secret: &Secret) {
         let (Some(ns), Some(rv)) = (secret.namespace(), secret.resource_version()) else { return };
+        self.remember_write(ns, secret.name_any(), rv);
+    }
+
+    fn remember_write(&self, namespace: String, name: String, version: String) {
         let mut map = lock(&self.own_writes);
         if map.len() >= OWN_WRITES_MAX {
             map.clear();
         }
-        map.insert((ns, secret.name_any()), rv);
+        map.insert((namespace, name), version);
     }
 
     /// Whether a watch event is the echo of this operator's own write.

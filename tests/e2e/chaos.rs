@@ -548,18 +548,25 @@ async fn a_rotation_interrupted_after_the_secret_switched_leaves_no_key_behind()
     assert_eq!(keys.len(), 2, "one key on api, one on web");
 }
 
+/// An operator that stopped at `current-key-registered` for a new object `ci` with `spec`
+/// (its keys are in Bitbucket, status does not record them), and the keys Bitbucket holds.
+async fn crashed_after_first_registration(name: &str, spec: &str) -> (Env, BTreeSet<(String, String, String)>) {
+    let mut env = Env::with(name, crate::support::SIM_CONFIG, &[]).await;
+    env.workspace().await;
+    env.operator.kill();
+    env.operator.restart_with(&[("BCO_FAILPOINT", "current-key-registered")]);
+    env.apply(&one_key("ci", spec)).await;
+    assert!(env.operator.wait_exit(Duration::from_secs(60)), "the operator never reached current-key-registered");
+    let registered = sim_keys(&env).await;
+    (env, registered)
+}
+
 /// Killed after the first key was registered but before the status recorded where; the
 /// spec then drops a repository. The key on that repository must go, and nothing of the
 /// object may stay in Bitbucket once it is deleted.
 #[tokio::test]
 async fn a_repository_dropped_before_its_registration_was_recorded_loses_its_key() {
-    let mut env = Env::with("crash-dropped-target", crate::support::SIM_CONFIG, &[]).await;
-    env.workspace().await;
-    env.operator.kill();
-    env.operator.restart_with(&[("BCO_FAILPOINT", "current-key-registered")]);
-    env.apply(&one_key("ci", "  repositories: [api, web]\n")).await;
-    assert!(env.operator.wait_exit(Duration::from_secs(60)), "the operator never reached current-key-registered");
-    let registered = sim_keys(&env).await;
+    let (mut env, registered) = crashed_after_first_registration("crash-dropped-target", "  repositories: [api, web]\n").await;
     // While the operator is down, `api` leaves the spec.
     env.apply(&one_key("ci", "  repositories: [web]\n")).await;
     env.operator.restart();
@@ -592,13 +599,7 @@ async fn a_repository_dropped_before_its_registration_was_recorded_loses_its_key
 /// status recorded it: the Secret's record of where keys may be finds it.
 #[tokio::test]
 async fn an_object_deleted_before_its_registration_was_recorded_leaves_no_key() {
-    let mut env = Env::with("crash-deleted-object", crate::support::SIM_CONFIG, &[]).await;
-    env.workspace().await;
-    env.operator.kill();
-    env.operator.restart_with(&[("BCO_FAILPOINT", "current-key-registered")]);
-    env.apply(&one_key("ci", "  repositories: [api, web]\n  projects: [CORE]\n")).await;
-    assert!(env.operator.wait_exit(Duration::from_secs(60)), "the operator never reached current-key-registered");
-    let registered = sim_keys(&env).await;
+    let (mut env, registered) = crashed_after_first_registration("crash-deleted-object", "  repositories: [api, web]\n  projects: [CORE]\n").await;
     assert_eq!(registered.len(), 3, "{registered:?}");
     let status = env.get("bitbucketaccesskeys", "ci").await.unwrap().data["status"].clone();
     assert!(status["registrations"].as_array().is_none_or(|r| r.iter().all(|r| r["id"] == 0)), "status already knows the keys: {status}");
