@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: all build control-plane test test-unit test-e2e test-packaging cluster-up cluster-down crds demo demo-down bench fuzz lint
+.PHONY: all build control-plane test test-fresh test-unit test-e2e test-packaging cluster-up cluster-down crds demo demo-down bench fuzz lint
 
 all: build
 
@@ -23,6 +23,10 @@ test: control-plane
 	$(CARGO) build --bins --tests
 	$(CARGO) test --no-fail-fast -- --test-threads=4
 	$(MAKE) test-packaging
+
+## .ci/run from a clean clone with empty CARGO_HOME, Go caches and cache folder (a fresh machine).
+test-fresh:
+	bash hack/test-fresh.sh
 
 test-unit:
 	$(CARGO) test --lib --bins

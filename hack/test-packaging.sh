@@ -634,8 +634,14 @@ check "invalid values are rejected (values.schema.json and template guards)" bad
 
 check "Dockerfile and .dockerignore fit the crate (static; no Docker engine here)" py docker-context "$root"
 if command -v cargo >/dev/null 2>&1; then
+  # Resolution covers every platform, so --locked still refuses a lock file that no longer
+  # matches Cargo.toml; --filter-platform only spares the download of crates that other
+  # platforms alone use (a Linux build never fetches e.g. anstyle-wincon, so a fresh
+  # machine's registry cache lacks them and a plain --offline run fails there).
+  host_triple=$(rustc -vV 2>/dev/null | sed -n 's/^host: //p')
   check "Cargo.lock is current (the image builds with --locked)" \
-    cargo metadata --manifest-path "$root/Cargo.toml" --locked --offline --format-version 1 -q
+    cargo metadata --manifest-path "$root/Cargo.toml" --locked --offline \
+      ${host_triple:+--filter-platform "$host_triple"} --format-version 1 -q
 else
   skip "Cargo.lock is current (the image builds with --locked)" "no cargo on PATH"
 fi
