@@ -23,6 +23,9 @@ if [ -n "$(git -C "$root" status --porcelain --untracked-files=no)" ]; then
 fi
 git clone -q --no-local "$root" "$fresh/src"
 mkdir -p "$fresh/cargo" "$fresh/gopath" "$fresh/gocache" "$fresh/cache" "$fresh/tmp"
+# mktemp makes the directory 0700; the git endpoint's sshd serves as user `git`, which
+# must reach files under TMPDIR, as under /tmp on a fresh machine.
+chmod 755 "$fresh" && chmod 1777 "$fresh/tmp"
 start=$SECONDS
 set +e
 (

@@ -13,6 +13,8 @@ use crate::api::{EcdsaCurve, KeyType};
 use crate::sensitive::SecretString;
 
 pub const DEFAULT_RSA_BITS: u32 = 4096;
+/// The RSA sizes the operator makes.
+pub const RSA_SIZES: [u32; 3] = [2048, 3072, 4096];
 
 #[derive(Debug, Error)]
 pub enum KeyError {
@@ -31,8 +33,12 @@ pub struct KeySpec {
 }
 
 impl KeySpec {
+    /// An `rsaBits` outside 2048, 3072 and 4096 (an object stored before the CRD refused
+    /// it) becomes the next size up, at most 4096: other sizes either cannot be told from
+    /// the key read back (2049 would rotate on every reconcile) or cost minutes of CPU.
     pub fn new(key_type: KeyType, rsa_bits: Option<u32>, curve: Option<EcdsaCurve>) -> Self {
-        Self { key_type, rsa_bits: rsa_bits.unwrap_or(DEFAULT_RSA_BITS), curve: curve.unwrap_or(EcdsaCurve::P256) }
+        let rsa_bits = RSA_SIZES.into_iter().find(|s| *s >= rsa_bits.unwrap_or(DEFAULT_RSA_BITS)).unwrap_or(DEFAULT_RSA_BITS);
+        Self { key_type, rsa_bits, curve: curve.unwrap_or(EcdsaCurve::P256) }
     }
 
     /// Whether an existing key already is of this kind (a changed keyType means rotate).

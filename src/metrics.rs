@@ -44,6 +44,7 @@ pub struct Metrics {
     pub reconciles: Family<ControllerLabels, Counter>,
     pub reconcile_errors: Family<ErrorLabels, Counter>,
     pub reconcile_duration: Family<ControllerLabels, Histogram>,
+    pub reconcile_panics: Counter,
     pub rate_budget_remaining: Family<CredentialLabels, Gauge>,
     pub seconds_until_deadline: Family<ObjectLabels, Gauge>,
     registry: Mutex<Registry>,
@@ -54,6 +55,7 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         bitbucket_requests: Family::default(),
         reconciles: Family::default(),
         reconcile_errors: Family::default(),
+        reconcile_panics: Counter::default(),
         reconcile_duration: Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.005, 2.0, 14))),
         rate_budget_remaining: Family::default(),
         seconds_until_deadline: Family::default(),
@@ -64,6 +66,11 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         r.register("bitbucket_requests", "Bitbucket API requests by operation and HTTP status", m.bitbucket_requests.clone());
         r.register("reconciles", "Reconciles by controller", m.reconciles.clone());
         r.register("reconcile_errors", "Failed reconciles by controller and reason", m.reconcile_errors.clone());
+        r.register(
+            "reconcile_panics",
+            "Reconciles that panicked (a bug); the object reports InternalError and the process goes on",
+            m.reconcile_panics.clone(),
+        );
         r.register("reconcile_duration_seconds", "Duration of reconciles", m.reconcile_duration.clone());
         r.register(
             "rate_budget_remaining",

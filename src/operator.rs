@@ -53,6 +53,14 @@ pub struct Config {
     /// Reconciles in flight at once, per controller.
     #[arg(long, env = "BCO_CONCURRENCY", default_value_t = 16)]
     pub concurrency: u16,
+    /// The longest one reconcile may take before it is stopped and retried.
+    #[arg(long, env = "BCO_RECONCILE_TIMEOUT", default_value = "5m", value_parser = parse_go_duration)]
+    pub reconcile_timeout: Duration,
+    /// Reconciles in flight at once for the objects of one workspace object, per
+    /// controller (default: three quarters of --concurrency), so that one tenant's slow
+    /// or rate-limited workspace leaves workers for the others.
+    #[arg(long, env = "BCO_PER_WORKSPACE_CONCURRENCY")]
+    pub per_workspace_concurrency: Option<u16>,
     /// Timeout of one Bitbucket request.
     #[arg(long, env = "BCO_BITBUCKET_TIMEOUT", default_value = "30s", value_parser = parse_go_duration)]
     pub bitbucket_timeout: Duration,
@@ -114,6 +122,9 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         cluster_name: config.cluster_name.clone(),
         cluster_resource_namespace,
         drift_check_interval: config.drift_check_interval,
+        reconcile_timeout: config.reconcile_timeout,
+        watch_namespaces: config.watch_namespaces.clone(),
+        per_workspace_concurrency: usize::from(config.per_workspace_concurrency.unwrap_or(config.concurrency.saturating_mul(3) / 4).max(1)),
     };
     let bitbucket = Arc::new(Bitbucket::new(ClientOptions { timeout: config.bitbucket_timeout, budget_window: config.rate_window, ..Default::default() })?);
     let ctx = Arc::new(Context::new(client.clone(), bitbucket, settings));

@@ -21,6 +21,10 @@ pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
 pub const MANAGED_BY_VALUE: &str = "bitbucket-credentials-operator";
 /// Finalizer that removes keys from Bitbucket before the object goes.
 pub const FINALIZER: &str = "bitbucket.credentials.dev/cleanup";
+/// On a workspace object and its auth Secret while access keys registered through them
+/// exist (as Kubernetes protects a PVC in use): deleting a namespace, or the workspace
+/// first, cannot take away what their cleanup needs.
+pub const IN_USE_FINALIZER: &str = "bitbucket.credentials.dev/in-use";
 /// On an access key's Secret: the repositories and projects where a key of its object may
 /// be registered (written before each registration, so that a crash cannot hide one).
 pub const TARGETS_ANNOTATION: &str = "bitbucket.credentials.dev/targets";

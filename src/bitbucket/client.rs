@@ -194,6 +194,24 @@ fn error_message(body: &[u8]) -> String {
     }
 }
 
+/// One URL path segment: anything but unreserved characters is percent-encoded, so a name
+/// can never add a segment (`/`). A name that is all dots would still climb (URLs treat
+/// `%2e%2e` as `..`): it becomes a single encoded space, which names nothing (the
+/// CRD's patterns and the read-back checks refuse such names before they get here).
+fn segment(s: &str) -> String {
+    if s.is_empty() || s.bytes().all(|b| b == b'.') {
+        return "%20".into();
+    }
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'~' | b'.' => out.push(b as char),
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
+}
+
 /// A client for one workspace with one credential.
 #[derive(Clone)]
 pub struct WorkspaceClient {
@@ -223,9 +241,10 @@ impl WorkspaceClient {
     }
 
     fn keys_url(&self, target: &Target) -> String {
+        let ws = segment(&self.workspace);
         match target {
-            Target::Repository(r) => format!("{}/repositories/{}/{}/deploy-keys", self.api_url, self.workspace, r),
-            Target::Project(p) => format!("{}/workspaces/{}/projects/{}/deploy-keys", self.api_url, self.workspace, p),
+            Target::Repository(r) => format!("{}/repositories/{ws}/{}/deploy-keys", self.api_url, segment(r)),
+            Target::Project(p) => format!("{}/workspaces/{ws}/projects/{}/deploy-keys", self.api_url, segment(p)),
         }
     }
 

@@ -50,6 +50,12 @@ impl Error {
         )
     }
 
+    /// When the operator's own budget for the credential allows the next request, if
+    /// that is what stopped this call.
+    pub fn retry_after(&self) -> Option<Duration> {
+        None
+    }
+
     /// The condition reason and metric label for this error.
     pub fn reason(&self) -> &'static str {
         match self {

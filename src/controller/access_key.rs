@@ -18,10 +18,10 @@ use kube::runtime::controller::Action;
 use kube::{Api, Resource, ResourceExt};
 use serde_json::json;
 
-use super::workspace::{Resolved, resolve};
-use super::{Context, Error, FIELD_MANAGER, Result, condition, jitter, now, parse_duration, set_condition, time_after};
+use super::workspace::{Resolved, resolve, resolve_for_removal};
+use super::{Context, Error, FIELD_MANAGER, Result, bounded_duration, condition, has_passed, jitter, now, set_condition, time_after};
 use crate::api::{
-    AccessKeyStatus, BitbucketAccessKey, DeletionPolicy, FINALIZER, ROTATE_ANNOTATION, Registration, RetiringKey,
+    AccessKeyStatus, BitbucketAccessKey, BitbucketAccessKeySpec, DeletionPolicy, FINALIZER, ROTATE_ANNOTATION, Registration, RetiringKey,
     TARGETS_ANNOTATION,
 };
 use crate::bitbucket::{self, DeployKey, Target};
@@ -35,11 +35,19 @@ pub const DEFAULT_GRACE_PERIOD: Duration = Duration::from_secs(600);
 const TARGET_CONCURRENCY: usize = 4;
 
 pub async fn reconcile(obj: Arc<BitbucketAccessKey>, ctx: Arc<Context>) -> Result<Action> {
+    let ns = obj.namespace().unwrap_or_default();
+    let Some(_slot) = ctx.workspace_slot(super::workspace_key(CONTROLLER, &ns, &obj.spec.workspace_ref)).await else {
+        return Ok(super::requeue(jitter(super::SLOT_RETRY)));
+    };
     let started = Instant::now();
     let labels = ControllerLabels { controller: CONTROLLER.into() };
     METRICS.reconciles.get_or_create(&labels).inc();
     tracing::debug!(object = %super::display_name(&*obj), "reconciling");
-    let result = with_finalizer(&obj, &ctx).await;
+    let work = {
+        let (obj, ctx) = (obj.clone(), ctx.clone());
+        async move { with_finalizer(&obj, &ctx).await }
+    };
+    let result = super::guarded(ctx.settings.reconcile_timeout, work).await;
     METRICS.reconcile_duration.get_or_create(&labels).observe(started.elapsed().as_secs_f64());
     let error = match result {
         Ok(action) => {
@@ -54,7 +62,7 @@ pub async fn reconcile(obj: Arc<BitbucketAccessKey>, ctx: Arc<Context>) -> Resul
         .inc();
     let delay = ctx.backoff(&*obj, &error);
     report_failure(&obj, &ctx, &error, delay).await;
-    Ok(Action::requeue(delay))
+    Ok(super::requeue(delay))
 }
 
 /// The finalizer around the work: cleanup and release when the object is being deleted;
@@ -91,9 +99,17 @@ async fn with_finalizer(obj: &BitbucketAccessKey, ctx: &Context) -> Result<Actio
         // reads: both go at once.
         let (added, inputs) = tokio::join!(patch_finalizers(&api, obj, patch), read_inputs(obj, ctx));
         added?;
-        return apply(obj, ctx, inputs?).await;
+        return apply(obj, ctx, withdrawn(obj, ctx, inputs).await?).await;
     }
-    apply(obj, ctx, read_inputs(obj, ctx).await?).await
+    apply(obj, ctx, withdrawn(obj, ctx, read_inputs(obj, ctx).await).await?).await
+}
+
+/// An access that the workspace's policy withdrew is revoked before it is reported.
+async fn withdrawn(obj: &BitbucketAccessKey, ctx: &Context, inputs: Result<Inputs>) -> Result<Inputs> {
+    match inputs {
+        Err(e @ (Error::WorkspaceNotAllowed(..) | Error::RepositoryNotAllowed(..))) => Err(revoke(obj, ctx, e).await),
+        other => other,
+    }
 }
 
 async fn patch_finalizers(api: &Api<BitbucketAccessKey>, obj: &BitbucketAccessKey, patch: serde_json::Value) -> Result<()> {
@@ -171,19 +187,36 @@ fn is_ours(key: &DeployKey, uid: &str) -> bool {
     key.comment.as_deref().is_some_and(|c| c.split_whitespace().any(|w| w == m))
 }
 
-fn label(obj: &BitbucketAccessKey, ctx: &Context) -> String {
+fn label(obj: &BitbucketAccessKey, cluster_name: &str) -> String {
     let l = obj.spec.label.clone().filter(|l| !l.is_empty()).unwrap_or_else(|| {
-        format!("{}/{}/{}", ctx.settings.cluster_name, obj.namespace().unwrap_or_default(), obj.name_any())
+        format!("{cluster_name}/{}/{}", obj.namespace().unwrap_or_default(), obj.name_any())
     });
     l.chars().take(255).collect()
 }
 
-fn grace_period(obj: &BitbucketAccessKey) -> Duration {
-    obj.spec.rotation.as_ref().and_then(|r| r.grace_period.as_deref()).and_then(parse_duration).unwrap_or(DEFAULT_GRACE_PERIOD)
+/// The bounds the CRD gives `rotation.period` and `rotation.gracePeriod`, enforced here
+/// too: an object stored before they existed gets the nearest value inside them.
+pub const MIN_ROTATION_PERIOD: Duration = Duration::from_secs(3600);
+pub const MAX_ROTATION_PERIOD: Duration = Duration::from_secs(87_600 * 3600);
+pub const MAX_GRACE_PERIOD: Duration = Duration::from_secs(720 * 3600);
+
+pub fn grace_period(spec: &BitbucketAccessKeySpec) -> Duration {
+    let grace = spec
+        .rotation
+        .as_ref()
+        .and_then(|r| r.grace_period.as_deref())
+        .and_then(|s| bounded_duration(s, Duration::ZERO, MAX_GRACE_PERIOD))
+        .unwrap_or(DEFAULT_GRACE_PERIOD);
+    // Shorter than the period, or two keys would always be registered.
+    match rotation_period(spec) {
+        Some(p) if grace >= p => p / 2,
+        _ => grace,
+    }
 }
 
-fn rotation_period(obj: &BitbucketAccessKey) -> Option<Duration> {
-    obj.spec.rotation.as_ref().and_then(|r| r.period.as_deref()).and_then(parse_duration)
+pub fn rotation_period(spec: &BitbucketAccessKeySpec) -> Option<Duration> {
+    let period = spec.rotation.as_ref().and_then(|r| r.period.as_deref())?;
+    bounded_duration(period, MIN_ROTATION_PERIOD, MAX_ROTATION_PERIOD)
 }
 
 /// Moves the current key of `status` into `retiringKeys`, to be removed after `grace`.
@@ -298,7 +331,7 @@ impl Run<'_> {
     /// there, and keys of this object that are not in `keep` (fingerprints) are removed.
     /// Without, the key is created directly and adopted if Bitbucket says it exists.
     async fn register(&self, key: &KeyPair, targets: &[Target], lookup: Lookup, keep: &BTreeSet<String>) -> Result<Vec<Registration>> {
-        let label = label(self.obj, self.ctx);
+        let label = label(self.obj, &self.ctx.settings.cluster_name);
         let regs: Vec<Registration> = futures::stream::iter(targets.iter().cloned())
             .map(|target| {
                 let label = label.clone();
@@ -366,6 +399,19 @@ impl Run<'_> {
                 let target = target_of(&r);
                 let gone = |e: &bitbucket::Error| matches!(e, bitbucket::Error::RepositoryNotFound(_) | bitbucket::Error::ProjectNotFound(_));
                 if r.id != 0 {
+                    // An id comes from status, which may be stale (or not ours to begin
+                    // with): the key at that id is removed only if it is this object's.
+                    let key = match client.get_key(&target, r.id).await {
+                        Ok(k) => k,
+                        Err(bitbucket::Error::KeyNotFound(_)) => return Ok(()),
+                        Err(e) if gone(&e) => return Ok(()),
+                        Err(e) => return Err(Error::bitbucket(&target, e)),
+                    };
+                    let fp = fingerprint_of_public(key.key_body()).unwrap_or_default();
+                    if !is_ours(&key, &self.uid) || fingerprint.is_some_and(|f| f != fp) {
+                        tracing::warn!(object = %super::display_name(self.obj), %target, id = r.id, "the key at this id is not this object's: left alone");
+                        return Ok(());
+                    }
                     return match client.delete_key(&target, r.id).await {
                         Err(e) if !gone(&e) => Err(Error::bitbucket(&target, e)),
                         _ => Ok(()),
@@ -406,7 +452,31 @@ fn encode_targets(targets: &BTreeSet<Target>) -> String {
     targets.iter().map(one).collect::<Vec<_>>().join(",")
 }
 
-/// The targets a Secret records (see `TARGETS_ANNOTATION`); anything unreadable is skipped.
+/// At most this many targets are read back from a Secret: the spec allows 100
+/// repositories and 100 projects, and a Secret is something a tenant can edit.
+pub const MAX_RECORDED_TARGETS: usize = 256;
+
+/// A repository slug or project key as the CRD admits them (the same patterns): what a
+/// Secret's annotation says is read back only if the spec could have said it.
+pub fn valid_target(t: &Target) -> bool {
+    match t {
+        Target::Repository(r) => {
+            let mut c = r.chars();
+            r.len() <= 62
+                && c.next().is_some_and(|f| f.is_ascii_lowercase() || f.is_ascii_digit())
+                && c.all(|x| x.is_ascii_lowercase() || x.is_ascii_digit() || "._-".contains(x))
+        }
+        Target::Project(p) => {
+            let mut c = p.chars();
+            p.len() <= 128
+                && c.next().is_some_and(|f| f.is_ascii_uppercase())
+                && c.all(|x| x.is_ascii_uppercase() || x.is_ascii_digit() || x == '_')
+        }
+    }
+}
+
+/// The targets a Secret records (see `TARGETS_ANNOTATION`); anything unreadable or that
+/// the spec could not hold is skipped, and at most `MAX_RECORDED_TARGETS` are read.
 fn recorded_targets(secret: Option<&Secret>) -> BTreeSet<Target> {
     let value = secret.and_then(|s| s.metadata.annotations.as_ref()).and_then(|a| a.get(TARGETS_ANNOTATION));
     value
@@ -418,6 +488,8 @@ fn recorded_targets(secret: Option<&Secret>) -> BTreeSet<Target> {
             Some(("project", p)) if !p.is_empty() => Some(Target::Project(p.into())),
             _ => None,
         })
+        .filter(valid_target)
+        .take(MAX_RECORDED_TARGETS)
         .collect()
 }
 
@@ -455,6 +527,9 @@ async fn apply(obj: &BitbucketAccessKey, ctx: &Context, inputs: Inputs) -> Resul
     let uid = obj.uid().unwrap_or_default();
     let secret_name = obj.spec.secret.name.clone().unwrap_or_else(|| obj.name_any());
     let Inputs { ws, existing } = inputs;
+    // Before anything is registered through them, the workspace and its Secret are kept
+    // from going away until this object's cleanup is done.
+    super::workspace::protect(ctx, &ws.protection).await?;
     let targets = targets(obj);
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
     let mut current = read_key(existing.as_ref(), "ssh-privatekey");
@@ -479,7 +554,7 @@ async fn apply(obj: &BitbucketAccessKey, ctx: &Context, inputs: Inputs) -> Resul
     let original = obj.status.clone().unwrap_or_default();
     let mut st = original.clone();
     let run = Run { obj, ctx, ws, uid: uid.clone(), secret_name: secret_name.clone(), secrets, created: Default::default() };
-    let grace = grace_period(obj);
+    let grace = grace_period(&obj.spec);
     let key_spec = KeySpec::new(obj.spec.key_type, obj.spec.rsa_bits, obj.spec.ecdsa_curve);
     let mut secret_state = existing;
 
@@ -498,7 +573,10 @@ async fn apply(obj: &BitbucketAccessKey, ctx: &Context, inputs: Inputs) -> Resul
     // The Secret lists where a key of this object may be (written ahead of each
     // registration); status may not know all of them after a crash.
     let known = may_hold_keys(&st, &[]);
-    let unknown: Vec<Target> = recorded_targets(secret_state.as_ref()).into_iter().filter(|t| !known.contains(t)).collect();
+    let unknown: Vec<Target> = recorded_targets(secret_state.as_ref())
+        .into_iter()
+        .filter(|t| !known.contains(t) && run.ws.check_allowed(t.name()).is_ok())
+        .collect();
     if !unknown.is_empty() {
         st.registrations.extend(unknown.iter().map(|t| registration(t, 0)));
         st.registrations.sort();
@@ -507,10 +585,7 @@ async fn apply(obj: &BitbucketAccessKey, ctx: &Context, inputs: Inputs) -> Resul
     // A new object's first registration creates directly (a key that already exists is
     // adopted from the duplicate answer); listing every target's keys waits for the first
     // drift check, so creating N objects on one repository costs N creates, not N lists.
-    let drift_due = st
-        .last_verified_time
-        .as_ref()
-        .is_some_and(|t| super::seconds_until(t) + ctx.settings.drift_check_interval.as_secs() as i64 <= 0);
+    let drift_due = st.last_verified_time.as_ref().is_some_and(|t| has_passed(t, ctx.settings.drift_check_interval));
     let spec_changed = original.observed_generation.is_some() && original.observed_generation != generation;
     let mut list = drift_due || spec_changed;
 
@@ -540,9 +615,7 @@ async fn apply(obj: &BitbucketAccessKey, ctx: &Context, inputs: Inputs) -> Resul
 
     // Rotation: register the next key everywhere, then switch the Secret to it.
     let manual = rotate_request.is_some() && rotate_request != st.rotate_request;
-    let scheduled = rotation_period(obj)
-        .zip(st.last_rotation_time.as_ref())
-        .is_some_and(|(p, last)| super::seconds_until(last) + p.as_secs() as i64 <= 0);
+    let scheduled = rotation_period(&obj.spec).zip(st.last_rotation_time.as_ref()).is_some_and(|(p, last)| has_passed(last, p));
     let kind_changed = !key_spec.matches(&current);
     if manual || scheduled || kind_changed || pending.is_some() {
         let next = match pending.take() {
@@ -646,9 +719,7 @@ async fn apply(obj: &BitbucketAccessKey, ctx: &Context, inputs: Inputs) -> Resul
 
     st.secret_name = Some(secret_name);
     st.observed_generation = generation;
-    st.next_rotation_time = rotation_period(obj).and_then(|p| {
-        st.last_rotation_time.as_ref().map(|t| k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(t.0 + jiff::SignedDuration::try_from(p).unwrap_or_default()))
-    });
+    st.next_rotation_time = rotation_period(&obj.spec).and_then(|p| st.last_rotation_time.as_ref().map(|t| super::add(t, p)));
     let n = targets.len();
     let ready = condition(
         &st.conditions,
@@ -679,12 +750,12 @@ async fn apply(obj: &BitbucketAccessKey, ctx: &Context, inputs: Inputs) -> Resul
             .seconds_until_deadline
             .get_or_create(&ObjectLabels { kind: "BitbucketAccessKey".into(), namespace: ns.clone(), name: obj.name_any() })
             .set(super::seconds_until(t));
-        next = next.min(Duration::from_secs(super::seconds_until(t).max(1) as u64));
+        next = next.min(Duration::from_secs(super::seconds_until(t).max(1).unsigned_abs()));
     }
     for k in &st.retiring_keys {
-        next = next.min(Duration::from_secs(super::seconds_until(&k.remove_after).max(1) as u64));
+        next = next.min(Duration::from_secs(super::seconds_until(&k.remove_after).max(1).unsigned_abs()));
     }
-    Ok(Action::requeue(next))
+    Ok(super::requeue(next))
 }
 
 /// Deletion: with `Delete`, every key carrying this object's mark goes from every target it
@@ -695,35 +766,90 @@ async fn cleanup(obj: &BitbucketAccessKey, ctx: &Context) -> Result<Action> {
         namespace: obj.namespace().unwrap_or_default(),
         name: obj.name_any(),
     });
-    ctx.succeeded(obj);
+    // The failure count stays: a cleanup that keeps failing backs off like anything else
+    // (the reconcile clears it once cleanup succeeds).
     if obj.spec.deletion_policy == DeletionPolicy::Retain {
         return Ok(Action::await_change());
     }
     let ns = obj.namespace().unwrap_or_default();
     let uid = obj.uid().unwrap_or_default();
-    let ws = resolve(ctx, &ns, &obj.spec.workspace_ref).await?;
+    // A workspace that no longer admits this namespace still removes what was registered
+    // through it; then only the operator's own record (status) says where.
+    let (ws, admitted) = resolve_for_removal(ctx, &ns, &obj.spec.workspace_ref).await?;
     let status = obj.status.clone().unwrap_or_default();
-    let mut all = may_hold_keys(&status, &targets(obj));
-    let secret_name = obj.spec.secret.name.clone().unwrap_or_else(|| obj.name_any());
-    let secret = Api::<Secret>::namespaced(ctx.client.clone(), &ns).get_opt(&secret_name).await?;
-    if let Some(s) = secret.as_ref().filter(|s| super::owned_by(*s, &uid)) {
-        all.extend(recorded_targets(Some(s)));
+    let mut all = may_hold_keys(&status, &[]);
+    if admitted {
+        let secret_name = obj.spec.secret.name.clone().unwrap_or_else(|| obj.name_any());
+        let secret = Api::<Secret>::namespaced(ctx.client.clone(), &ns).get_opt(&secret_name).await?;
+        let recorded = secret.as_ref().filter(|s| super::owned_by(*s, &uid)).map(|s| recorded_targets(Some(s))).unwrap_or_default();
+        all.extend(targets(obj).into_iter().chain(recorded).filter(|t| ws.check_allowed(t.name()).is_ok()));
     }
     let mut removed = 0;
     for target in all {
-        let keys = match ws.client.list_keys(&target).await {
-            Ok(k) => k,
-            Err(bitbucket::Error::RepositoryNotFound(_) | bitbucket::Error::ProjectNotFound(_)) => continue,
-            Err(e) => return Err(Error::bitbucket(&target, e)),
-        };
-        for k in keys.iter().filter(|k| is_ours(k, &uid)) {
-            ws.client.delete_key(&target, k.id).await.map_err(|e| Error::bitbucket(&target, e))?;
-            crate::failpoint::hit("cleanup-key-deleted");
-            removed += 1;
-        }
+        removed += remove_keys(&ws, &target, &uid).await?;
     }
     tracing::info!(object = %super::display_name(obj), removed, "keys removed from Bitbucket");
     Ok(Action::await_change())
+}
+
+/// Removes every key of the object with `uid` from `target`; a target that is gone has
+/// none. Returns how many were removed.
+async fn remove_keys(ws: &Resolved, target: &Target, uid: &str) -> Result<usize> {
+    let keys = match ws.client.list_keys(target).await {
+        Ok(k) => k,
+        Err(bitbucket::Error::RepositoryNotFound(_) | bitbucket::Error::ProjectNotFound(_)) => return Ok(0),
+        Err(e) => return Err(Error::bitbucket(target, e)),
+    };
+    let mut removed = 0;
+    for k in keys.iter().filter(|k| is_ours(k, uid)) {
+        ws.client.delete_key(target, k.id).await.map_err(|e| Error::bitbucket(target, e))?;
+        crate::failpoint::hit("cleanup-key-deleted");
+        removed += 1;
+    }
+    Ok(removed)
+}
+
+/// Revocation: the workspace no longer admits this namespace (`WorkspaceNotAllowed`), or
+/// its `allowedRepositories` no longer allow some targets (`RepositoryNotAllowed`). The
+/// keys registered where the object may no longer be are removed from Bitbucket (an
+/// access that was withdrawn must end, not linger until someone deletes the object), and
+/// `why` is still what the object reports.
+async fn revoke(obj: &BitbucketAccessKey, ctx: &Context, why: Error) -> Error {
+    let ns = obj.namespace().unwrap_or_default();
+    let uid = obj.uid().unwrap_or_default();
+    let mut status = obj.status.clone().unwrap_or_default();
+    let held = may_hold_keys(&status, &[]);
+    if held.is_empty() {
+        return why;
+    }
+    let (ws, admitted) = match resolve_for_removal(ctx, &ns, &obj.spec.workspace_ref).await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(object = %super::display_name(obj), error = %e, "cannot revoke the keys of a withdrawn access");
+            return why;
+        }
+    };
+    let revoked: Vec<Target> = held.into_iter().filter(|t| !admitted || ws.check_allowed(t.name()).is_err()).collect();
+    if revoked.is_empty() {
+        return why;
+    }
+    for target in &revoked {
+        if let Err(e) = remove_keys(&ws, target, &uid).await {
+            return e;
+        }
+    }
+    let gone = |r: &Registration| revoked.contains(&target_of(r));
+    status.registrations.retain(|r| !gone(r));
+    for k in &mut status.retiring_keys {
+        k.registrations.retain(|r| !gone(r));
+    }
+    status.retiring_keys.retain(|k| !k.registrations.is_empty());
+    if let Err(e) = patch_status(obj, ctx, &status).await {
+        return e;
+    }
+    let on = revoked.iter().map(|t| t.to_string()).collect::<Vec<_>>().join(", ");
+    ctx.event(obj, true, "Revoked", format!("access key removed from {on}: {why}")).await;
+    why
 }
 
 #[cfg(test)]
@@ -747,7 +873,130 @@ mod tests {
         assert_eq!(recorded_targets(Some(&secret)), targets);
         secret.metadata.annotations = Some([(TARGETS_ANNOTATION.to_string(), "repository/api,,nonsense,team/x,project/".into())].into());
         assert_eq!(recorded_targets(Some(&secret)), [Target::Repository("api".into())].into());
+        // What a tenant editing the Secret could write: other paths, other workspaces, a flood.
+        let tampered = ["repository/../../workspaces/other", "repository/a/b", "repository/API", "project/core", "repository/x%2F..", "project/CORE/../X"]
+            .join(",");
+        secret.metadata.annotations = Some([(TARGETS_ANNOTATION.to_string(), tampered)].into());
+        assert!(recorded_targets(Some(&secret)).is_empty());
+        let flood = (0..10_000).map(|i| format!("repository/r{i}")).collect::<Vec<_>>().join(",");
+        secret.metadata.annotations = Some([(TARGETS_ANNOTATION.to_string(), flood)].into());
+        assert_eq!(recorded_targets(Some(&secret)).len(), MAX_RECORDED_TARGETS);
         assert!(recorded_targets(None).is_empty());
+    }
+
+    #[test]
+    fn durations_past_the_crd_bounds_are_brought_within_them() {
+        let spec = |period: &str, grace: &str| -> BitbucketAccessKeySpec {
+            serde_json::from_value(serde_json::json!({
+                "workspaceRef": {"name": "w"}, "repositories": ["api"],
+                "rotation": {"period": period, "gracePeriod": grace},
+            }))
+            .unwrap()
+        };
+        let h = |n: u64| Duration::from_secs(n * 3600);
+        assert_eq!(rotation_period(&spec("100000000h", "10m")), Some(MAX_ROTATION_PERIOD));
+        assert_eq!(rotation_period(&spec("99999999999999999999999h", "10m")), Some(MAX_ROTATION_PERIOD));
+        assert_eq!(rotation_period(&spec("1s", "10m")), Some(MIN_ROTATION_PERIOD));
+        assert_eq!(rotation_period(&spec("2160h", "10m")), Some(h(2160)));
+        assert_eq!(grace_period(&spec("87600h", "100000000h")), MAX_GRACE_PERIOD);
+        // A grace period not shorter than the period: half the period.
+        assert_eq!(grace_period(&spec("2h", "100000000h")), h(1));
+        assert_eq!(grace_period(&spec("2h", "10m")), Duration::from_secs(600));
+        let t = k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(jiff::Timestamp::now());
+        assert!(!has_passed(&t, Duration::MAX));
+        assert_eq!(super::super::add(&t, Duration::MAX).0, jiff::Timestamp::MAX);
+    }
+
+    #[test]
+    fn rsa_sizes_outside_the_three_become_the_next_one_up() {
+        use crate::api::KeyType;
+        let bits = |b: Option<u32>| KeySpec::new(KeyType::Rsa, b, None).rsa_bits;
+        assert_eq!(bits(Some(2048)), 2048);
+        assert_eq!(bits(Some(2049)), 3072);
+        assert_eq!(bits(Some(3072)), 3072);
+        assert_eq!(bits(Some(8192)), 4096);
+        assert_eq!(bits(Some(0)), 2048);
+        assert_eq!(bits(None), 4096);
+    }
+
+    fn go_duration() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        let part = (0u64..=u64::MAX, proptest::option::of(0u32..1000), prop::sample::select(vec!["ns", "us", "ms", "s", "m", "h"]))
+            .prop_map(|(n, frac, unit)| match frac {
+                Some(f) => format!("{n}.{f}{unit}"),
+                None => format!("{n}{unit}"),
+            });
+        prop_oneof![
+            prop::collection::vec(part, 1..4).prop_map(|p| p.concat()),
+            prop::sample::select(vec!["1h".to_string(), "87600h".into(), "720h".into(), "0s".into(), "0h".into(), "1ns".into()]),
+        ]
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+        /// Specs of every shape the CRD's schema admits (and durations past its bounds),
+        /// through every pure part of a reconcile: nothing panics, and what comes out is
+        /// within the bounds.
+        #[test]
+        fn the_pure_parts_of_reconcile_never_panic_on_admissible_specs(
+            period in proptest::option::of(go_duration()),
+            grace in proptest::option::of(go_duration()),
+            rsa_bits in proptest::option::of(proptest::prelude::any::<u32>()),
+            key_type in proptest::sample::select(vec!["ed25519", "rsa", "ecdsa"]),
+            repos in proptest::collection::vec("[a-z0-9][a-z0-9._-]{0,61}", 0..100),
+            projects in proptest::collection::vec("[A-Z][A-Z0-9_]{0,127}", 0..100),
+            user_label in proptest::option::of("\\PC{0,255}"),
+            secret_name in proptest::option::of("[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?"),
+            user_labels in proptest::collection::btree_map("[a-z]{1,20}", "\\PC{0,63}", 0..8),
+        ) {
+            let mut rotation = serde_json::Map::new();
+            if let Some(p) = &period { rotation.insert("period".into(), p.clone().into()); }
+            if let Some(g) = &grace { rotation.insert("gracePeriod".into(), g.clone().into()); }
+            let spec: BitbucketAccessKeySpec = serde_json::from_value(serde_json::json!({
+                "workspaceRef": {"name": "w"},
+                "repositories": repos, "projects": projects,
+                "keyType": key_type, "rsaBits": rsa_bits, "label": user_label,
+                "rotation": rotation,
+                "secret": {"name": secret_name, "formats": ["ssh-auth", "flux", "tekton", "jenkins", "argocd"], "labels": user_labels},
+            })).unwrap();
+            let mut obj = BitbucketAccessKey::new("k", spec);
+            obj.metadata.namespace = Some("ns".into());
+            obj.metadata.uid = Some("0b0e7a6c-0000-4000-8000-000000000000".into());
+            let p = rotation_period(&obj.spec);
+            let g = grace_period(&obj.spec);
+            if let Some(p) = p {
+                proptest::prop_assert!((MIN_ROTATION_PERIOD..=MAX_ROTATION_PERIOD).contains(&p));
+                proptest::prop_assert!(g < p);
+            }
+            proptest::prop_assert!(g <= MAX_GRACE_PERIOD);
+            let ks = KeySpec::new(obj.spec.key_type, obj.spec.rsa_bits, obj.spec.ecdsa_curve);
+            proptest::prop_assert!(crate::keys::RSA_SIZES.contains(&ks.rsa_bits));
+            let t = now();
+            let _ = has_passed(&t, p.unwrap_or(Duration::MAX));
+            let _ = super::super::add(&t, g);
+            let _ = time_after(g);
+            proptest::prop_assert!(label(&obj, "cluster").chars().count() <= 255);
+            let all: BTreeSet<Target> = targets(&obj).into_iter().collect();
+            let mut secret = Secret::default();
+            secret.metadata.annotations = Some([(TARGETS_ANNOTATION.to_string(), encode_targets(&all))].into());
+            let back = recorded_targets(Some(&secret));
+            proptest::prop_assert_eq!(back.len(), all.len().min(MAX_RECORDED_TARGETS));
+            let key = test_key();
+            let owner = obj.controller_owner_ref(&()).unwrap();
+            let rendered = crate::secret::access_key_secret(
+                Placement { name: "k", namespace: "ns", owner, user: &obj.spec.secret.metadata },
+                &obj.spec.secret.formats,
+                key,
+                None,
+                &SshTarget { ssh_host: "bitbucket.org", known_hosts: crate::api::DEFAULT_KNOWN_HOSTS, workspace: "acme" },
+            );
+            proptest::prop_assert!(rendered.data.is_some());
+        }
+    }
+
+    fn test_key() -> &'static KeyPair {
+        static KEY: std::sync::OnceLock<KeyPair> = std::sync::OnceLock::new();
+        KEY.get_or_init(|| KeyPair::generate(KeySpec::new(crate::api::KeyType::Ed25519, None, None), "test").unwrap())
     }
 
     #[test]

@@ -13,6 +13,7 @@ use std::time::Duration;
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
 use kube::{Client, Resource, ResourceExt};
@@ -21,6 +22,7 @@ use thiserror::Error;
 
 use crate::bitbucket::{self, Bitbucket};
 use crate::keys::KeyError;
+use crate::metrics::METRICS;
 
 pub const FIELD_MANAGER: &str = "bitbucket-credentials-operator";
 
@@ -31,6 +33,12 @@ pub struct Settings {
     pub cluster_resource_namespace: String,
     /// How often a Ready access key is compared with Bitbucket.
     pub drift_check_interval: Duration,
+    /// The longest one reconcile may take; past it, it is stopped and retried later.
+    pub reconcile_timeout: Duration,
+    /// Reconciles in flight at once that use one workspace object (the others go on).
+    pub per_workspace_concurrency: usize,
+    /// The namespaces served; empty: all.
+    pub watch_namespaces: Vec<String>,
 }
 
 /// Events waiting to be published, at most this many; a reconcile that would add one
@@ -38,6 +46,19 @@ pub struct Settings {
 const EVENT_QUEUE: usize = 1024;
 /// Events published at once.
 const EVENT_PUBLISHERS: usize = 8;
+
+/// How long a reconcile waits for its workspace's share of the workers before it goes
+/// back to the queue, and how soon it comes back.
+const SLOT_WAIT: Duration = Duration::from_millis(500);
+pub const SLOT_RETRY: Duration = Duration::from_secs(3);
+
+/// Names the workspace object a reference in `namespace` points at, per controller.
+pub fn workspace_key(controller: &str, namespace: &str, r: &crate::api::WorkspaceRef) -> String {
+    match r.kind {
+        crate::api::WorkspaceKind::BitbucketWorkspace => format!("{controller} BitbucketWorkspace {namespace}/{}", r.name),
+        crate::api::WorkspaceKind::ClusterBitbucketWorkspace => format!("{controller} ClusterBitbucketWorkspace {}", r.name),
+    }
+}
 
 /// What every reconcile gets.
 pub struct Context {
@@ -47,6 +68,8 @@ pub struct Context {
     pub caches: cache::Caches,
     events: tokio::sync::mpsc::Sender<(Event, ObjectReference)>,
     failures: Mutex<HashMap<String, u32>>,
+    /// Per workspace object: how many of its users' reconciles may run at once.
+    slots: Mutex<HashMap<String, Arc<tokio::sync::Semaphore>>>,
 }
 
 impl Context {
@@ -55,7 +78,33 @@ impl Context {
         let reporter = Reporter { controller: FIELD_MANAGER.into(), instance: None };
         let (events, queue) = tokio::sync::mpsc::channel(EVENT_QUEUE);
         tokio::spawn(publish_events(queue, client.clone(), reporter));
-        Self { client, bitbucket, settings, caches: Default::default(), events, failures: Mutex::new(HashMap::new()) }
+        Self {
+            client,
+            bitbucket,
+            settings,
+            caches: Default::default(),
+            events,
+            failures: Mutex::new(HashMap::new()),
+            slots: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// A slot among the reconciles that use workspace `key`, or None when that workspace
+    /// already has its share of the workers in flight for a moment: a slow or
+    /// rate-limited tenant cannot occupy every worker; its objects wait in the queue, not
+    /// in a worker.
+    pub async fn workspace_slot(&self, key: String) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        let slot = {
+            let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+            // Forget the slots of workspaces nobody is using (bounded by what is in flight).
+            slots.retain(|_, s| Arc::strong_count(s) > 1 || s.available_permits() < self.settings.per_workspace_concurrency.max(1));
+            let limit = self.settings.per_workspace_concurrency.max(1);
+            slots.entry(key).or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(limit))).clone()
+        };
+        if let Ok(p) = slot.clone().try_acquire_owned() {
+            return Some(p);
+        }
+        tokio::time::timeout(SLOT_WAIT, slot.acquire_owned()).await.ok().and_then(|r| r.ok())
     }
 
     /// Queues an Event: neither its round trip nor its failure holds up or fails a
@@ -93,7 +142,11 @@ impl Context {
             base
         };
         let delay = base.saturating_mul(1 << (*n - 1).min(10)).min(max);
-        jitter(delay)
+        // The operator's own budget says exactly when the next request may go.
+        match error.retry_after() {
+            Some(at) => jitter(at.max(Duration::from_secs(1))).max(at).min(MAX_REQUEUE),
+            None => jitter(delay),
+        }
     }
 
     /// Clears the object's failure count (after a success, or when it goes away).
@@ -125,7 +178,46 @@ async fn publish_events(queue: tokio::sync::mpsc::Receiver<(Event, ObjectReferen
 /// ±20 % so that work scheduled together spreads out.
 pub fn jitter(d: Duration) -> Duration {
     let f = rand::thread_rng().gen_range(0.8..1.2);
-    d.mul_f64(f)
+    Duration::try_from_secs_f64(d.as_secs_f64() * f).unwrap_or(d)
+}
+
+/// The longest a requeue waits: the controller's queue cannot schedule years ahead (and a
+/// reconcile a week later finds nothing it would not have found then).
+pub const MAX_REQUEUE: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// A requeue after `d`, at least a second and at most `MAX_REQUEUE` away.
+pub fn requeue(d: Duration) -> Action {
+    Action::requeue(d.clamp(Duration::from_secs(1), MAX_REQUEUE))
+}
+
+/// Runs one reconcile as a task of its own with a deadline: a panic in it (a bug meeting
+/// an input nobody foresaw) becomes that object's `InternalError`, and a reconcile stuck
+/// on a slow server is stopped, instead of ending the process or holding a worker.
+/// Stopping a reconcile anywhere is safe: the order of its steps is crash-safe.
+pub async fn guarded<T, F>(timeout: Duration, work: F) -> Result<T>
+where
+    T: Send + 'static,
+    F: std::future::Future<Output = Result<T>> + Send + 'static,
+{
+    let mut task = tokio::spawn(work);
+    match tokio::time::timeout(timeout, &mut task).await {
+        Ok(Ok(result)) => result,
+        Ok(Err(e)) if e.is_panic() => {
+            let payload = e.into_panic();
+            let what = payload
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a panic without a message".into());
+            METRICS.reconcile_panics.inc();
+            Err(Error::Internal(what.chars().take(300).collect()))
+        }
+        Ok(Err(_)) => Err(Error::Internal("the reconcile was cancelled".into())),
+        Err(_) => {
+            task.abort();
+            Err(Error::Deadline(timeout))
+        }
+    }
 }
 
 /// Everything a reconcile can fail with. Each variant names its condition reason and
@@ -154,6 +246,10 @@ pub enum Error {
     Key(#[from] KeyError),
     #[error("finalizer: {0}")]
     Finalizer(String),
+    #[error("internal error (a bug; please report it): {0}")]
+    Internal(String),
+    #[error("the reconcile took longer than {0:?} and was stopped")]
+    Deadline(Duration),
 }
 
 impl Error {
@@ -174,16 +270,28 @@ impl Error {
             Error::SecretConflict(_) => "SecretConflict",
             Error::Key(_) => "KeyGenerationFailed",
             Error::Finalizer(_) => "FinalizerError",
+            Error::Internal(_) => "InternalError",
+            Error::Deadline(_) => "ReconcileTimeout",
         }
     }
 
     pub fn is_transient(&self) -> bool {
         match self {
-            Error::Kube(_) | Error::Finalizer(_) | Error::Key(_) => true,
+            Error::Kube(_) | Error::Finalizer(_) | Error::Key(_) | Error::Deadline(_) => true,
             Error::Bitbucket { source, .. } => source.is_transient(),
             // The workspace may become Ready on its own (its check is retried).
             Error::WorkspaceNotReady(..) => true,
             _ => false,
+        }
+    }
+}
+
+impl Error {
+    /// When the operator's own rate budget allows the next request, if that is why this failed.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Error::Bitbucket { source, .. } => source.retry_after(),
+            _ => None,
         }
     }
 }
@@ -220,7 +328,25 @@ pub fn now() -> Time {
 }
 
 pub fn time_after(d: Duration) -> Time {
-    Time(Timestamp::now() + jiff::SignedDuration::try_from(d).unwrap_or(jiff::SignedDuration::MAX))
+    add(&now(), d)
+}
+
+/// `t + d`, saturating at the largest time a timestamp holds instead of panicking.
+pub fn add(t: &Time, d: Duration) -> Time {
+    let d = jiff::SignedDuration::try_from(d).unwrap_or(jiff::SignedDuration::MAX);
+    Time(t.0.checked_add(d).unwrap_or(Timestamp::MAX))
+}
+
+/// Whether `t + d` has passed.
+pub fn has_passed(t: &Time, d: Duration) -> bool {
+    let due = add(t, d);
+    due.0 <= Timestamp::now()
+}
+
+/// A duration from the spec, parsed and brought within `[min, max]`: objects stored before
+/// the CRD's bounds existed (or past them by any other path) get the nearest sane value.
+pub fn bounded_duration(s: &str, min: Duration, max: Duration) -> Option<Duration> {
+    parse_duration_saturating(s).map(|d| d.clamp(min, max))
 }
 
 /// Parses a Go duration (`2160h`, `10m`, `1h30m`), as the schema's pattern admits.
@@ -244,10 +370,18 @@ pub fn parse_duration(s: &str) -> Option<Duration> {
             "h" => 3600.0,
             _ => return None,
         };
-        total += Duration::try_from_secs_f64(value * unit).ok()?;
+        total = total.checked_add(Duration::try_from_secs_f64(value * unit).ok()?)?;
         rest = &rest[unit_end..];
     }
     Some(total)
+}
+
+/// Like `parse_duration`, but a value too large for a `Duration` is `Duration::MAX`.
+fn parse_duration_saturating(s: &str) -> Option<Duration> {
+    parse_duration(s).or_else(|| {
+        let ok = !s.trim().is_empty() && s.trim().chars().all(|c| c.is_ascii_digit() || c == '.' || "nsuµmh".contains(c));
+        ok.then_some(Duration::MAX)
+    })
 }
 
 /// Seconds from now until `t` (negative if past).

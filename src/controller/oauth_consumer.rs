@@ -17,7 +17,7 @@ use serde_json::json;
 use ssh_key::HashAlg;
 
 use super::workspace::resolve;
-use super::{Context, Error, FIELD_MANAGER, Result, condition, parse_duration, set_condition};
+use super::{Context, Error, FIELD_MANAGER, Result, condition, set_condition};
 use crate::api::{BitbucketOAuthConsumer, OAuthConsumerStatus};
 use crate::bitbucket::Auth;
 use crate::metrics::{ControllerLabels, ErrorLabels, METRICS, ObjectLabels};
@@ -31,15 +31,23 @@ pub const CONSUMER_LABEL: &str = "bitbucket.credentials.dev/oauth-consumer-secre
 const KEYS: &str = "`key` and `secret`";
 
 pub async fn reconcile(obj: Arc<BitbucketOAuthConsumer>, ctx: Arc<Context>) -> Result<Action> {
-    let started = Instant::now();
-    let labels = ControllerLabels { controller: CONTROLLER.into() };
-    METRICS.reconciles.get_or_create(&labels).inc();
     if obj.meta().deletion_timestamp.is_some() {
         METRICS.seconds_until_deadline.remove(&object_labels(&obj));
         ctx.succeeded(&*obj);
         return Ok(Action::await_change());
     }
-    let result = apply(&obj, &ctx).await;
+    let ns = obj.namespace().unwrap_or_default();
+    let Some(_slot) = ctx.workspace_slot(super::workspace_key(CONTROLLER, &ns, &obj.spec.workspace_ref)).await else {
+        return Ok(super::requeue(super::jitter(super::SLOT_RETRY)));
+    };
+    let started = Instant::now();
+    let labels = ControllerLabels { controller: CONTROLLER.into() };
+    METRICS.reconciles.get_or_create(&labels).inc();
+    let work = {
+        let (obj, ctx) = (obj.clone(), ctx.clone());
+        async move { apply(&obj, &ctx).await }
+    };
+    let result = super::guarded(ctx.settings.reconcile_timeout, work).await;
     METRICS.reconcile_duration.get_or_create(&labels).observe(started.elapsed().as_secs_f64());
     match result {
         Ok(a) => {
@@ -69,7 +77,7 @@ pub async fn reconcile(obj: Arc<BitbucketOAuthConsumer>, ctx: Arc<Context>) -> R
             if !unchanged {
                 ctx.event(&*obj, true, error.reason(), error.to_string()).await;
             }
-            Ok(Action::requeue(delay))
+            Ok(super::requeue(delay))
         }
     }
 }
@@ -95,13 +103,24 @@ fn revision(key: &str, secret: &SecretString) -> String {
     digest.iter().take(8).map(|b| format!("{b:02x}")).collect()
 }
 
+/// The bounds of `refreshBefore`, enforced here too (objects stored before the CRD had them).
+pub const MAX_REFRESH_BEFORE: Duration = Duration::from_secs(24 * 3600);
+/// The soonest a token is renewed, however short its life: a token endpoint answering
+/// `expires_in: 0` must not make the operator mint in a loop.
+pub const MIN_RENEWAL: Duration = Duration::from_secs(30);
+
 /// When to renew a token that lives `lifetime`: `refresh_before` ahead of its expiry, a
 /// little earlier by a random amount so that many consumers spread out; at half-life if
-/// `refresh_before` is longer than the token lives.
+/// `refresh_before` is longer than the token lives; never sooner than `MIN_RENEWAL`.
 pub fn renewal_delay(lifetime: Duration, refresh_before: Duration) -> Duration {
-    let base = if refresh_before < lifetime { lifetime - refresh_before } else { lifetime / 2 };
+    let base = lifetime.checked_sub(refresh_before).filter(|d| !d.is_zero()).unwrap_or(lifetime / 2);
     let spread = (base / 10).min(Duration::from_secs(300));
-    base - spread.mul_f64(rand::thread_rng().gen_range(0.0..1.0))
+    let spread = Duration::try_from_secs_f64(spread.as_secs_f64() * rand::thread_rng().gen_range(0.0..1.0)).unwrap_or_default();
+    base.saturating_sub(spread).max(MIN_RENEWAL)
+}
+
+pub fn refresh_before(spec: &crate::api::BitbucketOAuthConsumerSpec) -> Duration {
+    super::bounded_duration(&spec.refresh_before, Duration::ZERO, MAX_REFRESH_BEFORE).unwrap_or(Duration::from_secs(900))
 }
 
 /// `scheme://host[:port]` of the site, where git clones over HTTPS (`https://bitbucket.org`).
@@ -190,7 +209,7 @@ async fn apply(obj: &BitbucketOAuthConsumer, ctx: &Context) -> Result<Action> {
                 .await
                 .map_err(|e| Error::bitbucket(format!("OAuth consumer {key}"), e))?;
             let lifetime = minted.expires_in;
-            let refresh_before = parse_duration(&obj.spec.refresh_before).unwrap_or(Duration::from_secs(900));
+            let refresh_before = refresh_before(&obj.spec);
             st.expires_at = Some(super::time_after(lifetime));
             st.renewal_time = Some(super::time_after(renewal_delay(lifetime, refresh_before)));
             st.scopes = minted.scopes.clone();
@@ -234,8 +253,8 @@ async fn apply(obj: &BitbucketOAuthConsumer, ctx: &Context) -> Result<Action> {
     if let Some(t) = &st.expires_at {
         METRICS.seconds_until_deadline.get_or_create(&object_labels(obj)).set(super::seconds_until(t));
     }
-    let next = st.renewal_time.as_ref().map(|t: &Time| super::seconds_until(t).max(1) as u64).unwrap_or(60);
-    Ok(Action::requeue(Duration::from_secs(next)))
+    let next = st.renewal_time.as_ref().map(|t: &Time| super::seconds_until(t).max(1).unsigned_abs()).unwrap_or(60);
+    Ok(super::requeue(Duration::from_secs(next)))
 }
 
 #[cfg(test)]
@@ -249,8 +268,13 @@ mod tests {
             let d = renewal_delay(Duration::from_secs(7200), Duration::from_secs(900));
             assert!(d <= Duration::from_secs(6300) && d >= Duration::from_secs(6000), "{d:?}");
         }
-        let d = renewal_delay(Duration::from_secs(60), Duration::from_secs(900));
-        assert!(d <= Duration::from_secs(30));
+        let d = renewal_delay(Duration::from_secs(120), Duration::from_secs(900));
+        assert!(d <= Duration::from_secs(60) && d >= MIN_RENEWAL, "{d:?}");
+        for lifetime in [Duration::ZERO, Duration::from_secs(1), Duration::MAX] {
+            for before in [Duration::ZERO, Duration::from_secs(900), Duration::MAX] {
+                assert!(renewal_delay(lifetime, before) >= MIN_RENEWAL);
+            }
+        }
     }
 
     #[test]

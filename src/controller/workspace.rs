@@ -12,10 +12,11 @@ use serde_json::json;
 
 use super::{Context, Error, Result, condition, set_condition};
 use crate::api::{
-    BitbucketWorkspace, ClusterBitbucketWorkspace, WorkspaceKind, WorkspaceRef, WorkspaceSettings, WorkspaceStatus,
+    BitbucketAccessKey, FINALIZER, IN_USE_FINALIZER, BitbucketWorkspace, ClusterBitbucketWorkspace, WorkspaceKind, WorkspaceRef, WorkspaceSettings, WorkspaceStatus,
     ready_condition,
 };
 use crate::bitbucket::{Auth, WorkspaceClient};
+use crate::metrics::{ErrorLabels, METRICS};
 use crate::sensitive::SecretString;
 
 /// How often a Ready workspace checks its credentials again.
@@ -30,6 +31,116 @@ pub struct Resolved {
     pub site_url: String,
     pub allowed: Vec<String>,
     pub display: String,
+    /// What carries the in-use finalizer while keys registered through it exist.
+    pub protection: Protection,
+}
+
+/// The workspace object and its auth Secret, and whether each already carries
+/// `IN_USE_FINALIZER`.
+#[derive(Clone, Debug)]
+pub struct Protection {
+    pub kind: WorkspaceKind,
+    /// The workspace's namespace (None for a ClusterBitbucketWorkspace).
+    pub namespace: Option<String>,
+    pub name: String,
+    pub finalizers: Vec<String>,
+    pub secret_namespace: String,
+    pub secret_name: String,
+    pub secret_finalizers: Vec<String>,
+}
+
+impl Protection {
+    fn protected(&self) -> bool {
+        self.finalizers.iter().any(|f| f == IN_USE_FINALIZER) && self.secret_finalizers.iter().any(|f| f == IN_USE_FINALIZER)
+    }
+}
+
+/// Puts the in-use finalizer on the workspace and its auth Secret if either lacks it.
+/// Called before anything is registered through the workspace.
+pub async fn protect(ctx: &Context, p: &Protection) -> Result<()> {
+    if p.protected() {
+        return Ok(());
+    }
+    if !p.secret_finalizers.iter().any(|f| f == IN_USE_FINALIZER) {
+        let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &p.secret_namespace);
+        add_finalizer(&secrets, &p.secret_name, &p.secret_finalizers).await?;
+    }
+    if !p.finalizers.iter().any(|f| f == IN_USE_FINALIZER) {
+        match (&p.kind, &p.namespace) {
+            (WorkspaceKind::BitbucketWorkspace, Some(ns)) => {
+                add_finalizer(&Api::<BitbucketWorkspace>::namespaced(ctx.client.clone(), ns), &p.name, &p.finalizers).await?
+            }
+            _ => add_finalizer(&Api::<ClusterBitbucketWorkspace>::all(ctx.client.clone()), &p.name, &p.finalizers).await?,
+        }
+    }
+    Ok(())
+}
+
+/// Adds `IN_USE_FINALIZER` to an object whose finalizers were `current`; a stale view
+/// fails the patch's test instead of dropping someone else's finalizer, and is read again
+/// (many reconciles protect the same workspace at once: one of them wins).
+async fn add_finalizer<K>(api: &Api<K>, name: &str, current: &[String]) -> Result<()>
+where
+    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    if try_add_finalizer(api, name, current).await.is_ok() {
+        return Ok(());
+    }
+    let Some(fresh) = api.get_opt(name).await? else { return Ok(()) };
+    if fresh.meta().finalizers.iter().flatten().any(|f| f == IN_USE_FINALIZER) {
+        return Ok(());
+    }
+    try_add_finalizer(api, name, fresh.meta().finalizers.as_deref().unwrap_or_default()).await
+}
+
+async fn try_add_finalizer<K>(api: &Api<K>, name: &str, current: &[String]) -> Result<()>
+where
+    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let patch = if current.is_empty() {
+        json!([
+            {"op": "test", "path": "/metadata/finalizers", "value": null},
+            {"op": "add", "path": "/metadata/finalizers", "value": [IN_USE_FINALIZER]},
+        ])
+    } else {
+        json!([
+            {"op": "test", "path": "/metadata/finalizers", "value": current},
+            {"op": "add", "path": "/metadata/finalizers/-", "value": IN_USE_FINALIZER},
+        ])
+    };
+    json_patch_finalizers(api, name, patch).await
+}
+
+/// Removes `IN_USE_FINALIZER` from an object whose finalizers are `current`.
+async fn remove_finalizer<K>(api: &Api<K>, name: &str, current: &[String]) -> Result<()>
+where
+    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let Some(i) = current.iter().position(|f| f == IN_USE_FINALIZER) else { return Ok(()) };
+    let patch = json!([
+        {"op": "test", "path": format!("/metadata/finalizers/{i}"), "value": IN_USE_FINALIZER},
+        {"op": "remove", "path": format!("/metadata/finalizers/{i}")},
+    ]);
+    json_patch_finalizers(api, name, patch).await
+}
+
+async fn json_patch_finalizers<K>(api: &Api<K>, name: &str, patch: serde_json::Value) -> Result<()>
+where
+    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let patch: json_patch::Patch = serde_json::from_value(patch).map_err(|e| Error::Finalizer(e.to_string()))?;
+    match api.patch(name, &PatchParams::default(), &Patch::<()>::Json(patch)).await {
+        Ok(_) => Ok(()),
+        // Gone already: nothing to protect or release.
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+        // Not ours to change (namespaced mode gives only read access to the Secrets of the
+        // cluster-resource namespace): those stay unprotected, as their admins decide.
+        Err(kube::Error::Api(e)) if e.code == 403 => {
+            tracing::debug!(object = name, "no permission to change finalizers; left as it is");
+            Ok(())
+        }
+        Err(e) => Err(Error::Finalizer(e.to_string())),
+    }
 }
 
 impl Resolved {
@@ -46,6 +157,11 @@ const OAUTH_KEYS: &str = "`key` and `secret`";
 /// The credential in a workspace's auth Secret, read afresh (nothing tells the operator
 /// when an admin rotates it, so it is not cached).
 async fn read_auth(ctx: &Context, namespace: &str, settings: &WorkspaceSettings<'_>) -> Result<Auth> {
+    read_auth_secret(ctx, namespace, settings).await.map(|(auth, _)| auth)
+}
+
+/// The credential and the finalizers of the Secret that holds it.
+async fn read_auth_secret(ctx: &Context, namespace: &str, settings: &WorkspaceSettings<'_>) -> Result<(Auth, Vec<String>)> {
     let (source, keys) = match (&settings.auth.api_token, &settings.auth.oauth_consumer) {
         (Some(s), _) => (s, API_TOKEN_KEYS),
         (None, Some(s)) => (s, OAUTH_KEYS),
@@ -73,11 +189,17 @@ async fn read_auth(ctx: &Context, namespace: &str, settings: &WorkspaceSettings<
             .filter(|s| !s.expose().is_empty())
             .ok_or_else(|| Error::AuthSecretInvalid { namespace: namespace.into(), name: name.clone(), key: key.into(), keys })
     };
-    Ok(if settings.auth.api_token.is_some() {
+    let auth = if settings.auth.api_token.is_some() {
         Auth::ApiToken { email: field("email")?.expose().to_string(), token: field("token")? }
     } else {
         Auth::OAuthConsumer { key: field("key")?.expose().to_string(), secret: field("secret")? }
-    })
+    };
+    Ok((auth, secret.finalizers().to_vec()))
+}
+
+/// The name of the Secret a workspace's auth refers to.
+fn auth_secret_name(settings: &WorkspaceSettings<'_>) -> String {
+    settings.auth.api_token.as_ref().or(settings.auth.oauth_consumer.as_ref()).map(|s| s.secret_ref.name.clone()).unwrap_or_default()
 }
 
 fn client_for(ctx: &Context, settings: &WorkspaceSettings<'_>, auth: &Auth) -> WorkspaceClient {
@@ -85,8 +207,9 @@ fn client_for(ctx: &Context, settings: &WorkspaceSettings<'_>, auth: &Auth) -> W
     ctx.bitbucket.workspace(settings.api_url, settings.site_url, settings.workspace, credential)
 }
 
-fn resolved(settings: &WorkspaceSettings<'_>, client: WorkspaceClient, display: String) -> Resolved {
+fn resolved(settings: &WorkspaceSettings<'_>, client: WorkspaceClient, display: String, protection: Protection) -> Resolved {
     Resolved {
+        protection,
         client,
         workspace: settings.workspace.into(),
         ssh_host: settings.ssh_host.into(),
@@ -107,6 +230,22 @@ fn require_ready(status: Option<&WorkspaceStatus>, display: &str) -> Result<()> 
 
 /// Resolves the workspace an object in `namespace` refers to, enforcing who may use it.
 pub async fn resolve(ctx: &Context, namespace: &str, r: &WorkspaceRef) -> Result<Resolved> {
+    let (resolved, admitted) = resolve_with(ctx, namespace, r, true).await?;
+    if !admitted {
+        return Err(Error::WorkspaceNotAllowed(r.name.clone(), namespace.into()));
+    }
+    Ok(resolved)
+}
+
+/// The workspace for removing keys an object registered through it earlier, whether or
+/// not it still admits the object's namespace or is Ready now (revocation, deletion);
+/// says whether the namespace is still admitted. Callers restrict what they do with it
+/// when it is not: only the operator's own record of registrations is acted on.
+pub async fn resolve_for_removal(ctx: &Context, namespace: &str, r: &WorkspaceRef) -> Result<(Resolved, bool)> {
+    resolve_with(ctx, namespace, r, false).await
+}
+
+async fn resolve_with(ctx: &Context, namespace: &str, r: &WorkspaceRef, need_ready: bool) -> Result<(Resolved, bool)> {
     match r.kind {
         WorkspaceKind::BitbucketWorkspace => {
             let cached = ctx.caches.workspace(namespace, &r.name);
@@ -120,10 +259,21 @@ pub async fn resolve(ctx: &Context, namespace: &str, r: &WorkspaceRef) -> Result
                     hint: " (a BitbucketWorkspace is usable only from its own namespace; use a ClusterBitbucketWorkspace to share one)".into(),
                 })?;
             let display = format!("BitbucketWorkspace {namespace}/{}", r.name);
-            require_ready(ws.status.as_ref(), &display)?;
+            if need_ready {
+                require_ready(ws.status.as_ref(), &display)?;
+            }
             let settings = ws.spec.settings();
-            let auth = read_auth(ctx, namespace, &settings).await?;
-            Ok(resolved(&settings, client_for(ctx, &settings, &auth), display))
+            let (auth, secret_finalizers) = read_auth_secret(ctx, namespace, &settings).await?;
+            let protection = Protection {
+                kind: WorkspaceKind::BitbucketWorkspace,
+                namespace: Some(namespace.into()),
+                name: r.name.clone(),
+                finalizers: ws.finalizers().to_vec(),
+                secret_namespace: namespace.into(),
+                secret_name: auth_secret_name(&settings),
+                secret_finalizers,
+            };
+            Ok((resolved(&settings, client_for(ctx, &settings, &auth), display, protection), true))
         }
         WorkspaceKind::ClusterBitbucketWorkspace => {
             let cached = ctx.caches.cluster_workspace(&r.name);
@@ -136,16 +286,29 @@ pub async fn resolve(ctx: &Context, namespace: &str, r: &WorkspaceRef) -> Result
                     name: r.name.clone(),
                     hint: String::new(),
                 })?;
-            if !admits(ctx, &ws, namespace).await? {
+            let admitted = admits(ctx, &ws, namespace).await?;
+            if need_ready && !admitted {
                 return Err(Error::WorkspaceNotAllowed(r.name.clone(), namespace.into()));
             }
             let display = format!("ClusterBitbucketWorkspace {}", r.name);
-            require_ready(ws.status.as_ref(), &display)?;
+            if need_ready {
+                require_ready(ws.status.as_ref(), &display)?;
+            }
             let settings = ws.spec.settings();
             // The cert-manager rule: a cluster resource's Secrets come only from the
             // operator's own namespace, never from a tenant's.
-            let auth = read_auth(ctx, &ctx.settings.cluster_resource_namespace, &settings).await?;
-            Ok(resolved(&settings, client_for(ctx, &settings, &auth), display))
+            let secret_namespace = ctx.settings.cluster_resource_namespace.clone();
+            let (auth, secret_finalizers) = read_auth_secret(ctx, &secret_namespace, &settings).await?;
+            let protection = Protection {
+                kind: WorkspaceKind::ClusterBitbucketWorkspace,
+                namespace: None,
+                name: r.name.clone(),
+                finalizers: ws.finalizers().to_vec(),
+                secret_name: auth_secret_name(&settings),
+                secret_namespace,
+                secret_finalizers,
+            };
+            Ok((resolved(&settings, client_for(ctx, &settings, &auth), display, protection), admitted))
         }
     }
 }
@@ -214,9 +377,9 @@ where
     match outcome {
         Ok(()) => {
             ctx.succeeded(&*obj);
-            Ok(Action::requeue(super::jitter(RECHECK)))
+            Ok(super::requeue(super::jitter(RECHECK)))
         }
-        Err(e) => Ok(Action::requeue(ctx.backoff(&*obj, &e))),
+        Err(e) => Ok(super::requeue(ctx.backoff(&*obj, &e))),
     }
 }
 
@@ -236,18 +399,155 @@ impl HasWorkspaceStatus for ClusterBitbucketWorkspace {
 
 pub async fn reconcile_namespaced(obj: Arc<BitbucketWorkspace>, ctx: Arc<Context>) -> Result<Action> {
     let ns = obj.namespace().unwrap_or_default();
-    let api = Api::namespaced(ctx.client.clone(), &ns);
-    let spec = obj.spec.clone();
-    check(obj, ctx, spec.settings(), &ns, api).await
+    let api: Api<BitbucketWorkspace> = Api::namespaced(ctx.client.clone(), &ns);
+    if obj.meta().deletion_timestamp.is_some() {
+        let secret = auth_secret_name(&obj.spec.settings());
+        return release_when_unused(&*obj, &ctx, &api, WorkspaceKind::BitbucketWorkspace, &ns, &secret).await;
+    }
+    let work = {
+        let (obj, ctx, api) = (obj.clone(), ctx.clone(), api.clone());
+        async move {
+            let spec = obj.spec.clone();
+            check(obj, ctx, spec.settings(), &ns, api).await
+        }
+    };
+    let result = super::guarded(ctx.settings.reconcile_timeout, work).await;
+    settle(obj, &ctx, api, result).await
 }
 
 pub async fn reconcile_cluster(obj: Arc<ClusterBitbucketWorkspace>, ctx: Arc<Context>) -> Result<Action> {
-    let api = Api::all(ctx.client.clone());
-    let ns = ctx.settings.cluster_resource_namespace.clone();
-    let spec = obj.spec.clone();
-    check(obj, ctx, spec.settings(), &ns, api).await
+    let api: Api<ClusterBitbucketWorkspace> = Api::all(ctx.client.clone());
+    if obj.meta().deletion_timestamp.is_some() {
+        let secret = auth_secret_name(&obj.spec.settings());
+        let ns = ctx.settings.cluster_resource_namespace.clone();
+        return release_when_unused(&*obj, &ctx, &api, WorkspaceKind::ClusterBitbucketWorkspace, &ns, &secret).await;
+    }
+    let work = {
+        let (obj, ctx, api) = (obj.clone(), ctx.clone(), api.clone());
+        async move {
+            let ns = ctx.settings.cluster_resource_namespace.clone();
+            let spec = obj.spec.clone();
+            check(obj, ctx, spec.settings(), &ns, api).await
+        }
+    };
+    let result = super::guarded(ctx.settings.reconcile_timeout, work).await;
+    settle(obj, &ctx, api, result).await
+}
+
+/// How often a workspace being deleted looks again whether its users are gone.
+const IN_USE_RECHECK: Duration = Duration::from_secs(3);
+
+/// A workspace being deleted keeps its in-use finalizer while access keys that registered
+/// through it still exist (their cleanup needs it and its Secret); then the Secret (unless
+/// another protected workspace names it) and the workspace are released.
+async fn release_when_unused<K>(
+    obj: &K,
+    ctx: &Context,
+    api: &Api<K>,
+    kind: WorkspaceKind,
+    secret_namespace: &str,
+    secret_name: &str,
+) -> Result<Action>
+where
+    K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    if !obj.finalizers().iter().any(|f| f == IN_USE_FINALIZER) {
+        return Ok(Action::await_change());
+    }
+    let name = obj.name_any();
+    let users = users_of(ctx, kind, obj.namespace().as_deref(), &name).await?;
+    if users > 0 {
+        tracing::debug!(workspace = %name, users, "deletion waits for the access keys registered through it");
+        return Ok(super::requeue(IN_USE_RECHECK));
+    }
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), secret_namespace);
+    if let Some(s) = secrets.get_opt(secret_name).await?
+        && !secret_still_protected(ctx, kind, &name, secret_namespace, secret_name).await?
+    {
+        remove_finalizer(&secrets, secret_name, s.finalizers()).await?;
+    }
+    remove_finalizer(api, &name, obj.finalizers()).await?;
+    tracing::info!(workspace = %name, "no access key needs it any more; released");
+    Ok(Action::await_change())
+}
+
+/// Access keys that reference the workspace and still hold their cleanup finalizer.
+async fn users_of(ctx: &Context, kind: WorkspaceKind, namespace: Option<&str>, name: &str) -> Result<usize> {
+    let apis: Vec<Api<BitbucketAccessKey>> = match (kind, namespace) {
+        (WorkspaceKind::BitbucketWorkspace, Some(ns)) => vec![Api::namespaced(ctx.client.clone(), ns)],
+        _ if ctx.settings.watch_namespaces.is_empty() => vec![Api::all(ctx.client.clone())],
+        _ => ctx.settings.watch_namespaces.iter().map(|ns| Api::namespaced(ctx.client.clone(), ns)).collect(),
+    };
+    let mut n = 0;
+    for api in apis {
+        let list = api.list(&Default::default()).await?;
+        n += list
+            .items
+            .iter()
+            .filter(|k| k.spec.workspace_ref.kind == kind && k.spec.workspace_ref.name == name)
+            .filter(|k| k.finalizers().iter().any(|f| f == FINALIZER))
+            .count();
+    }
+    Ok(n)
+}
+
+/// Whether a workspace other than `except` that is itself protected names this Secret.
+async fn secret_still_protected(ctx: &Context, kind: WorkspaceKind, except: &str, namespace: &str, secret: &str) -> Result<bool> {
+    let protected = |f: &[String]| f.iter().any(|x| x == IN_USE_FINALIZER);
+    let namespaced = match Api::<BitbucketWorkspace>::namespaced(ctx.client.clone(), namespace).list(&Default::default()).await {
+        Ok(l) => l.items,
+        // Namespaced mode without access to that namespace's workspaces: none we serve.
+        Err(kube::Error::Api(e)) if e.code == 403 => Vec::new(),
+        Err(e) => return Err(e.into()),
+    };
+    let by_namespaced = namespaced.iter().any(|w| {
+        !(kind == WorkspaceKind::BitbucketWorkspace && w.name_any() == except)
+            && protected(w.finalizers())
+            && auth_secret_name(&w.spec.settings()) == secret
+    });
+    if by_namespaced {
+        return Ok(true);
+    }
+    if namespace != ctx.settings.cluster_resource_namespace {
+        return Ok(false);
+    }
+    let cluster = Api::<ClusterBitbucketWorkspace>::all(ctx.client.clone()).list(&Default::default()).await?;
+    Ok(cluster.items.iter().any(|w| {
+        !(kind == WorkspaceKind::ClusterBitbucketWorkspace && w.name_any() == except)
+            && protected(w.finalizers())
+            && auth_secret_name(&w.spec.settings()) == secret
+    }))
+}
+
+/// A check that failed as a whole (a panic, its deadline, the API server) still ends in
+/// Ready=False with the reason, an event and a metric, and a backoff.
+async fn settle<K>(obj: Arc<K>, ctx: &Context, api: Api<K>, result: Result<Action>) -> Result<Action>
+where
+    K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug + HasWorkspaceStatus,
+{
+    let error = match result {
+        Ok(action) => return Ok(action),
+        Err(e) => e,
+    };
+    METRICS
+        .reconcile_errors
+        .get_or_create(&ErrorLabels { controller: "workspace".into(), reason: error.reason().into() })
+        .inc();
+    let previous = obj.status().map(|s| s.conditions.clone()).unwrap_or_default();
+    let mut conditions = previous.clone();
+    set_condition(&mut conditions, condition(&previous, "Ready", false, error.reason(), error.to_string(), obj.meta().generation));
+    let status = WorkspaceStatus { conditions, observed_generation: obj.meta().generation };
+    if let Err(e) = api
+        .patch_status(&obj.name_any(), &PatchParams::apply(super::FIELD_MANAGER), &Patch::Merge(json!({ "status": status })))
+        .await
+    {
+        tracing::warn!(error = %e, "cannot record failure in status");
+    }
+    tracing::warn!(workspace = %obj.name_any(), reason = error.reason(), error = %error, "workspace check failed");
+    ctx.event(&*obj, true, error.reason(), error.to_string()).await;
+    Ok(super::requeue(ctx.backoff(&*obj, &error)))
 }
 
 pub fn error_policy<K: Resource<DynamicType = ()>>(obj: Arc<K>, error: &Error, ctx: Arc<Context>) -> Action {
-    Action::requeue(ctx.backoff(&*obj, error))
+    super::requeue(ctx.backoff(&*obj, error))
 }
