@@ -11,7 +11,7 @@ use kube::Api;
 use kube::api::{DeleteParams, DynamicObject, Patch, PatchParams};
 use serde_json::json;
 
-use crate::support::{Env, PrivateCluster, SIM_CONFIG, create_namespace, eventually, kubectl_apply, root, tail, workspace_yaml};
+use crate::support::{Env, PrivateCluster, SIM_CONFIG, create_namespace, eventually, kubectl, kubectl_apply, root, tail, workspace_yaml};
 
 const READY: Duration = Duration::from_secs(90);
 
@@ -260,8 +260,13 @@ async fn narrowing_a_workspace_s_policy_removes_the_keys_it_no_longer_allows() {
     .await;
     let on = left[0]["target"]["repository"].as_str().unwrap_or_default().to_string();
     assert!(on.ends_with("/api"), "the key left is on {on}, not api: {left:?}");
-    let events = env.events().await;
-    assert!(events.contains("Revoked"), "no Revoked event: {events}");
+    let events = eventually("a Revoked event", READY, || async {
+        let out = kubectl(&pc.kubeconfig, &["get", "events.events.k8s.io", "-n", team, "-o", "json"]);
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        text.contains("\"Revoked\"").then_some(text)
+    })
+    .await;
+    assert!(events.contains("web"), "the Revoked event does not name the repository: {events}");
     // An object whose access was withdrawn can still be deleted.
     env.api("bitbucketaccesskeys").delete("via-cluster", &DeleteParams::default()).await.unwrap();
     eventually("a key object whose namespace is no longer admitted can be deleted", READY, || async {
