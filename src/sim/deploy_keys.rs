@@ -26,6 +26,8 @@ pub struct Context<'a> {
     pub base: &'a str,
     pub default_pagelen: u32,
     pub now: jiff::Timestamp,
+    /// Where `next` links point instead of `base` (fault injection).
+    pub next_base: Option<String>,
 }
 
 pub fn handle(
@@ -146,7 +148,8 @@ fn list(target: &Target, query: Option<&str>, ctx: &Context<'_>) -> SimResponse 
         Err(message) => return SimResponse::bitbucket_error(StatusCode::BAD_REQUEST, &message),
     };
     let records: Vec<&KeyRecord> = ctx.state.keys_on(target).collect();
-    let self_url = format!("{}{}", ctx.base, model::collection_path(target));
+    let next_base = ctx.next_base.as_deref().unwrap_or(ctx.base);
+    let self_url = format!("{next_base}{}", model::collection_path(target));
     let render = |record: &&KeyRecord| model::key_object(record, ctx.catalog, ctx.base);
     match pagination::page(&records, request, &self_url, render) {
         Some(page) => SimResponse::json(StatusCode::OK, &page),
