@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bitbucket_credentials_operator::bitbucket::{Auth, Bitbucket, ClientOptions, Error, Target, WorkspaceClient};
+use bitbucket_credentials_operator::bitbucket::{AllowedUrls, Auth, Bitbucket, ClientOptions, Error, Target, WorkspaceClient};
 use bitbucket_credentials_operator::keys::{KeyPair, KeySpec};
 use bitbucket_credentials_operator::sensitive::SecretString;
 use bitbucket_credentials_operator::sim::{SimConfig, serve};
@@ -32,9 +32,14 @@ async fn sim(config: &str) -> String {
 }
 
 fn client(url: &str, auth: Auth, options: ClientOptions) -> WorkspaceClient {
-    let bb = Arc::new(Bitbucket::new(options).unwrap());
-    let cred = bb.credential(&format!("{url}/2.0"), &auth, 100_000);
-    bb.workspace(&format!("{url}/2.0"), url, "acme", cred)
+    let bb = Arc::new(Bitbucket::new(allowing(url, options)).unwrap());
+    let cred = bb.credential(&format!("{url}/2.0"), url, &auth, 100_000).unwrap();
+    bb.workspace("acme", cred)
+}
+
+/// `options` allowing the simulator at `url` (plain http on loopback).
+fn allowing(url: &str, options: ClientOptions) -> ClientOptions {
+    ClientOptions { allowed_urls: AllowedUrls::parse([url]).unwrap(), ..options }
 }
 
 fn admin() -> Auth {
@@ -101,9 +106,9 @@ async fn each_refusal_is_told_apart() {
     assert!(matches!(denied, Error::Forbidden(_)), "{denied:?}");
     assert_eq!(denied.reason(), "Forbidden");
     let other_ws = {
-        let bb = Arc::new(Bitbucket::new(ClientOptions::default()).unwrap());
-        let cred = bb.credential(&format!("{url}/2.0"), &admin(), 1000);
-        bb.workspace(&format!("{url}/2.0"), &url, "nowhere", cred)
+        let bb = Arc::new(Bitbucket::new(allowing(&url, ClientOptions::default())).unwrap());
+        let cred = bb.credential(&format!("{url}/2.0"), &url, &admin(), 1000).unwrap();
+        bb.workspace("nowhere", cred)
     };
     assert_eq!(other_ws.verify().await.unwrap_err(), Error::WorkspaceNotFound("nowhere".into()));
 }
@@ -132,13 +137,14 @@ async fn oauth_consumers_get_tokens_with_scope_or_the_older_scopes() {
     let url = sim(CONFIG).await;
     let c = client(&url, Auth::OAuthConsumer { key: "ck".into(), secret: SecretString::new("cs") }, ClientOptions::default());
     c.list_keys(&Target::Repository("api".into())).await.expect("a bearer token is minted and used");
-    let bb = Bitbucket::new(ClientOptions::default()).unwrap();
-    let cred = bb.credential(&url, &Auth::OAuthConsumer { key: "old".into(), secret: SecretString::new("os") }, 1000);
-    let token = bb.mint_token(&url, &cred).await.expect("token");
+    let bb = Bitbucket::new(allowing(&url, ClientOptions::default())).unwrap();
+    let api = format!("{url}/2.0");
+    let cred = bb.credential(&api, &url, &Auth::OAuthConsumer { key: "old".into(), secret: SecretString::new("os") }, 1000).unwrap();
+    let token = bb.mint_token(&cred).await.expect("token");
     assert_eq!(token.scopes, vec!["repository:admin".to_string()], "the older `scopes` field is read");
     assert!(token.expires_in >= Duration::from_secs(7000));
-    let bad = bb.credential(&url, &Auth::OAuthConsumer { key: "ck".into(), secret: SecretString::new("nope") }, 1000);
-    let e = bb.mint_token(&url, &bad).await.unwrap_err();
+    let bad = bb.credential(&api, &url, &Auth::OAuthConsumer { key: "ck".into(), secret: SecretString::new("nope") }, 1000).unwrap();
+    let e = bb.mint_token(&bad).await.unwrap_err();
     assert!(matches!(&e, Error::OAuth { error, .. } if error == "invalid_client"), "{e:?}");
     assert_eq!(e.reason(), "InvalidClient");
 }

@@ -80,9 +80,21 @@ async fn read_auth(ctx: &Context, namespace: &str, settings: &WorkspaceSettings<
     })
 }
 
-fn client_for(ctx: &Context, settings: &WorkspaceSettings<'_>, auth: &Auth) -> WorkspaceClient {
-    let credential = ctx.bitbucket.credential(settings.api_url, auth, settings.requests_per_hour);
-    ctx.bitbucket.workspace(settings.api_url, settings.site_url, settings.workspace, credential)
+fn client_for(ctx: &Context, settings: &WorkspaceSettings<'_>, auth: &Auth) -> Result<WorkspaceClient> {
+    let credential = ctx
+        .bitbucket
+        .credential(settings.api_url, settings.site_url, auth, settings.requests_per_hour)
+        .map_err(|e| Error::bitbucket(format!("workspace {}", settings.workspace), e))?;
+    Ok(ctx.bitbucket.workspace(settings.workspace, credential))
+}
+
+/// Refuses a workspace whose URLs the operator does not allow, before its Secret is read
+/// or anything is sent.
+fn check_urls(ctx: &Context, settings: &WorkspaceSettings<'_>) -> Result<()> {
+    for url in [settings.api_url, settings.site_url] {
+        ctx.bitbucket.check_allowed(url).map_err(|e| Error::bitbucket(format!("workspace {}", settings.workspace), e))?;
+    }
+    Ok(())
 }
 
 fn resolved(settings: &WorkspaceSettings<'_>, client: WorkspaceClient, display: String) -> Resolved {
@@ -120,10 +132,11 @@ pub async fn resolve(ctx: &Context, namespace: &str, r: &WorkspaceRef) -> Result
                     hint: " (a BitbucketWorkspace is usable only from its own namespace; use a ClusterBitbucketWorkspace to share one)".into(),
                 })?;
             let display = format!("BitbucketWorkspace {namespace}/{}", r.name);
-            require_ready(ws.status.as_ref(), &display)?;
             let settings = ws.spec.settings();
+            check_urls(ctx, &settings)?;
+            require_ready(ws.status.as_ref(), &display)?;
             let auth = read_auth(ctx, namespace, &settings).await?;
-            Ok(resolved(&settings, client_for(ctx, &settings, &auth), display))
+            Ok(resolved(&settings, client_for(ctx, &settings, &auth)?, display))
         }
         WorkspaceKind::ClusterBitbucketWorkspace => {
             let cached = ctx.caches.cluster_workspace(&r.name);
@@ -140,12 +153,13 @@ pub async fn resolve(ctx: &Context, namespace: &str, r: &WorkspaceRef) -> Result
                 return Err(Error::WorkspaceNotAllowed(r.name.clone(), namespace.into()));
             }
             let display = format!("ClusterBitbucketWorkspace {}", r.name);
-            require_ready(ws.status.as_ref(), &display)?;
             let settings = ws.spec.settings();
+            check_urls(ctx, &settings)?;
+            require_ready(ws.status.as_ref(), &display)?;
             // The cert-manager rule: a cluster resource's Secrets come only from the
             // operator's own namespace, never from a tenant's.
             let auth = read_auth(ctx, &ctx.settings.cluster_resource_namespace, &settings).await?;
-            Ok(resolved(&settings, client_for(ctx, &settings, &auth), display))
+            Ok(resolved(&settings, client_for(ctx, &settings, &auth)?, display))
         }
     }
 }
@@ -186,13 +200,15 @@ where
     K: HasWorkspaceStatus,
 {
     let generation = obj.meta().generation;
-    let outcome = match read_auth(&ctx, secret_namespace, &settings).await {
-        Ok(auth) => client_for(&ctx, &settings, &auth)
+    let outcome = async {
+        check_urls(&ctx, &settings)?;
+        let auth = read_auth(&ctx, secret_namespace, &settings).await?;
+        client_for(&ctx, &settings, &auth)?
             .verify()
             .await
-            .map_err(|e| Error::bitbucket(format!("workspace {}", settings.workspace), e)),
-        Err(e) => Err(e),
-    };
+            .map_err(|e| Error::bitbucket(format!("workspace {}", settings.workspace), e))
+    }
+    .await;
     let previous = obj.status().map(|s| s.conditions.clone()).unwrap_or_default();
     let mut conditions = previous.clone();
     let ready = match &outcome {

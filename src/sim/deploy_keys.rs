@@ -26,7 +26,7 @@ pub struct Context<'a> {
     pub base: &'a str,
     pub default_pagelen: u32,
     pub now: jiff::Timestamp,
-    /// Where `next` links point instead of `base` (fault injection).
+    /// Fault injection: every page gets a `next` link to this origin instead of `base`.
     pub next_base: Option<String>,
 }
 
@@ -148,11 +148,20 @@ fn list(target: &Target, query: Option<&str>, ctx: &Context<'_>) -> SimResponse 
         Err(message) => return SimResponse::bitbucket_error(StatusCode::BAD_REQUEST, &message),
     };
     let records: Vec<&KeyRecord> = ctx.state.keys_on(target).collect();
-    let next_base = ctx.next_base.as_deref().unwrap_or(ctx.base);
-    let self_url = format!("{next_base}{}", model::collection_path(target));
+    let self_url = format!("{}{}", ctx.base, model::collection_path(target));
     let render = |record: &&KeyRecord| model::key_object(record, ctx.catalog, ctx.base);
     match pagination::page(&records, request, &self_url, render) {
-        Some(page) => SimResponse::json(StatusCode::OK, &page),
+        Some(mut page) => {
+            if let Some(elsewhere) = &ctx.next_base {
+                page["next"] = serde_json::Value::from(format!(
+                    "{elsewhere}{}?pagelen={}&page={}",
+                    model::collection_path(target),
+                    request.pagelen,
+                    request.page.saturating_add(1)
+                ));
+            }
+            SimResponse::json(StatusCode::OK, &page)
+        }
         None => SimResponse::bitbucket_error(StatusCode::NOT_FOUND, "Invalid page"),
     }
 }

@@ -13,3 +13,4 @@ mod chaos;
 mod bad_input;
 mod tenancy;
 mod docs;
+mod hostile_credentials;

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::support::{Env, Operator, eventually};
+use crate::support::{Env, Operator, allowing, eventually};
 
 #[tokio::test]
 async fn metrics_and_readiness_are_served() {
@@ -34,9 +34,9 @@ async fn a_second_replica_takes_over_when_the_leader_dies() {
     let mut leader = env.operator;
     leader.kill();
     let leader_args = ["--leader-elect"];
-    let mut a = Operator::start(&env.dir.join("a"), &env.ns, &leader_args);
+    let mut a = Operator::start(&env.dir.join("a"), &env.ns, &leader_args, allowing(&[&env.sim.url]));
     std::fs::create_dir_all(env.dir.join("b")).unwrap();
-    let mut b = Operator::start(&env.dir.join("b"), &env.ns, &leader_args);
+    let mut b = Operator::start(&env.dir.join("b"), &env.ns, &leader_args, allowing(&[&env.sim.url]));
     let _ = &mut leader;
     let a_leads = eventually("one replica leads", Duration::from_secs(40), || {
         let (la, lb) = (a.logs(), b.logs());
