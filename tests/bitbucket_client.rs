@@ -171,3 +171,56 @@ async fn rate_limits_server_errors_and_timeouts_are_transient() {
     let e = client("http://127.0.0.1:9", admin(), fast()).list_keys(&api).await.unwrap_err();
     assert!(matches!(e, Error::Transport(_)) && e.is_transient(), "{e:?}");
 }
+
+#[tokio::test]
+async fn credentials_are_shared_only_by_the_same_secret_at_the_same_urls() {
+    let url = sim(CONFIG).await;
+    let bb = Bitbucket::new(allowing(&url, ClientOptions::default())).unwrap();
+    let api = format!("{url}/2.0");
+    let real = bb.credential(&api, &url, &admin(), 1000).unwrap();
+    let again = bb.credential(&format!("{api}/"), &format!("{url}/"), &admin(), 1000).unwrap();
+    assert!(Arc::ptr_eq(&real, &again), "same account, same secret, same URLs: one credential and one budget");
+    let junk = Auth::ApiToken { email: "admin@acme.test".into(), token: SecretString::new("junk") };
+    let other = bb.credential(&api, &url, &junk, 1).unwrap();
+    assert!(!Arc::ptr_eq(&real, &other), "another secret is another credential");
+    assert_eq!(real.auth(), &admin(), "naming the account with another secret changes nothing of the real one");
+    assert_eq!(real.limiter_budget(), 1000, "nor its budget");
+    assert!(!real.identity().contains("admin@acme.test") && !real.identity().contains("tok-admin"));
+}
+
+#[tokio::test]
+async fn urls_outside_the_allowed_list_are_refused_before_any_request() {
+    let bb = Bitbucket::new(ClientOptions::default()).unwrap();
+    for (api, site) in [
+        ("http://127.0.0.1:9/2.0", "https://bitbucket.org"),
+        ("https://api.bitbucket.org/2.0", "https://bitbucket.org.evil.test"),
+        ("https://api.bitbucket.org@evil.test/2.0", "https://bitbucket.org"),
+    ] {
+        let e = bb.credential(api, site, &admin(), 1000).err().expect("refused");
+        assert_eq!(e.reason(), "URLNotAllowed", "{api} {site}: {e}");
+    }
+    assert!(bb.credential("https://API.bitbucket.org:443/2.0/", "https://bitbucket.org/", &admin(), 1000).is_ok());
+}
+
+#[tokio::test]
+async fn a_spent_budget_fails_at_once_and_says_when() {
+    let url = sim(CONFIG).await;
+    let bb = Arc::new(Bitbucket::new(allowing(&url, ClientOptions::default())).unwrap());
+    let cred = bb.credential(&format!("{url}/2.0"), &url, &admin(), 1).unwrap();
+    let c = bb.workspace("acme", cred);
+    c.verify().await.expect("the one request of the hour");
+    let started = std::time::Instant::now();
+    let e = c.verify().await.unwrap_err();
+    assert!(started.elapsed() < Duration::from_secs(1), "no waiting for budget");
+    assert!(matches!(e, Error::BudgetExhausted { .. }), "{e:?}");
+    assert_eq!(e.reason(), "RateLimited");
+    assert!(e.retry_after().is_some_and(|d| d > Duration::from_secs(60)));
+}
+
+#[tokio::test]
+async fn a_next_link_to_another_origin_is_not_followed() {
+    let url = sim(&format!("{CONFIG}faults: {{foreignNextPort: 9}}\n")).await;
+    let c = client(&url, admin(), ClientOptions::default());
+    let e = c.list_keys(&Target::Repository("api".into())).await.unwrap_err();
+    assert!(matches!(&e, Error::Decode(m) if m.contains("next")), "{e:?}");
+}
