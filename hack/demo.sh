@@ -54,7 +54,10 @@ echo $! >"$state/git.pid"
 for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.1; done
 
 step "starting the operator"
+# The simulator is plain http on loopback: allowed explicitly, as Bitbucket Cloud's own
+# URLs are by default.
 ./target/debug/bitbucket-credentials-operator run --cluster-name demo --cluster-resource-namespace default \
+  --allowed-bitbucket-urls "$sim" \
   --metrics-addr 127.0.0.1:0 --health-addr 127.0.0.1:0 >"$state/operator.log" 2>&1 &
 echo $! >"$state/operator.pid"
 

@@ -622,6 +622,8 @@ rejects() { # helm template must fail with these values
 }
 bad_values() {
   rejects --set logFormat=xml &&
+    rejects --set "allowedBitbucketUrls={bitbucket.org}" &&
+    rejects --set "allowedBitbucketUrls=null" &&
     rejects --set replicas=2 --set leaderElection.enabled=false &&
     rejects --set "watchNamespaces={Team_A}" &&
     rejects --set "watchNamespaces={a,a}" &&
@@ -873,7 +875,10 @@ operator_smoke() {
     "${K[@]}" create namespace "$ns" >/dev/null && "${K[@]}" create namespace "$team_a" >/dev/null &&
     "${K[@]}" create namespace "$team_b" >/dev/null || return 1
   # Cluster-wide mode, default values.
-  "$HELM" --kubeconfig "$kc" install "$rel" "$chart" -n "$ns" --set clusterName=packaging-smoke >/dev/null || return 1
+  # The smoke objects point at http://127.0.0.1:9 (nothing listens): allowed, so that the
+  # operator really tries Bitbucket and reports it unreachable.
+  "$HELM" --kubeconfig "$kc" install "$rel" "$chart" -n "$ns" --set clusterName=packaging-smoke \
+    --set "allowedBitbucketUrls={http://127.0.0.1:9}" >/dev/null || return 1
   local token
   token=$("${K[@]}" -n "$ns" create token "$sa" --duration=1h) || return 1
   cp "$kc" "$work/sa.kubeconfig" &&
@@ -885,7 +890,7 @@ operator_smoke() {
   smoke_events "$team_a" || return 1
   # Namespaced mode: Roles in the two namespaces only.
   "$HELM" --kubeconfig "$kc" upgrade "$rel" "$chart" -n "$ns" --set clusterName=packaging-smoke \
-    --set "watchNamespaces={$team_a,$team_b}" >/dev/null || return 1
+    --set "watchNamespaces={$team_a,$team_b}" --set "allowedBitbucketUrls={http://127.0.0.1:9}" >/dev/null || return 1
   { smoke_objects "$team_b"; echo "---"; smoke_cluster_workspace shared-2; } | "${K[@]}" apply -f - >/dev/null || return 1
   smoke_run namespaced "$team_b:bitbucketworkspace/acme" "$team_b:bitbucketaccesskey/clone" \
     "?$team_b:bitbucketoauthconsumer/token" "clusterbitbucketworkspace/shared-2" || return 1

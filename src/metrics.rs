@@ -74,7 +74,7 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         r.register("reconcile_duration_seconds", "Duration of reconciles", m.reconcile_duration.clone());
         r.register(
             "rate_budget_remaining",
-            "Requests left in the operator's own hourly budget, per credential",
+            "Requests left in the operator's own hourly budget, per credential (label: kind and a short salted digest, never an account or key)",
             m.rate_budget_remaining.clone(),
         );
         r.register(

@@ -21,7 +21,7 @@ use crate::api::{
     BitbucketAccessKey, BitbucketOAuthConsumer, BitbucketWorkspace, ClusterBitbucketWorkspace, MANAGED_BY_LABEL,
     MANAGED_BY_VALUE, WorkspaceKind,
 };
-use crate::bitbucket::{Bitbucket, ClientOptions};
+use crate::bitbucket::{AllowedUrls, Bitbucket, ClientOptions};
 use crate::controller::{Context, Settings, access_key, oauth_consumer, workspace};
 use crate::metrics::METRICS;
 use crate::telemetry::LogFormat;
@@ -68,6 +68,16 @@ pub struct Config {
     /// a shorter window exists for tests and benchmarks that scale the hour down.
     #[arg(long, env = "BCO_RATE_WINDOW", default_value = "1h", value_parser = parse_go_duration, hide = true)]
     pub rate_window: Duration,
+    /// Comma-separated Bitbucket URLs (API and site) that workspaces may use; a
+    /// workspace's apiURL and siteURL must each lie under one of them (same scheme, host,
+    /// port, and path prefix). http only where an http URL is listed.
+    #[arg(
+        long,
+        env = "BCO_ALLOWED_BITBUCKET_URLS",
+        value_delimiter = ',',
+        default_value = "https://api.bitbucket.org/2.0,https://bitbucket.org"
+    )]
+    pub allowed_bitbucket_urls: Vec<String>,
 }
 
 fn parse_go_duration(s: &str) -> Result<Duration, String> {
@@ -82,6 +92,8 @@ pub enum RunError {
     Serve(SocketAddr, std::io::Error),
     #[error("Bitbucket client: {0}")]
     Bitbucket(#[from] crate::bitbucket::Error),
+    #[error("--allowed-bitbucket-urls: {0}")]
+    Config(String),
 }
 
 /// Ready once the watched kinds can be listed.
@@ -126,7 +138,15 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         watch_namespaces: config.watch_namespaces.clone(),
         per_workspace_concurrency: usize::from(config.per_workspace_concurrency.unwrap_or(config.concurrency.saturating_mul(3) / 4).max(1)),
     };
-    let bitbucket = Arc::new(Bitbucket::new(ClientOptions { timeout: config.bitbucket_timeout, budget_window: config.rate_window, ..Default::default() })?);
+    let allowed_urls =
+        AllowedUrls::parse(config.allowed_bitbucket_urls.iter().map(String::as_str)).map_err(RunError::Config)?;
+    tracing::info!(allowed = ?config.allowed_bitbucket_urls, "Bitbucket URLs workspaces may use");
+    let bitbucket = Arc::new(Bitbucket::new(ClientOptions {
+        timeout: config.bitbucket_timeout,
+        budget_window: config.rate_window,
+        allowed_urls,
+        ..Default::default()
+    })?);
     let ctx = Arc::new(Context::new(client.clone(), bitbucket, settings));
     let health = Arc::new(Health::default());
 

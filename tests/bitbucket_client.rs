@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bitbucket_credentials_operator::bitbucket::{Auth, Bitbucket, ClientOptions, Error, Target, WorkspaceClient};
+use bitbucket_credentials_operator::bitbucket::{AllowedUrls, Auth, Bitbucket, ClientOptions, Error, Target, WorkspaceClient};
 use bitbucket_credentials_operator::keys::{KeyPair, KeySpec};
 use bitbucket_credentials_operator::sensitive::SecretString;
 use bitbucket_credentials_operator::sim::{SimConfig, serve};
@@ -32,9 +32,14 @@ async fn sim(config: &str) -> String {
 }
 
 fn client(url: &str, auth: Auth, options: ClientOptions) -> WorkspaceClient {
-    let bb = Arc::new(Bitbucket::new(options).unwrap());
-    let cred = bb.credential(&format!("{url}/2.0"), &auth, 100_000);
-    bb.workspace(&format!("{url}/2.0"), url, "acme", cred)
+    let bb = Arc::new(Bitbucket::new(allowing(url, options)).unwrap());
+    let cred = bb.credential(&format!("{url}/2.0"), url, &auth, 100_000).unwrap();
+    bb.workspace("acme", cred)
+}
+
+/// `options` allowing the simulator at `url` (plain http on loopback).
+fn allowing(url: &str, options: ClientOptions) -> ClientOptions {
+    ClientOptions { allowed_urls: AllowedUrls::parse([url]).unwrap(), ..options }
 }
 
 fn admin() -> Auth {
@@ -101,9 +106,9 @@ async fn each_refusal_is_told_apart() {
     assert!(matches!(denied, Error::Forbidden(_)), "{denied:?}");
     assert_eq!(denied.reason(), "Forbidden");
     let other_ws = {
-        let bb = Arc::new(Bitbucket::new(ClientOptions::default()).unwrap());
-        let cred = bb.credential(&format!("{url}/2.0"), &admin(), 1000);
-        bb.workspace(&format!("{url}/2.0"), &url, "nowhere", cred)
+        let bb = Arc::new(Bitbucket::new(allowing(&url, ClientOptions::default())).unwrap());
+        let cred = bb.credential(&format!("{url}/2.0"), &url, &admin(), 1000).unwrap();
+        bb.workspace("nowhere", cred)
     };
     assert_eq!(other_ws.verify().await.unwrap_err(), Error::WorkspaceNotFound("nowhere".into()));
 }
@@ -132,13 +137,14 @@ async fn oauth_consumers_get_tokens_with_scope_or_the_older_scopes() {
     let url = sim(CONFIG).await;
     let c = client(&url, Auth::OAuthConsumer { key: "ck".into(), secret: SecretString::new("cs") }, ClientOptions::default());
     c.list_keys(&Target::Repository("api".into())).await.expect("a bearer token is minted and used");
-    let bb = Bitbucket::new(ClientOptions::default()).unwrap();
-    let cred = bb.credential(&url, &Auth::OAuthConsumer { key: "old".into(), secret: SecretString::new("os") }, 1000);
-    let token = bb.mint_token(&url, &cred).await.expect("token");
+    let bb = Bitbucket::new(allowing(&url, ClientOptions::default())).unwrap();
+    let api = format!("{url}/2.0");
+    let cred = bb.credential(&api, &url, &Auth::OAuthConsumer { key: "old".into(), secret: SecretString::new("os") }, 1000).unwrap();
+    let token = bb.mint_token(&cred).await.expect("token");
     assert_eq!(token.scopes, vec!["repository:admin".to_string()], "the older `scopes` field is read");
     assert!(token.expires_in >= Duration::from_secs(7000));
-    let bad = bb.credential(&url, &Auth::OAuthConsumer { key: "ck".into(), secret: SecretString::new("nope") }, 1000);
-    let e = bb.mint_token(&url, &bad).await.unwrap_err();
+    let bad = bb.credential(&api, &url, &Auth::OAuthConsumer { key: "ck".into(), secret: SecretString::new("nope") }, 1000).unwrap();
+    let e = bb.mint_token(&bad).await.unwrap_err();
     assert!(matches!(&e, Error::OAuth { error, .. } if error == "invalid_client"), "{e:?}");
     assert_eq!(e.reason(), "InvalidClient");
 }
@@ -164,4 +170,57 @@ async fn rate_limits_server_errors_and_timeouts_are_transient() {
 
     let e = client("http://127.0.0.1:9", admin(), fast()).list_keys(&api).await.unwrap_err();
     assert!(matches!(e, Error::Transport(_)) && e.is_transient(), "{e:?}");
+}
+
+#[tokio::test]
+async fn credentials_are_shared_only_by_the_same_secret_at_the_same_urls() {
+    let url = sim(CONFIG).await;
+    let bb = Bitbucket::new(allowing(&url, ClientOptions::default())).unwrap();
+    let api = format!("{url}/2.0");
+    let real = bb.credential(&api, &url, &admin(), 1000).unwrap();
+    let again = bb.credential(&format!("{api}/"), &format!("{url}/"), &admin(), 1000).unwrap();
+    assert!(Arc::ptr_eq(&real, &again), "same account, same secret, same URLs: one credential and one budget");
+    let junk = Auth::ApiToken { email: "admin@acme.test".into(), token: SecretString::new("junk") };
+    let other = bb.credential(&api, &url, &junk, 1).unwrap();
+    assert!(!Arc::ptr_eq(&real, &other), "another secret is another credential");
+    assert_eq!(real.auth(), &admin(), "naming the account with another secret changes nothing of the real one");
+    assert_eq!(real.limiter_budget(), 1000, "nor its budget");
+    assert!(!real.identity().contains("admin@acme.test") && !real.identity().contains("tok-admin"));
+}
+
+#[tokio::test]
+async fn urls_outside_the_allowed_list_are_refused_before_any_request() {
+    let bb = Bitbucket::new(ClientOptions::default()).unwrap();
+    for (api, site) in [
+        ("http://127.0.0.1:9/2.0", "https://bitbucket.org"),
+        ("https://api.bitbucket.org/2.0", "https://bitbucket.org.evil.test"),
+        ("https://api.bitbucket.org@evil.test/2.0", "https://bitbucket.org"),
+    ] {
+        let e = bb.credential(api, site, &admin(), 1000).err().expect("refused");
+        assert_eq!(e.reason(), "URLNotAllowed", "{api} {site}: {e}");
+    }
+    assert!(bb.credential("https://API.bitbucket.org:443/2.0/", "https://bitbucket.org/", &admin(), 1000).is_ok());
+}
+
+#[tokio::test]
+async fn a_spent_budget_fails_at_once_and_says_when() {
+    let url = sim(CONFIG).await;
+    let bb = Arc::new(Bitbucket::new(allowing(&url, ClientOptions::default())).unwrap());
+    let cred = bb.credential(&format!("{url}/2.0"), &url, &admin(), 1).unwrap();
+    let c = bb.workspace("acme", cred);
+    c.verify().await.expect("the one request of the hour");
+    let started = std::time::Instant::now();
+    let e = c.verify().await.unwrap_err();
+    assert!(started.elapsed() < Duration::from_secs(1), "no waiting for budget");
+    assert!(matches!(e, Error::BudgetExhausted { .. }), "{e:?}");
+    assert_eq!(e.reason(), "RateLimited");
+    assert!(e.retry_after().is_some_and(|d| d > Duration::from_secs(60)));
+}
+
+#[tokio::test]
+async fn a_next_link_to_another_origin_is_not_followed() {
+    let url = sim(&format!("{CONFIG}faults: {{foreignNextPort: 9}}\n")).await;
+    let c = client(&url, admin(), ClientOptions::default());
+    let e = c.list_keys(&Target::Repository("api".into())).await.unwrap_err();
+    assert!(matches!(&e, Error::Decode(m) if m.contains("next")), "{e:?}");
 }

@@ -6,7 +6,8 @@ use rand::Rng;
 use reqwest::{Method, StatusCode};
 use serde_json::json;
 
-use super::credential::{Auth, Credential, Token};
+use super::allowed::{AllowedUrls, Location};
+use super::credential::{Auth, Credential, CredentialKey, MAX_TOKEN_LIFETIME, Token};
 use super::types::{DeployKey, ErrorBody, OAuthErrorBody, Page, Target, TokenBody};
 use super::{Error, Result};
 use crate::metrics::METRICS;
@@ -23,6 +24,8 @@ pub struct ClientOptions {
     pub backoff_max: Duration,
     /// The window `requestsPerHour` applies to (an hour; scaled down only for tests).
     pub budget_window: Duration,
+    /// The Bitbucket URLs workspaces may use (`--allowed-bitbucket-urls`).
+    pub allowed_urls: AllowedUrls,
 }
 
 impl Default for ClientOptions {
@@ -33,16 +36,27 @@ impl Default for ClientOptions {
             backoff_base: Duration::from_millis(500),
             backoff_max: Duration::from_secs(8),
             budget_window: super::credential::HOUR,
+            allowed_urls: AllowedUrls::default(),
         }
     }
 }
 
 /// Process-wide: one HTTP connection pool and one `Credential` (budget, token cache) per
-/// credential identity, shared by every workspace object that uses it.
+/// proven secret and URLs (`CredentialKey`), shared by every workspace object that
+/// proved the same secret for the same URLs.
+///
+/// The map is bounded by use: an entry nobody holds and nobody used for a whole budget
+/// window is dropped (its budget would be full again anyway; a dropped token is minted
+/// again once). A rotated secret's old entry so goes within a window.
 pub struct Bitbucket {
     http: reqwest::Client,
     options: ClientOptions,
-    credentials: Mutex<HashMap<(String, String), Arc<Credential>>>,
+    credentials: Mutex<Credentials>,
+}
+
+struct Credentials {
+    map: HashMap<CredentialKey, Arc<Credential>>,
+    swept: Instant,
 }
 
 impl Bitbucket {
@@ -51,58 +65,95 @@ impl Bitbucket {
             .user_agent(concat!("bitbucket-credentials-operator/", env!("CARGO_PKG_VERSION")))
             .timeout(options.timeout)
             .connect_timeout(options.timeout.min(Duration::from_secs(10)))
+            // A redirect may not take a request (or what it carries) to another origin.
+            .redirect(reqwest::redirect::Policy::custom(|attempt| {
+                let same_origin = attempt.previous().first().is_some_and(|first| first.origin() == attempt.url().origin());
+                if !same_origin || attempt.previous().len() > 5 { attempt.stop() } else { attempt.follow() }
+            }))
             .build()
             .map_err(|e| Error::Transport(e.to_string()))?;
-        Ok(Self { http, options, credentials: Mutex::new(HashMap::new()) })
+        Ok(Self { http, options, credentials: Mutex::new(Credentials { map: HashMap::new(), swept: Instant::now() }) })
     }
 
-    /// The shared credential for `auth`, created on first use. Its budget and secret are
-    /// brought up to date; a changed secret drops the cached token at once.
-    pub fn credential(&self, api_url: &str, auth: &Auth, requests_per_hour: u32) -> Arc<Credential> {
-        let key = (api_url.trim_end_matches('/').to_string(), auth.identity());
-        let mut map = self.credentials.lock().unwrap_or_else(|e| e.into_inner());
-        let cred = map
+    /// Refuses a URL outside `--allowed-bitbucket-urls`, before anything is sent to it.
+    pub fn check_allowed(&self, url: &str) -> Result<()> {
+        self.options.allowed_urls.check(url).map(|_| ())
+    }
+
+    /// The shared credential for `auth` at these URLs, created on first use: the same
+    /// account or consumer with the same secret at the same URLs shares one (and one
+    /// budget); any other secret or URL gets its own. URLs the operator does not allow
+    /// are refused here, before any request.
+    pub fn credential(&self, api_url: &str, site_url: &str, auth: &Auth, requests_per_hour: u32) -> Result<Arc<Credential>> {
+        let api = self.options.allowed_urls.check(api_url)?;
+        let site = self.options.allowed_urls.check(site_url)?;
+        let key = CredentialKey::new(api, site, auth);
+        let mut credentials = self.credentials.lock().unwrap_or_else(|e| e.into_inner());
+        self.sweep(&mut credentials);
+        let cred = credentials
+            .map
             .entry(key)
-            .or_insert_with(|| Arc::new(Credential::new(auth.clone(), requests_per_hour, self.options.budget_window)))
+            .or_insert_with_key(|key| {
+                Arc::new(Credential::new(key, (api_url, site_url), auth.clone(), requests_per_hour, self.options.budget_window))
+            })
             .clone();
-        if cred.update(auth, requests_per_hour)
-            && let Ok(mut t) = cred.token.try_lock()
-        {
-            *t = None;
-        }
-        cred
+        cred.touch();
+        cred.set_budget(requests_per_hour);
+        Ok(cred)
     }
 
-    pub fn workspace(
-        self: &Arc<Self>,
-        api_url: &str,
-        site_url: &str,
-        workspace: &str,
-        credential: Arc<Credential>,
-    ) -> WorkspaceClient {
+    /// Drops credentials nobody holds that went unused for a whole budget window.
+    fn sweep(&self, credentials: &mut Credentials) {
+        let idle = self.options.budget_window.max(Duration::from_secs(60));
+        if credentials.swept.elapsed() < idle / 10 {
+            return;
+        }
+        credentials.swept = Instant::now();
+        credentials.map.retain(|_, c| {
+            let keep = Arc::strong_count(c) > 1 || !c.idle_for(idle);
+            if !keep {
+                c.forget_metrics();
+            }
+            keep
+        });
+    }
+
+    /// How many credentials are cached (for tests of the bound).
+    #[doc(hidden)]
+    pub fn cached_credentials(&self) -> usize {
+        self.credentials.lock().unwrap_or_else(|e| e.into_inner()).map.len()
+    }
+
+    /// A client for `workspace` at the credential's own URLs: a secret only ever goes to
+    /// the URLs of the workspace whose Secret holds it.
+    pub fn workspace(self: &Arc<Self>, workspace: &str, credential: Arc<Credential>) -> WorkspaceClient {
         WorkspaceClient {
             bb: self.clone(),
-            api_url: api_url.trim_end_matches('/').to_string(),
-            site_url: site_url.trim_end_matches('/').to_string(),
+            api_url: credential.api_url().to_string(),
             workspace: workspace.to_string(),
             credential,
         }
     }
 
-    /// Mints an access token with client_credentials. Counts against the consumer's budget.
-    pub async fn mint_token(&self, site_url: &str, credential: &Credential) -> Result<Token> {
+    /// Mints an access token with client_credentials at the credential's own site.
+    /// Counts against the consumer's budget.
+    pub async fn mint_token(&self, credential: &Credential) -> Result<Token> {
         let Auth::OAuthConsumer { key, secret } = credential.auth() else {
             return Err(Error::BadRequest("an API token cannot mint OAuth tokens".into()));
         };
-        let url = format!("{}/site/oauth2/access_token", site_url.trim_end_matches('/'));
+        let url = format!("{}/site/oauth2/access_token", credential.site_url());
+        if !Location::of_request(&url).is_ok_and(|l| l.is_under(&credential.site)) {
+            return Err(Error::Decode(format!("token URL {url} leaves the workspace's siteURL")));
+        }
         let mut attempt = 0;
         loop {
             attempt += 1;
-            credential.acquire().await;
+            // No waiting for budget here: the caller learns when to come back.
+            credential.acquire()?;
             let sent = self
                 .http
                 .post(&url)
-                .basic_auth(&key, Some(secret.expose()))
+                .basic_auth(key, Some(secret.expose()))
                 .form(&[("grant_type", "client_credentials")])
                 .send()
                 .await;
@@ -148,7 +199,7 @@ fn decode_token(status: StatusCode, body: &[u8]) -> Result<Token> {
         return Ok(Token {
             access_token: SecretString::new(t.access_token),
             scopes: scopes.split([' ', ',']).filter(|s| !s.is_empty()).map(String::from).collect(),
-            expires_in: Duration::from_secs(t.expires_in.unwrap_or(3600)),
+            expires_in: lifetime(t.expires_in.as_ref()),
             obtained: Instant::now(),
         });
     }
@@ -162,6 +213,25 @@ fn decode_token(status: StatusCode, body: &[u8]) -> Result<Token> {
         Ok(e) => Err(Error::OAuth { error: e.error, description: e.error_description }),
         Err(_) if status == StatusCode::UNAUTHORIZED => Err(Error::Unauthorized(error_message(body))),
         Err(_) => Err(Error::Decode(format!("token endpoint answered {status}"))),
+    }
+}
+
+/// A token's `expires_in` as any server may send it: absent (an hour), a number of any
+/// sign, size or precision, or a numeric string; clamped to [0, MAX_TOKEN_LIFETIME].
+fn lifetime(v: Option<&serde_json::Value>) -> Duration {
+    let secs = match v {
+        None | Some(serde_json::Value::Null) => Some(3600.0),
+        Some(serde_json::Value::Number(n)) => n.as_f64(),
+        Some(serde_json::Value::String(s)) => s.trim().parse::<f64>().ok(),
+        Some(_) => None,
+    };
+    match secs {
+        Some(s) if s.is_finite() && s > 0.0 => {
+            Duration::try_from_secs_f64(s.min(MAX_TOKEN_LIFETIME.as_secs_f64())).unwrap_or(MAX_TOKEN_LIFETIME)
+        }
+        Some(s) if s.is_finite() => Duration::ZERO,
+        // NaN cannot come from JSON; anything unreadable counts as the default hour.
+        _ => Duration::from_secs(3600),
     }
 }
 
@@ -217,7 +287,6 @@ fn segment(s: &str) -> String {
 pub struct WorkspaceClient {
     bb: Arc<Bitbucket>,
     api_url: String,
-    site_url: String,
     workspace: String,
     credential: Arc<Credential>,
 }
@@ -277,7 +346,17 @@ impl WorkspaceClient {
                 serde_json::from_slice(&body).map_err(|e| Error::Decode(format!("deploy key page: {e}")))?;
             keys.extend(page.values);
             match page.next {
-                Some(next) if !next.is_empty() => url = next,
+                Some(next) if !next.is_empty() => {
+                    // Followed only below the workspace's API URL: a `next` link elsewhere
+                    // would take the credential with it.
+                    if !self.within_api(&next) {
+                        return Err(Error::Decode(format!(
+                            "a next page link leaves the workspace's apiURL {}; not followed",
+                            self.api_url
+                        )));
+                    }
+                    url = next
+                }
                 _ => return Ok(keys),
             }
         }
@@ -318,6 +397,11 @@ impl WorkspaceClient {
         }
     }
 
+    /// Whether `url` lies below this workspace's API URL (and is allowed).
+    fn within_api(&self, url: &str) -> bool {
+        Location::of_request(url).is_ok_and(|l| l.is_under(&self.credential.api))
+    }
+
     async fn bearer(&self, force_new: bool) -> Result<Option<SecretString>> {
         if let Auth::ApiToken { .. } = self.credential.auth() {
             return Ok(None);
@@ -328,7 +412,7 @@ impl WorkspaceClient {
         if !force_new && let Some(t) = cached.as_ref().filter(|t| t.is_fresh()) {
             return Ok(Some(t.access_token.clone()));
         }
-        let token = self.bb.mint_token(&self.site_url, &self.credential).await?;
+        let token = self.bb.mint_token(&self.credential).await?;
         let access = token.access_token.clone();
         *cached = Some(token);
         Ok(Some(access))
@@ -342,12 +426,18 @@ impl WorkspaceClient {
         body: Option<serde_json::Value>,
         subject: Subject<'_>,
     ) -> Result<bytes::Bytes> {
+        // Every request stays below the workspace's API URL, whatever a slug or a page
+        // link made of it.
+        if !self.within_api(url) {
+            return Err(Error::Decode(format!("request URL leaves the workspace's apiURL {}; not sent", self.api_url)));
+        }
         let mut attempt = 0;
         let mut renewed_token = false;
         loop {
             attempt += 1;
             let bearer = self.bearer(false).await?;
-            self.credential.acquire().await;
+            // No waiting for budget here: the caller learns when to come back.
+            self.credential.acquire()?;
             let mut req = self.bb.http.request(method.clone(), url);
             req = match (&bearer, self.credential.auth()) {
                 (Some(token), _) => req.bearer_auth(token.expose()),
@@ -411,6 +501,57 @@ impl WorkspaceClient {
             429 => Error::RateLimited,
             s if s >= 500 => Error::Server { status: s },
             s => Error::Decode(format!("HTTP {s}: {message}")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lifetime_of(expires_in: &str) -> Duration {
+        let body = format!(r#"{{"access_token":"t","expires_in":{expires_in}}}"#);
+        decode_token(StatusCode::OK, body.as_bytes()).expect("decodes").expires_in
+    }
+
+    #[test]
+    fn any_expires_in_decodes_within_a_year() {
+        assert_eq!(lifetime_of("7200"), Duration::from_secs(7200));
+        assert_eq!(lifetime_of("0"), Duration::ZERO);
+        assert_eq!(lifetime_of("-5"), Duration::ZERO);
+        assert_eq!(lifetime_of("1.5"), Duration::from_millis(1500));
+        assert_eq!(lifetime_of("1000000000000000"), MAX_TOKEN_LIFETIME);
+        assert_eq!(lifetime_of("1e300"), MAX_TOKEN_LIFETIME);
+        assert_eq!(lifetime_of("-1e300"), Duration::ZERO);
+        assert_eq!(lifetime_of("18446744073709551615"), MAX_TOKEN_LIFETIME);
+        assert_eq!(lifetime_of("\"3600\""), Duration::from_secs(3600));
+        assert_eq!(lifetime_of("null"), Duration::from_secs(3600));
+        assert_eq!(lifetime_of("{}"), Duration::from_secs(3600));
+        let absent = decode_token(StatusCode::OK, br#"{"access_token":"t"}"#).unwrap();
+        assert_eq!(absent.expires_in, Duration::from_secs(3600));
+        assert!(absent.is_fresh());
+        assert!(!decode_token(StatusCode::OK, br#"{"access_token":"t","expires_in":0}"#).unwrap().is_fresh());
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn decoding_any_token_body_never_panics(status in 100u16..600, body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300)) {
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
+            if let Ok(t) = decode_token(status, &body) {
+                proptest::prop_assert!(t.expires_in <= MAX_TOKEN_LIFETIME);
+                let _ = (t.expires_at(), t.is_fresh());
+            }
+        }
+
+        #[test]
+        fn any_numeric_expires_in_is_clamped(n in proptest::prelude::any::<i64>(), f in proptest::prelude::any::<f64>()) {
+            for v in [n.to_string(), serde_json::Number::from_f64(f).map(|x| x.to_string()).unwrap_or_else(|| "1".into())] {
+                let body = format!(r#"{{"access_token":"t","expires_in":{v}}}"#);
+                if let Ok(t) = decode_token(StatusCode::OK, body.as_bytes()) {
+                    proptest::prop_assert!(t.expires_in <= MAX_TOKEN_LIFETIME);
+                    let _ = (t.expires_at(), t.is_fresh());
+                }
+            }
         }
     }
 }

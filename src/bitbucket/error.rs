@@ -29,6 +29,13 @@ pub enum Error {
     BadRequest(String),
     #[error("Bitbucket rate limit reached (429)")]
     RateLimited,
+    /// The operator's own budget for the credential (`requestsPerHour`) is spent: nothing
+    /// was sent. Retry no sooner than `retry_after`.
+    #[error("the operator's own request budget for this credential (requestsPerHour) is spent; the next request may go in {}s", retry_after.as_secs().max(1))]
+    BudgetExhausted { retry_after: Duration },
+    /// A URL outside `--allowed-bitbucket-urls`: nothing was sent.
+    #[error("Bitbucket URL {url} is not allowed: {why}. The operator allows {allowed:?}; its administrator can add a URL with --allowed-bitbucket-urls")]
+    UrlNotAllowed { url: String, why: String, allowed: Vec<String> },
     #[error("Bitbucket server error ({status})")]
     Server { status: u16 },
     #[error("Bitbucket did not answer within {0:?}")]
@@ -46,14 +53,17 @@ impl Error {
     pub fn is_transient(&self) -> bool {
         matches!(
             self,
-            Error::RateLimited | Error::Server { .. } | Error::Timeout(_) | Error::Transport(_)
+            Error::RateLimited | Error::BudgetExhausted { .. } | Error::Server { .. } | Error::Timeout(_) | Error::Transport(_)
         )
     }
 
-    /// When the operator's own budget for the credential allows the next request, if
-    /// that is what stopped this call.
+    /// How long to wait before the same call can be made, when that is known (the
+    /// operator's own budget knows; Bitbucket's 429 carries no Retry-After).
     pub fn retry_after(&self) -> Option<Duration> {
-        None
+        match self {
+            Error::BudgetExhausted { retry_after } => Some(*retry_after),
+            _ => None,
+        }
     }
 
     /// The condition reason and metric label for this error.
@@ -69,7 +79,8 @@ impl Error {
             Error::DuplicateKey(_) => "DuplicateKey",
             Error::InvalidKey(_) => "InvalidKey",
             Error::BadRequest(_) => "BadRequest",
-            Error::RateLimited => "RateLimited",
+            Error::RateLimited | Error::BudgetExhausted { .. } => "RateLimited",
+            Error::UrlNotAllowed { .. } => "URLNotAllowed",
             Error::Server { .. } => "BitbucketUnavailable",
             Error::Timeout(_) => "BitbucketTimeout",
             Error::Transport(_) => "BitbucketUnreachable",

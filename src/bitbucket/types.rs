@@ -88,8 +88,9 @@ pub(crate) struct TokenBody {
     /// The field's name before 2026-05-04.
     #[serde(default)]
     pub scopes: Option<String>,
+    /// Read leniently (a server may send any number, or a string): see `lifetime`.
     #[serde(default)]
-    pub expires_in: Option<u64>,
+    pub expires_in: Option<serde_json::Value>,
 }
 
 #[derive(Deserialize)]

@@ -198,14 +198,22 @@ async fn apply(obj: &BitbucketOAuthConsumer, ctx: &Context) -> Result<Action> {
     let token = match current {
         Some(t) if !due && !rotated => t,
         _ => {
-            let credential = ctx.bitbucket.credential(
-                &format!("{}#oauth", ws.site_url),
-                &Auth::OAuthConsumer { key: key.clone(), secret },
-                ws.client.credential().limiter_budget(),
-            );
+            // The consumer's own credential, keyed like any other by its secret and the
+            // workspace's URLs: its token is never another consumer object's, and its
+            // secret goes only to the workspace's (allowed) site.
+            let workspace_credential = ws.client.credential();
+            let credential = ctx
+                .bitbucket
+                .credential(
+                    workspace_credential.api_url(),
+                    workspace_credential.site_url(),
+                    &Auth::OAuthConsumer { key: key.clone(), secret },
+                    workspace_credential.limiter_budget(),
+                )
+                .map_err(|e| Error::bitbucket(format!("OAuth consumer {key}"), e))?;
             let minted = ctx
                 .bitbucket
-                .mint_token(&ws.site_url, &credential)
+                .mint_token(&credential)
                 .await
                 .map_err(|e| Error::bitbucket(format!("OAuth consumer {key}"), e))?;
             let lifetime = minted.expires_in;

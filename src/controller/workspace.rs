@@ -202,9 +202,21 @@ fn auth_secret_name(settings: &WorkspaceSettings<'_>) -> String {
     settings.auth.api_token.as_ref().or(settings.auth.oauth_consumer.as_ref()).map(|s| s.secret_ref.name.clone()).unwrap_or_default()
 }
 
-fn client_for(ctx: &Context, settings: &WorkspaceSettings<'_>, auth: &Auth) -> WorkspaceClient {
-    let credential = ctx.bitbucket.credential(settings.api_url, auth, settings.requests_per_hour);
-    ctx.bitbucket.workspace(settings.api_url, settings.site_url, settings.workspace, credential)
+fn client_for(ctx: &Context, settings: &WorkspaceSettings<'_>, auth: &Auth) -> Result<WorkspaceClient> {
+    let credential = ctx
+        .bitbucket
+        .credential(settings.api_url, settings.site_url, auth, settings.requests_per_hour)
+        .map_err(|e| Error::bitbucket(format!("workspace {}", settings.workspace), e))?;
+    Ok(ctx.bitbucket.workspace(settings.workspace, credential))
+}
+
+/// Refuses a workspace whose URLs the operator does not allow, before its Secret is read
+/// or anything is sent.
+fn check_urls(ctx: &Context, settings: &WorkspaceSettings<'_>) -> Result<()> {
+    for url in [settings.api_url, settings.site_url] {
+        ctx.bitbucket.check_allowed(url).map_err(|e| Error::bitbucket(format!("workspace {}", settings.workspace), e))?;
+    }
+    Ok(())
 }
 
 fn resolved(settings: &WorkspaceSettings<'_>, client: WorkspaceClient, display: String, protection: Protection) -> Resolved {
@@ -259,10 +271,11 @@ async fn resolve_with(ctx: &Context, namespace: &str, r: &WorkspaceRef, need_rea
                     hint: " (a BitbucketWorkspace is usable only from its own namespace; use a ClusterBitbucketWorkspace to share one)".into(),
                 })?;
             let display = format!("BitbucketWorkspace {namespace}/{}", r.name);
+            let settings = ws.spec.settings();
+            check_urls(ctx, &settings)?;
             if need_ready {
                 require_ready(ws.status.as_ref(), &display)?;
             }
-            let settings = ws.spec.settings();
             let (auth, secret_finalizers) = read_auth_secret(ctx, namespace, &settings).await?;
             let protection = Protection {
                 kind: WorkspaceKind::BitbucketWorkspace,
@@ -273,7 +286,7 @@ async fn resolve_with(ctx: &Context, namespace: &str, r: &WorkspaceRef, need_rea
                 secret_name: auth_secret_name(&settings),
                 secret_finalizers,
             };
-            Ok((resolved(&settings, client_for(ctx, &settings, &auth), display, protection), true))
+            Ok((resolved(&settings, client_for(ctx, &settings, &auth)?, display, protection), true))
         }
         WorkspaceKind::ClusterBitbucketWorkspace => {
             let cached = ctx.caches.cluster_workspace(&r.name);
@@ -291,10 +304,11 @@ async fn resolve_with(ctx: &Context, namespace: &str, r: &WorkspaceRef, need_rea
                 return Err(Error::WorkspaceNotAllowed(r.name.clone(), namespace.into()));
             }
             let display = format!("ClusterBitbucketWorkspace {}", r.name);
+            let settings = ws.spec.settings();
+            check_urls(ctx, &settings)?;
             if need_ready {
                 require_ready(ws.status.as_ref(), &display)?;
             }
-            let settings = ws.spec.settings();
             // The cert-manager rule: a cluster resource's Secrets come only from the
             // operator's own namespace, never from a tenant's.
             let secret_namespace = ctx.settings.cluster_resource_namespace.clone();
@@ -308,7 +322,7 @@ async fn resolve_with(ctx: &Context, namespace: &str, r: &WorkspaceRef, need_rea
                 secret_namespace,
                 secret_finalizers,
             };
-            Ok((resolved(&settings, client_for(ctx, &settings, &auth), display, protection), admitted))
+            Ok((resolved(&settings, client_for(ctx, &settings, &auth)?, display, protection), admitted))
         }
     }
 }
@@ -349,13 +363,15 @@ where
     K: HasWorkspaceStatus,
 {
     let generation = obj.meta().generation;
-    let outcome = match read_auth(&ctx, secret_namespace, &settings).await {
-        Ok(auth) => client_for(&ctx, &settings, &auth)
+    let outcome = async {
+        check_urls(&ctx, &settings)?;
+        let auth = read_auth(&ctx, secret_namespace, &settings).await?;
+        client_for(&ctx, &settings, &auth)?
             .verify()
             .await
-            .map_err(|e| Error::bitbucket(format!("workspace {}", settings.workspace), e)),
-        Err(e) => Err(e),
-    };
+            .map_err(|e| Error::bitbucket(format!("workspace {}", settings.workspace), e))
+    }
+    .await;
     let previous = obj.status().map(|s| s.conditions.clone()).unwrap_or_default();
     let mut conditions = previous.clone();
     let ready = match &outcome {

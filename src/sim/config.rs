@@ -147,6 +147,10 @@ pub struct FaultConfig {
     /// Probability of a 429 although the credential is under its budget (Bitbucket's bursts).
     #[serde(default)]
     pub rate_limit_burst_rate: f64,
+    /// When set, `next` links of deploy-key pages point at `http://127.0.0.1:{port}`
+    /// instead of the simulator: a hostile or broken server steering the client elsewhere.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub foreign_next_port: Option<u16>,
 }
 
 fn default_expires_in() -> u64 {
@@ -179,6 +183,7 @@ impl Default for FaultConfig {
             timeout_rate: 0.0,
             timeout_ms: default_timeout_ms(),
             rate_limit_burst_rate: 0.0,
+            foreign_next_port: None,
         }
     }
 }

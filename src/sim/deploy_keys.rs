@@ -26,6 +26,8 @@ pub struct Context<'a> {
     pub base: &'a str,
     pub default_pagelen: u32,
     pub now: jiff::Timestamp,
+    /// Fault injection: every page gets a `next` link to this origin instead of `base`.
+    pub next_base: Option<String>,
 }
 
 pub fn handle(
@@ -149,7 +151,17 @@ fn list(target: &Target, query: Option<&str>, ctx: &Context<'_>) -> SimResponse 
     let self_url = format!("{}{}", ctx.base, model::collection_path(target));
     let render = |record: &&KeyRecord| model::key_object(record, ctx.catalog, ctx.base);
     match pagination::page(&records, request, &self_url, render) {
-        Some(page) => SimResponse::json(StatusCode::OK, &page),
+        Some(mut page) => {
+            if let Some(elsewhere) = &ctx.next_base {
+                page["next"] = serde_json::Value::from(format!(
+                    "{elsewhere}{}?pagelen={}&page={}",
+                    model::collection_path(target),
+                    request.pagelen,
+                    request.page.saturating_add(1)
+                ));
+            }
+            SimResponse::json(StatusCode::OK, &page)
+        }
         None => SimResponse::bitbucket_error(StatusCode::NOT_FOUND, "Invalid page"),
     }
 }

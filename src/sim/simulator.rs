@@ -232,6 +232,7 @@ impl Simulator {
             );
         }
         let base = self.base_url(&request.headers);
+        let next_base = lock(&self.faults).config().foreign_next_port.map(|p| format!("http://127.0.0.1:{p}"));
         let mut state = lock(&self.state);
         let response = deploy_keys::handle(
             op,
@@ -245,6 +246,7 @@ impl Simulator {
                 base: &base,
                 default_pagelen: self.default_pagelen,
                 now,
+                next_base,
             },
         );
         (response, Some(credential))

@@ -228,7 +228,7 @@ fn cases(ns: &str) -> Vec<Case> {
 
 #[tokio::test]
 async fn run_time_refusals_name_their_cause_and_back_off() {
-    let env = Env::with("bad-input", SIM_CONFIG, &[]).await;
+    let mut env = Env::with("bad-input", SIM_CONFIG, &[]).await;
     env.apply(
         "apiVersion: v1\nkind: Secret\nmetadata: {name: bb-admin}\nstringData: {email: admin@acme.test, token: tok-admin-0123456789}\n---\napiVersion: v1\nkind: Secret\nmetadata: {name: bb-reader}\nstringData: {email: reader@acme.test, token: tok-reader-0123456789}\n",
     )
@@ -241,6 +241,8 @@ async fn run_time_refusals_name_their_cause_and_back_off() {
         std::fs::create_dir_all(&dir).unwrap();
         sims.insert(c.id, Sim::start(&dir, &c.sim_config));
     }
+    let urls: Vec<&str> = sims.values().map(|s| s.url.as_str()).collect();
+    env.operator.restart_allowing(&urls);
     let foreign_before = (env.secret("taken").await, env.secret("taken-token").await);
     assert!(foreign_before.0.is_none() && foreign_before.1.is_none());
     let created = Instant::now();

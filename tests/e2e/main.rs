@@ -14,3 +14,4 @@ mod bad_input;
 mod tenancy;
 mod docs;
 mod hostile;
+mod hostile_credentials;

@@ -204,11 +204,19 @@ pub struct Operator {
     pub metrics_port: u16,
     pub health_port: u16,
     args: Vec<String>,
+    /// Environment of every run: the Bitbucket URLs the operator allows, for one.
+    envs: Vec<(String, String)>,
     runs: u32,
 }
 
+/// The environment that lets an operator talk to the Bitbucket at `urls` (the simulator:
+/// plain http on loopback, which only an explicit allowance admits).
+pub fn allowing(urls: &[&str]) -> Vec<(String, String)> {
+    vec![("BCO_ALLOWED_BITBUCKET_URLS".to_string(), urls.join(","))]
+}
+
 impl Operator {
-    pub fn start(dir: &Path, namespace: &str, extra: &[&str]) -> Operator {
+    pub fn start(dir: &Path, namespace: &str, extra: &[&str], envs: Vec<(String, String)>) -> Operator {
         std::fs::create_dir_all(dir).unwrap();
         let mut op = Operator {
             proc: None,
@@ -216,6 +224,7 @@ impl Operator {
             metrics_port: free_port(),
             health_port: free_port(),
             args: extra.iter().map(|s| s.to_string()).collect(),
+            envs,
             runs: 0,
         };
         op.args.extend([
@@ -229,6 +238,13 @@ impl Operator {
 
     pub fn restart(&mut self) {
         self.restart_with(&[]);
+    }
+
+    /// Restarts the operator allowing exactly the Bitbucket URLs `urls`.
+    pub fn restart_allowing(&mut self, urls: &[&str]) {
+        self.envs.retain(|(k, _)| k != "BCO_ALLOWED_BITBUCKET_URLS");
+        self.envs.extend(allowing(urls));
+        self.restart();
     }
 
     /// Waits for the process to exit by itself (a crash point), up to `timeout`.
@@ -260,6 +276,7 @@ impl Operator {
             .env("KUBECONFIG", &cluster().kubeconfig)
             .env("POD_NAMESPACE", namespace_of(&self.args))
             .env("RUST_LOG", std::env::var("BCO_OPERATOR_LOG").unwrap_or_else(|_| "info,bitbucket_credentials_operator=debug".into()))
+            .envs(self.envs.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .envs(envs.iter().copied())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -301,6 +318,11 @@ impl Env {
     }
 
     pub async fn with(name: &str, sim_config: &str, operator_args: &[&str]) -> Env {
+        Self::with_allowed(name, sim_config, operator_args, &[]).await
+    }
+
+    /// Like `with`, the operator allowing `extra_urls` besides the simulator.
+    pub async fn with_allowed(name: &str, sim_config: &str, operator_args: &[&str], extra_urls: &[&str]) -> Env {
         cluster();
         let client = client().await;
         let ns = format!("{}-{}", name.replace('_', "-").chars().take(40).collect::<String>(), rand_suffix());
@@ -311,7 +333,8 @@ impl Env {
             .expect("create namespace");
         let dir = tempfile::Builder::new().prefix(&format!("bco-{name}-")).tempdir().unwrap().keep();
         let sim = Sim::start(&dir, sim_config);
-        let operator = Operator::start(&dir, &ns, operator_args);
+        let urls: Vec<&str> = std::iter::once(sim.url.as_str()).chain(extra_urls.iter().copied()).collect();
+        let operator = Operator::start(&dir, &ns, operator_args, allowing(&urls));
         Env { client, ns, dir, sim, operator }
     }
 
@@ -667,7 +690,7 @@ impl Drop for PrivateCluster {
 impl Operator {
     /// An operator run with exactly `args` (plus its metrics and health addresses)
     /// against the control plane of `kubeconfig`.
-    pub fn start_on(dir: &Path, kubeconfig: &Path, args: &[String]) -> Operator {
+    pub fn start_on(dir: &Path, kubeconfig: &Path, args: &[String], envs: Vec<(String, String)>) -> Operator {
         std::fs::create_dir_all(dir).unwrap();
         let mut op = Operator {
             proc: None,
@@ -675,6 +698,7 @@ impl Operator {
             metrics_port: free_port(),
             health_port: free_port(),
             args: args.to_vec(),
+            envs,
             runs: 0,
         };
         op.respawn(kubeconfig);
@@ -696,6 +720,7 @@ impl Operator {
             .env("KUBECONFIG", kubeconfig)
             .env("POD_NAMESPACE", namespace_of(&self.args))
             .env("RUST_LOG", "info,bitbucket_credentials_operator=debug")
+            .envs(self.envs.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
@@ -717,7 +742,7 @@ impl Env {
         create_namespace(&client, ns, &[]).await;
         let dir = tempfile::Builder::new().prefix(&format!("bco-{name}-")).tempdir().unwrap().keep();
         let sim = Sim::start(&dir, sim_config);
-        let operator = Operator::start_on(&dir, &pc.kubeconfig, operator_args);
+        let operator = Operator::start_on(&dir, &pc.kubeconfig, operator_args, allowing(&[&sim.url]));
         Env { client, ns: ns.to_string(), dir, sim, operator }
     }
 }
