@@ -70,6 +70,8 @@ pub struct Context {
     failures: Mutex<HashMap<String, u32>>,
     /// Per workspace object: how many of its users' reconciles may run at once.
     slots: Mutex<HashMap<String, Arc<tokio::sync::Semaphore>>>,
+    /// Per workspace object (uid): the credential and generation last verified, and when.
+    verified: Mutex<HashMap<String, ((usize, Option<i64>), std::time::Instant)>>,
 }
 
 impl Context {
@@ -86,7 +88,22 @@ impl Context {
             events,
             failures: Mutex::new(HashMap::new()),
             slots: Mutex::new(HashMap::new()),
+            verified: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Whether workspace `uid` was verified with the same credential and generation
+    /// within `max_age`.
+    pub fn recently_verified(&self, uid: &str, stamp: (usize, Option<i64>), max_age: Duration) -> bool {
+        let v = self.verified.lock().unwrap_or_else(|e| e.into_inner());
+        v.get(uid).is_some_and(|(s, at)| *s == stamp && at.elapsed() < max_age)
+    }
+
+    pub fn verified(&self, uid: &str, stamp: (usize, Option<i64>)) {
+        let mut v = self.verified.lock().unwrap_or_else(|e| e.into_inner());
+        // Entries older than any use are dropped (bounded by the workspaces that exist).
+        v.retain(|_, (_, at)| at.elapsed() < Duration::from_secs(3600));
+        v.insert(uid.to_string(), (stamp, std::time::Instant::now()));
     }
 
     /// A slot among the reconciles that use workspace `key`, or None when that workspace
