@@ -75,26 +75,13 @@ async fn with_finalizer(obj: &BitbucketAccessKey, ctx: &Context) -> Result<Actio
     if obj.meta().deletion_timestamp.is_some() {
         let Some(i) = ours else { return Ok(Action::await_change()) };
         let action = cleanup(obj, ctx).await?;
-        // The test ops make a stale copy fail instead of removing someone else's entry.
-        let patch = json!([
-            {"op": "test", "path": format!("/metadata/finalizers/{i}"), "value": FINALIZER},
-            {"op": "remove", "path": format!("/metadata/finalizers/{i}")},
-        ]);
+        // The test op makes a stale copy fail instead of removing someone else's entry.
+        let patch = super::finalizer_removed(i, FINALIZER);
         patch_finalizers(&api, obj, patch).await?;
         return Ok(action);
     }
     if ours.is_none() {
-        let patch = if finalizers.is_empty() {
-            json!([
-                {"op": "test", "path": "/metadata/finalizers", "value": null},
-                {"op": "add", "path": "/metadata/finalizers", "value": [FINALIZER]},
-            ])
-        } else {
-            json!([
-                {"op": "test", "path": "/metadata/finalizers", "value": finalizers},
-                {"op": "add", "path": "/metadata/finalizers/-", "value": FINALIZER},
-            ])
-        };
+        let patch = super::finalizer_added(finalizers, FINALIZER);
         // The finalizer must be there before anything is registered, not before the
         // reads: both go at once.
         let (added, inputs) = tokio::join!(patch_finalizers(&api, obj, patch), read_inputs(obj, ctx));

@@ -406,6 +406,30 @@ pub fn seconds_until(t: &Time) -> i64 {
     t.0.as_second() - Timestamp::now().as_second()
 }
 
+/// A JSON patch that adds `finalizer` to an object whose finalizers are `current`; its
+/// test makes a stale view fail instead of dropping someone else's finalizer.
+pub fn finalizer_added(current: &[String], finalizer: &str) -> serde_json::Value {
+    if current.is_empty() {
+        serde_json::json!([
+            {"op": "test", "path": "/metadata/finalizers", "value": null},
+            {"op": "add", "path": "/metadata/finalizers", "value": [finalizer]},
+        ])
+    } else {
+        serde_json::json!([
+            {"op": "test", "path": "/metadata/finalizers", "value": current},
+            {"op": "add", "path": "/metadata/finalizers/-", "value": finalizer},
+        ])
+    }
+}
+
+/// A JSON patch that removes the finalizer at index `i`, if it still is `finalizer` there.
+pub fn finalizer_removed(i: usize, finalizer: &str) -> serde_json::Value {
+    serde_json::json!([
+        {"op": "test", "path": format!("/metadata/finalizers/{i}"), "value": finalizer},
+        {"op": "remove", "path": format!("/metadata/finalizers/{i}")},
+    ])
+}
+
 /// Whether an object is owned (as controller) by the object with `uid`.
 pub fn owned_by<K: Resource>(obj: &K, uid: &str) -> bool {
     obj.owner_references().iter().any(|o| o.uid == uid)

@@ -105,18 +105,22 @@ fn revision(key: &str, secret: &SecretString) -> String {
 
 /// The bounds of `refreshBefore`, enforced here too (objects stored before the CRD had them).
 pub const MAX_REFRESH_BEFORE: Duration = Duration::from_secs(24 * 3600);
-/// The soonest a token is renewed, however short its life: a token endpoint answering
-/// `expires_in: 0` must not make the operator mint in a loop.
+/// The soonest a token is renewed (or half its life, if shorter): a token endpoint
+/// answering `expires_in: 0` must not make the operator mint in a loop.
 pub const MIN_RENEWAL: Duration = Duration::from_secs(30);
 
 /// When to renew a token that lives `lifetime`: `refresh_before` ahead of its expiry, a
 /// little earlier by a random amount so that many consumers spread out; at half-life if
-/// `refresh_before` is longer than the token lives; never sooner than `MIN_RENEWAL`.
+/// `refresh_before` is longer than the token lives; never sooner than `MIN_RENEWAL` or
+/// half its life, whichever is shorter.
 pub fn renewal_delay(lifetime: Duration, refresh_before: Duration) -> Duration {
     let base = lifetime.checked_sub(refresh_before).filter(|d| !d.is_zero()).unwrap_or(lifetime / 2);
     let spread = (base / 10).min(Duration::from_secs(300));
     let spread = Duration::try_from_secs_f64(spread.as_secs_f64() * rand::thread_rng().gen_range(0.0..1.0)).unwrap_or_default();
-    base.saturating_sub(spread).max(MIN_RENEWAL)
+    // A token that lives at least a couple of seconds is renewed within its life; one
+    // that is dead on arrival (0 or 1 s) is not worth minting again and again.
+    let floor = if lifetime < Duration::from_secs(2) { MIN_RENEWAL } else { MIN_RENEWAL.min(lifetime / 2) };
+    base.saturating_sub(spread).max(floor)
 }
 
 pub fn refresh_before(spec: &crate::api::BitbucketOAuthConsumerSpec) -> Duration {
@@ -278,11 +282,15 @@ mod tests {
         }
         let d = renewal_delay(Duration::from_secs(120), Duration::from_secs(900));
         assert!(d <= Duration::from_secs(60) && d >= MIN_RENEWAL, "{d:?}");
-        for lifetime in [Duration::ZERO, Duration::from_secs(1), Duration::MAX] {
+        // A 12 s token with refreshBefore 6 s is renewed within its life.
+        let d = renewal_delay(Duration::from_secs(12), Duration::from_secs(6));
+        assert!(d >= Duration::from_secs(5) && d <= Duration::from_secs(6), "{d:?}");
+        for lifetime in [Duration::ZERO, Duration::from_secs(1)] {
             for before in [Duration::ZERO, Duration::from_secs(900), Duration::MAX] {
                 assert!(renewal_delay(lifetime, before) >= MIN_RENEWAL);
             }
         }
+        assert!(renewal_delay(Duration::MAX, Duration::ZERO) >= MIN_RENEWAL);
     }
 
     #[test]

@@ -97,17 +97,7 @@ async fn try_add_finalizer<K>(api: &Api<K>, name: &str, current: &[String]) -> R
 where
     K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
 {
-    let patch = if current.is_empty() {
-        json!([
-            {"op": "test", "path": "/metadata/finalizers", "value": null},
-            {"op": "add", "path": "/metadata/finalizers", "value": [IN_USE_FINALIZER]},
-        ])
-    } else {
-        json!([
-            {"op": "test", "path": "/metadata/finalizers", "value": current},
-            {"op": "add", "path": "/metadata/finalizers/-", "value": IN_USE_FINALIZER},
-        ])
-    };
+    let patch = super::finalizer_added(current, IN_USE_FINALIZER);
     json_patch_finalizers(api, name, patch).await
 }
 
@@ -117,10 +107,7 @@ where
     K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
 {
     let Some(i) = current.iter().position(|f| f == IN_USE_FINALIZER) else { return Ok(()) };
-    let patch = json!([
-        {"op": "test", "path": format!("/metadata/finalizers/{i}"), "value": IN_USE_FINALIZER},
-        {"op": "remove", "path": format!("/metadata/finalizers/{i}")},
-    ]);
+    let patch = super::finalizer_removed(i, IN_USE_FINALIZER);
     json_patch_finalizers(api, name, patch).await
 }
 
