@@ -623,7 +623,7 @@ rejects() { # helm template must fail with these values
 bad_values() {
   rejects --set logFormat=xml &&
     rejects --set "allowedBitbucketUrls={bitbucket.org}" &&
-    rejects --set "allowedBitbucketUrls=null" &&
+    rejects --set-json "allowedBitbucketUrls=[]" &&
     rejects --set replicas=2 --set leaderElection.enabled=false &&
     rejects --set "watchNamespaces={Team_A}" &&
     rejects --set "watchNamespaces={a,a}" &&
