@@ -48,9 +48,9 @@ pub struct BitbucketAccessKeySpec {
     /// Key algorithm.
     #[serde(default)]
     pub key_type: KeyType,
-    /// RSA modulus size (rsa only).
+    /// RSA modulus size (rsa only): 2048, 3072 or 4096.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 2048, max = 8192))]
+    #[x_kube(validation = Rule::new("self in [2048, 3072, 4096]").message("rsaBits must be one of 2048, 3072, 4096"))]
     pub rsa_bits: Option<u32>,
     /// ECDSA curve (ecdsa only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -58,6 +58,8 @@ pub struct BitbucketAccessKeySpec {
     /// Bitbucket label of the key. Default: derived from the cluster, namespace and name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 255))]
+    // Bitbucket shows the label on one line; a line break would also forge extra lines in logs.
+    #[x_kube(validation = Rule::new("!self.matches('[[:cntrl:]]')").message("label must not contain line breaks or other control characters"))]
     pub label: Option<String>,
     /// Scheduled rotation. Unset: never rotate on a schedule.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -89,15 +91,23 @@ pub enum EcdsaCurve {
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("!has(self.period) || !has(self.gracePeriod) || duration(self.gracePeriod) < duration(self.period)").message("rotation.gracePeriod must be shorter than rotation.period"))]
+// What is no duration or far too long is refused by the field's own rules; here it must not
+// fail to parse (see `duration_within`).
+#[x_kube(validation = Rule::new(format!(
+    "!has(self.period) || !has(self.gracePeriod) || [self.period, self.gracePeriod].exists(d, !d.matches('{GO}') || d.matches('{FAR}')) || duration(self.gracePeriod) < duration(self.period)",
+    GO = super::common::GO_DURATION, FAR = super::common::FAR_TOO_LONG,
+)).message("rotation.gracePeriod must be shorter than rotation.period"))]
 pub struct Rotation {
-    /// Rotate this often, e.g. `2160h`.
+    /// Rotate this often, e.g. `2160h`: between `1h` and `87600h` (10 years).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ns|us|ms|s|m|h))+$"))]
+    #[schemars(length(max = 32), regex(pattern = r"^([0-9]+(\.[0-9]+)?(ns|us|ms|s|m|h))+$"))]
+    #[x_kube(validation = Rule::new(super::common::duration_within("1h", "87600h")).message("rotation.period must be between 1h and 87600h (10 years)"))]
     pub period: Option<String>,
-    /// How long the old key stays registered after the Secret holds the new one. Default `10m`.
+    /// How long the old key stays registered after the Secret holds the new one. Default
+    /// `10m`, at most `720h` (30 days).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ns|us|ms|s|m|h))+$"))]
+    #[schemars(length(max = 32), regex(pattern = r"^([0-9]+(\.[0-9]+)?(ns|us|ms|s|m|h))+$"))]
+    #[x_kube(validation = Rule::new(super::common::duration_within("0s", "720h")).message("rotation.gracePeriod must be at most 720h (30 days)"))]
     pub grace_period: Option<String>,
 }
 

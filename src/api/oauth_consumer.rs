@@ -34,9 +34,11 @@ pub struct BitbucketOAuthConsumerSpec {
     pub workspace_ref: WorkspaceRef,
     /// Secret in the same namespace holding the consumer's `key` and `secret`.
     pub consumer_secret_ref: SecretRef,
-    /// Renew this long before the token expires.
+    /// Renew this long before the token expires: between `1m` and `12h`. Bitbucket's tokens
+    /// live 2 hours; a value at or above that renews at half the token's life.
     #[serde(default = "default_refresh_before")]
-    #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ns|us|ms|s|m|h))+$"))]
+    #[schemars(length(max = 32), regex(pattern = r"^([0-9]+(\.[0-9]+)?(ns|us|ms|s|m|h))+$"))]
+    #[x_kube(validation = Rule::new(super::common::duration_within("1m", "12h")).message("refreshBefore must be between 1m and 12h"))]
     pub refresh_before: String,
     /// The Secret that receives the access token.
     #[serde(default)]

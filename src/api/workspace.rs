@@ -53,11 +53,11 @@ pub struct SecretSource {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AllowedNamespaces {
-    /// Namespaces admitted by name.
+    /// Namespaces admitted by name (at most 100).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 1000))]
+    #[schemars(length(max = 100), inner(length(min = 1, max = 63), regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")))]
     pub names: Vec<String>,
-    /// Namespaces admitted by their labels.
+    /// Namespaces admitted by their labels (at most 64 labels and 16 expressions).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub selector: Option<LabelSelector>,
 }
@@ -69,27 +69,32 @@ macro_rules! workspace_spec {
         #[serde(rename_all = "camelCase")]
         pub struct $name {
             /// The workspace slug, as in bitbucket.org/<workspace>/.
-            #[schemars(regex(pattern = r"^[a-z0-9][a-z0-9_-]{0,61}$"))]
+            #[schemars(length(min = 1, max = 62), regex(pattern = r"^[a-z0-9][a-z0-9_-]{0,61}$"))]
             pub workspace: String,
             /// Base URL of the REST API.
             #[serde(rename = "apiURL", default = "default_api_url")]
-            #[schemars(regex(pattern = r"^https?://[^\s]+$"))]
+            #[schemars(length(max = 2048), regex(pattern = r"^https?://[^\s]+$"))]
             pub api_url: String,
             /// Base URL of the site; the OAuth token endpoint is {siteURL}/site/oauth2/access_token.
             #[serde(rename = "siteURL", default = "default_site_url")]
-            #[schemars(regex(pattern = r"^https?://[^\s]+$"))]
+            #[schemars(length(max = 2048), regex(pattern = r"^https?://[^\s]+$"))]
             pub site_url: String,
             /// Host name (optionally [host]:port) used in known_hosts and clone URLs.
             #[serde(default = "default_ssh_host")]
             #[schemars(length(min = 1, max = 253))]
+            // It lands in known_hosts and clone URLs, where a line break or space adds a line or an argument.
+            #[x_kube(validation = Rule::new("!self.matches('[[:cntrl:] ]')").message("sshHost must be a host name or host:port without spaces or control characters"))]
             pub ssh_host: String,
-            /// known_hosts lines for sshHost. Default: bitbucket.org's published host keys.
+            /// known_hosts lines for sshHost (at most 16384 characters). Default: bitbucket.org's
+            /// published host keys.
             #[serde(default, skip_serializing_if = "Option::is_none")]
+            #[schemars(length(max = 16384))]
             pub known_hosts: Option<String>,
             pub auth: WorkspaceAuth,
-            /// Glob patterns of repository slugs and project keys this workspace may be used for.
+            /// Glob patterns of repository slugs and project keys this workspace may be used for
+            /// (at most 100, each at most 128 characters).
             #[serde(default = "default_allowed_repositories")]
-            #[schemars(length(max = 1000))]
+            #[schemars(length(max = 100), inner(length(min = 1, max = 128)))]
             pub allowed_repositories: Vec<String>,
             /// The operator's own request budget for this credential (Bitbucket allows 1,000/h).
             #[serde(default = "default_requests_per_hour")]

@@ -400,9 +400,10 @@ rateLimit: {{requestsPerWindow: 1000000, windowSeconds: 3600}}
     );
     let env = Env::with("oauth-chaos", &config, &[]).await;
     env.workspace().await;
+    // refreshBefore (at least 1m) is longer than these 20 s tokens live: renewed at half-life.
     for k in CONSUMERS {
         env.apply(&format!(
-            "apiVersion: v1\nkind: Secret\nmetadata: {{name: {k}-creds}}\nstringData: {{key: {k}, secret: cs-{k}-secret-0123456789}}\n---\napiVersion: bitbucket.credentials.dev/v1alpha1\nkind: BitbucketOAuthConsumer\nmetadata: {{name: {k}}}\nspec:\n  workspaceRef: {{name: acme}}\n  consumerSecretRef: {{name: {k}-creds}}\n  refreshBefore: 10s\n  secret: {{formats: [token]}}\n"
+            "apiVersion: v1\nkind: Secret\nmetadata: {{name: {k}-creds}}\nstringData: {{key: {k}, secret: cs-{k}-secret-0123456789}}\n---\napiVersion: bitbucket.credentials.dev/v1alpha1\nkind: BitbucketOAuthConsumer\nmetadata: {{name: {k}}}\nspec:\n  workspaceRef: {{name: acme}}\n  consumerSecretRef: {{name: {k}-creds}}\n  refreshBefore: 1m\n  secret: {{formats: [token]}}\n"
         ))
         .await;
     }

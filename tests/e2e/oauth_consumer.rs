@@ -69,7 +69,8 @@ async fn a_token_is_renewed_before_it_expires() {
     let config = SIM_CONFIG.replace("expiresIn: 7200", "expiresIn: 12");
     let env = Env::with("oauth-renew", &config, &[]).await;
     env.workspace().await;
-    env.apply(&consumer("ci", "  refreshBefore: 6s\n")).await;
+    // refreshBefore (at least 1m) is longer than these 12 s tokens live: renewed at half-life.
+    env.apply(&consumer("ci", "  refreshBefore: 1m\n")).await;
     env.wait_ready("bitbucketoauthconsumers", "ci", READY).await;
     let first = text(&env.secret("ci").await.unwrap(), "token");
     let renewed = eventually("a new token", Duration::from_secs(20), || async {

@@ -89,44 +89,51 @@ bitbucket-credentials-operator
 {{/*
 RBAC rules on the namespaced custom resources (objects, status, finalizers).
 */}}
+{{- /*
+Exactly the verbs the operator uses (docs/install.md has the table of why). No `update`
+anywhere: every write is a PATCH (server-side apply, merge or JSON patch). No /finalizers:
+the owner references on Secrets do not set blockOwnerDeletion.
+*/}}
 {{- define "bco.rules.namespacedResources" -}}
+# Access keys: watched; read fresh before a rotation; finalizer added and removed (JSON patch).
+# Workspaces: watched; read when a cache misses; in-use finalizer (patch).
 - apiGroups: ["bitbucket.credentials.dev"]
-  resources: ["bitbucketworkspaces", "bitbucketaccesskeys", "bitbucketoauthconsumers"]
-  verbs: ["get", "list", "watch", "patch", "update"]
+  resources: ["bitbucketaccesskeys", "bitbucketworkspaces"]
+  verbs: ["get", "list", "watch", "patch"]
+# OAuth consumers: watched only; the operator writes nothing but their status.
+- apiGroups: ["bitbucket.credentials.dev"]
+  resources: ["bitbucketoauthconsumers"]
+  verbs: ["list", "watch"]
 - apiGroups: ["bitbucket.credentials.dev"]
   resources: ["bitbucketworkspaces/status", "bitbucketaccesskeys/status", "bitbucketoauthconsumers/status"]
-  verbs: ["get", "patch", "update"]
-- apiGroups: ["bitbucket.credentials.dev"]
-  resources: ["bitbucketworkspaces/finalizers", "bitbucketaccesskeys/finalizers", "bitbucketoauthconsumers/finalizers"]
-  verbs: ["update"]
+  verbs: ["patch"]
 {{- end }}
 
 {{- define "bco.rules.clusterResources" -}}
 - apiGroups: ["bitbucket.credentials.dev"]
   resources: ["clusterbitbucketworkspaces"]
-  verbs: ["get", "list", "watch", "patch", "update"]
+  verbs: ["get", "list", "watch", "patch"]
 - apiGroups: ["bitbucket.credentials.dev"]
   resources: ["clusterbitbucketworkspaces/status"]
-  verbs: ["get", "patch", "update"]
-- apiGroups: ["bitbucket.credentials.dev"]
-  resources: ["clusterbitbucketworkspaces/finalizers"]
-  verbs: ["update"]
+  verbs: ["patch"]
+# allowedNamespaces.selector: the labels of the one namespace that asks (GET, never a list).
 - apiGroups: [""]
   resources: ["namespaces"]
-  verbs: ["get", "list", "watch"]
+  verbs: ["get"]
 {{- end }}
 
 {{- define "bco.rules.secretsReadWrite" -}}
+# Watched as metadata (list, watch) and read (get); written by server-side apply, which
+# needs create for a new Secret, and by merge patch (patch); an OAuth consumer's Secret
+# whose layout changes type is deleted and written again (delete).
 - apiGroups: [""]
   resources: ["secrets"]
-  verbs: ["get", "list", "watch", "create", "patch", "update", "delete"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
 {{- end }}
 
 {{- define "bco.rules.events" -}}
+# kube-runtime's Recorder: events.k8s.io/v1 only; a repeated event is patched (series).
 - apiGroups: ["events.k8s.io"]
-  resources: ["events"]
-  verbs: ["create", "patch"]
-- apiGroups: [""]
   resources: ["events"]
   verbs: ["create", "patch"]
 {{- end }}
