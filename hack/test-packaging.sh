@@ -150,7 +150,10 @@ def cmd_check_render(path, mode, release_ns, cr_ns, *watch):
     G = "bitbucket.credentials.dev"
     for res in ("clusterbitbucketworkspaces", "clusterbitbucketworkspaces/status"):
         if not grants(cluster_rules, G, res, "patch"): errors.append(f"ClusterRole cannot patch {res}")
-    if not grants(cluster_rules, "", "namespaces", "list"): errors.append("ClusterRole cannot list namespaces")
+    if not grants(cluster_rules, "", "namespaces", "get"): errors.append("ClusterRole cannot get namespaces")
+    for r in cluster_rules + [r for d in find(docs, "Role") for r in d["rules"]]:
+        if "update" in r.get("verbs", []) and "leases" not in r.get("resources", []):
+            errors.append(f"update granted (every write is a PATCH): {r}")
     if grants(cluster_rules, "apiextensions.k8s.io", "customresourcedefinitions", "get"): errors.append("ClusterRole grants CRD access")
     for r in cluster_rules:
         if "*" in r.get("verbs", []) or "*" in r.get("resources", []) or "*" in r.get("apiGroups", []):
@@ -161,7 +164,7 @@ def cmd_check_render(path, mode, release_ns, cr_ns, *watch):
             errors.append(f"no Role to {v} the leader-election Lease in the release namespace")
     if mode == "cluster":
         if "--watch-namespaces" in " ".join(args): errors.append("cluster-wide mode passes --watch-namespaces")
-        for v in ("get", "list", "watch", "create", "patch", "update", "delete"):
+        for v in ("get", "list", "watch", "create", "patch", "delete"):
             if not grants(cluster_rules, "", "secrets", v): errors.append(f"ClusterRole cannot {v} secrets")
         for res in ("bitbucketaccesskeys", "bitbucketoauthconsumers", "bitbucketworkspaces"):
             if not grants(cluster_rules, G, res, "watch"): errors.append(f"ClusterRole cannot watch {res}")
@@ -175,11 +178,12 @@ def cmd_check_render(path, mode, release_ns, cr_ns, *watch):
             roles = find(docs, "Role", namespace=ns)
             rules = [r for x in roles for r in x["rules"]]
             if not find(docs, "RoleBinding", namespace=ns): errors.append(f"no RoleBinding in {ns}")
-            for v in ("get", "list", "watch", "create", "patch", "update", "delete"):
+            for v in ("get", "list", "watch", "create", "patch", "delete"):
                 if not grants(rules, "", "secrets", v): errors.append(f"Role in {ns} cannot {v} secrets")
             if not grants(rules, "events.k8s.io", "events", "create"): errors.append(f"Role in {ns} cannot create events")
-            for res in ("bitbucketaccesskeys", "bitbucketoauthconsumers", "bitbucketworkspaces"):
-                if not grants(rules, G, res, "update"): errors.append(f"Role in {ns} cannot update {res}")
+            for res in ("bitbucketaccesskeys", "bitbucketworkspaces"):
+                if not grants(rules, G, res, "patch"): errors.append(f"Role in {ns} cannot patch {res}")
+            if not grants(rules, G, "bitbucketoauthconsumers", "watch"): errors.append(f"Role in {ns} cannot watch bitbucketoauthconsumers")
         if cr_ns not in watch:
             rules = [r for x in find(docs, "Role", namespace=cr_ns) for r in x["rules"]]
             if not grants(rules, "", "secrets", "get"): errors.append(f"no read access to secrets in cluster-resource namespace {cr_ns}")
@@ -497,28 +501,42 @@ can_rows() { # yes|no < rows
 G=bitbucket.credentials.dev
 crd_rows() { # NAMESPACE: what the operator needs on the namespaced custom resources there
   local n=$1 r v
-  for r in bitbucketworkspaces bitbucketaccesskeys bitbucketoauthconsumers; do
-    for v in get list watch patch update; do echo "$v $r.$G $n"; done
-    echo "patch $r.$G $n status"
-    echo "update $r.$G $n status"
-    echo "update $r.$G $n finalizers"
+  for r in bitbucketworkspaces bitbucketaccesskeys; do
+    for v in get list watch patch; do echo "$v $r.$G $n"; done
   done
+  for v in list watch; do echo "$v bitbucketoauthconsumers.$G $n"; done
+  for r in bitbucketworkspaces bitbucketaccesskeys bitbucketoauthconsumers; do
+    echo "patch $r.$G $n status"
+  done
+}
+crd_unused_rows() { # NAMESPACE: verbs the operator never uses there
+  local n=$1 r
+  for r in bitbucketworkspaces bitbucketaccesskeys bitbucketoauthconsumers; do
+    echo "update $r.$G $n"; echo "update $r.$G $n status"; echo "update $r.$G $n finalizers"
+  done
+  echo "patch bitbucketoauthconsumers.$G $n"
 }
 secret_rows() { # NAMESPACE
   local v
-  for v in get list watch create patch update delete; do echo "$v secrets $1"; done
+  for v in get list watch create patch delete; do echo "$v secrets $1"; done
 }
 event_rows() { # NAMESPACE
   echo "create events.events.k8s.io $1"; echo "patch events.events.k8s.io $1"
-  echo "create events $1"; echo "patch events $1"
+}
+unused_rows() { # NAMESPACE: verbs the operator never uses on core kinds there
+  echo "update secrets $1"; echo "create events $1"; echo "patch events $1"
 }
 cluster_rows() {
   local v
-  for v in get list watch patch update; do echo "$v clusterbitbucketworkspaces.$G -"; done
+  for v in get list watch patch; do echo "$v clusterbitbucketworkspaces.$G -"; done
   echo "patch clusterbitbucketworkspaces.$G - status"
+  echo "get namespaces -"
+}
+cluster_unused_rows() {
+  echo "update clusterbitbucketworkspaces.$G -"
   echo "update clusterbitbucketworkspaces.$G - status"
   echo "update clusterbitbucketworkspaces.$G - finalizers"
-  for v in get list watch; do echo "$v namespaces -"; done
+  echo "list namespaces -"; echo "watch namespaces -"
 }
 lease_rows() {
   echo "create leases.coordination.k8s.io $ns"
@@ -674,7 +692,11 @@ rbac_cluster_can() {
     secret_rows "*"; event_rows "$ns"; event_rows default; cluster_rows; lease_rows; } | can_rows yes
 }
 check "RBAC cluster-wide: the ServiceAccount can do all the operator needs" rbac_cluster_can
-check "RBAC cluster-wide: the ServiceAccount cannot do more" can_rows no < <(never_rows)
+rbac_cluster_cannot() {
+  { never_rows; crd_unused_rows "$ns"; crd_unused_rows "*"; unused_rows "$ns"; unused_rows "*"
+    cluster_unused_rows; } | can_rows no
+}
+check "RBAC cluster-wide: the ServiceAccount cannot do more (no update, no core events)" rbac_cluster_cannot
 
 upgrade_namespaced() {
   local spec
@@ -701,7 +723,7 @@ rbac_namespaced_can() {
 }
 check "RBAC namespaced: the ServiceAccount can do all the operator needs" rbac_namespaced_can
 rbac_namespaced_cannot() {
-  { never_rows
+  { never_rows; crd_unused_rows "$team_a"; unused_rows "$team_a"; cluster_unused_rows
     for v in get list watch create delete; do echo "$v secrets kube-system"; echo "$v secrets default"; done
     for v in get list watch; do echo "$v secrets *"; done
     for v in create update patch delete; do echo "$v secrets $ns"; done
