@@ -1,6 +1,7 @@
 //! `BitbucketWorkspace` and `ClusterBitbucketWorkspace`: how to reach Bitbucket, checked
 //! with one authenticated call, and the policy of who may use it for what.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -471,12 +472,7 @@ where
         tracing::debug!(workspace = %name, users, "deletion waits for the access keys registered through it");
         return Ok(super::requeue(IN_USE_RECHECK));
     }
-    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), secret_namespace);
-    if let Some(s) = secrets.get_opt(secret_name).await?
-        && !secret_still_protected(ctx, kind, &name, secret_namespace, secret_name).await?
-    {
-        remove_finalizer(&secrets, secret_name, s.finalizers()).await?;
-    }
+    release_secrets(ctx, kind, &name, secret_namespace, secret_name).await?;
     remove_finalizer(api, &name, obj.finalizers()).await?;
     tracing::info!(workspace = %name, "no access key needs it any more; released");
     Ok(Action::await_change())
@@ -502,8 +498,39 @@ async fn users_of(ctx: &Context, kind: WorkspaceKind, namespace: Option<&str>, n
     Ok(n)
 }
 
-/// Whether a workspace other than `except` that is itself protected names this Secret.
-async fn secret_still_protected(ctx: &Context, kind: WorkspaceKind, except: &str, namespace: &str, secret: &str) -> Result<bool> {
+/// Releases the Secrets of `namespace` that carry the in-use finalizer and that no
+/// protected workspace other than `except` names: the workspace's own Secret, and any
+/// Secret it used before its `secretRef` moved on (nothing else would ever release those,
+/// and a namespace being deleted would wait for them forever).
+async fn release_secrets(ctx: &Context, kind: WorkspaceKind, except: &str, namespace: &str, current: &str) -> Result<()> {
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
+    let held: Vec<(String, Vec<String>)> = match secrets.list_metadata(&Default::default()).await {
+        Ok(list) => list
+            .items
+            .into_iter()
+            .filter(|s| s.finalizers().iter().any(|f| f == IN_USE_FINALIZER))
+            .map(|s| (s.name_any(), s.finalizers().to_vec()))
+            .collect(),
+        // Namespaced mode without list access there: only the workspace's own Secret.
+        Err(kube::Error::Api(e)) if e.code == 403 => match secrets.get_opt(current).await? {
+            Some(s) => vec![(current.to_string(), s.finalizers().to_vec())],
+            None => Vec::new(),
+        },
+        Err(e) => return Err(e.into()),
+    };
+    if held.is_empty() {
+        return Ok(());
+    }
+    let still = secrets_still_protected(ctx, kind, except, namespace).await?;
+    for (name, finalizers) in held.iter().filter(|(n, _)| !still.contains(n)) {
+        remove_finalizer(&secrets, name, finalizers).await?;
+    }
+    Ok(())
+}
+
+/// The auth Secrets in `namespace` named by workspaces other than `except` that are
+/// themselves protected.
+async fn secrets_still_protected(ctx: &Context, kind: WorkspaceKind, except: &str, namespace: &str) -> Result<BTreeSet<String>> {
     let protected = |f: &[String]| f.iter().any(|x| x == IN_USE_FINALIZER);
     let namespaced = match Api::<BitbucketWorkspace>::namespaced(ctx.client.clone(), namespace).list(&Default::default()).await {
         Ok(l) => l.items,
@@ -511,23 +538,22 @@ async fn secret_still_protected(ctx: &Context, kind: WorkspaceKind, except: &str
         Err(kube::Error::Api(e)) if e.code == 403 => Vec::new(),
         Err(e) => return Err(e.into()),
     };
-    let by_namespaced = namespaced.iter().any(|w| {
-        !(kind == WorkspaceKind::BitbucketWorkspace && w.name_any() == except)
-            && protected(w.finalizers())
-            && auth_secret_name(&w.spec.settings()) == secret
-    });
-    if by_namespaced {
-        return Ok(true);
+    let mut names: BTreeSet<String> = namespaced
+        .iter()
+        .filter(|w| !(kind == WorkspaceKind::BitbucketWorkspace && w.name_any() == except) && protected(w.finalizers()))
+        .map(|w| auth_secret_name(&w.spec.settings()))
+        .collect();
+    if namespace == ctx.settings.cluster_resource_namespace {
+        let cluster = Api::<ClusterBitbucketWorkspace>::all(ctx.client.clone()).list(&Default::default()).await?;
+        names.extend(
+            cluster
+                .items
+                .iter()
+                .filter(|w| !(kind == WorkspaceKind::ClusterBitbucketWorkspace && w.name_any() == except) && protected(w.finalizers()))
+                .map(|w| auth_secret_name(&w.spec.settings())),
+        );
     }
-    if namespace != ctx.settings.cluster_resource_namespace {
-        return Ok(false);
-    }
-    let cluster = Api::<ClusterBitbucketWorkspace>::all(ctx.client.clone()).list(&Default::default()).await?;
-    Ok(cluster.items.iter().any(|w| {
-        !(kind == WorkspaceKind::ClusterBitbucketWorkspace && w.name_any() == except)
-            && protected(w.finalizers())
-            && auth_secret_name(&w.spec.settings()) == secret
-    }))
+    Ok(names)
 }
 
 /// A check that failed as a whole (a panic, its deadline, the API server) still ends in

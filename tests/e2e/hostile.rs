@@ -309,3 +309,32 @@ async fn a_namespace_deleted_while_the_operator_is_stopped_goes_and_leaves_no_ke
     }
     assert_eq!(left, 0, "keys left in Bitbucket after the namespace went");
 }
+
+/// A workspace whose `secretRef` moved on leaves its former Secret protected by nothing:
+/// deleting the namespace must not wait for a finalizer that no one will remove.
+#[tokio::test]
+async fn a_workspace_that_changed_its_secret_does_not_hold_up_its_namespace() {
+    let env = Env::new("hostile-secretswap").await;
+    env.workspace().await;
+    env.apply(&access_key("ci", "  repositories: [api]\n")).await;
+    let u = uid(&env.wait_ready("bitbucketaccesskeys", "ci", Duration::from_secs(60)).await);
+    assert_eq!(keys_of(&env, &u).await, 1);
+    let secrets: Api<Secret> = Api::namespaced(env.client.clone(), &env.ns);
+    let in_use = |s: &Secret| s.metadata.finalizers.iter().flatten().any(|f| f == "bitbucket.credentials.dev/in-use");
+    assert!(in_use(&secrets.get("bb-admin").await.unwrap()), "the auth Secret in use is protected");
+    env.apply(&workspace_yaml(&env.sim.url, "").replace("bb-admin", "bb-admin-2")).await;
+    eventually("the workspace reads its new Secret", Duration::from_secs(60), || async {
+        let w = env.get("bitbucketworkspaces", "acme").await?;
+        (w.data["spec"]["auth"]["apiToken"]["secretRef"]["name"] == "bb-admin-2" && env.ready("bitbucketworkspaces", "acme").await?.0 == "True")
+            .then_some(())
+    })
+    .await;
+    let namespaces: Api<Namespace> = Api::all(env.client.clone());
+    namespaces.delete(&env.ns, &DeleteParams::default()).await.unwrap();
+    let ns = env.ns.clone();
+    eventually("the namespace is gone", Duration::from_secs(120), || async {
+        namespaces.get_opt(&ns).await.unwrap().is_none().then_some(())
+    })
+    .await;
+    assert_eq!(keys_of(&env, &u).await, 0, "the key is removed from Bitbucket");
+}
