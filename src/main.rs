@@ -11,7 +11,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the controllers.
-    Run(operator::Config),
+    Run(Box<operator::Config>),
     /// Print the CustomResourceDefinitions as YAML.
     Crd,
 }
@@ -30,7 +30,7 @@ async fn main() -> std::process::ExitCode {
             limit_malloc_arenas();
             tokio::spawn(return_free_memory());
             telemetry::init(config.log_format);
-            match operator::run(config).await {
+            match operator::run(*config).await {
                 Ok(()) => std::process::ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!(error = %e, "operator stopped");

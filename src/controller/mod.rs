@@ -61,6 +61,9 @@ pub fn workspace_key(controller: &str, namespace: &str, r: &crate::api::Workspac
 }
 
 /// What every reconcile gets.
+/// What a workspace was verified with: its credential (by identity) and generation.
+pub type VerifiedStamp = (usize, Option<i64>);
+
 pub struct Context {
     pub client: Client,
     pub bitbucket: Arc<Bitbucket>,
@@ -71,7 +74,7 @@ pub struct Context {
     /// Per workspace object: how many of its users' reconciles may run at once.
     slots: Mutex<HashMap<String, Arc<tokio::sync::Semaphore>>>,
     /// Per workspace object (uid): the credential and generation last verified, and when.
-    verified: Mutex<HashMap<String, ((usize, Option<i64>), std::time::Instant)>>,
+    verified: Mutex<HashMap<String, (VerifiedStamp, std::time::Instant)>>,
 }
 
 impl Context {
@@ -94,12 +97,12 @@ impl Context {
 
     /// Whether workspace `uid` was verified with the same credential and generation
     /// within `max_age`.
-    pub fn recently_verified(&self, uid: &str, stamp: (usize, Option<i64>), max_age: Duration) -> bool {
+    pub fn recently_verified(&self, uid: &str, stamp: VerifiedStamp, max_age: Duration) -> bool {
         let v = self.verified.lock().unwrap_or_else(|e| e.into_inner());
         v.get(uid).is_some_and(|(s, at)| *s == stamp && at.elapsed() < max_age)
     }
 
-    pub fn verified(&self, uid: &str, stamp: (usize, Option<i64>)) {
+    pub fn verified(&self, uid: &str, stamp: VerifiedStamp) {
         let mut v = self.verified.lock().unwrap_or_else(|e| e.into_inner());
         // Entries older than any use are dropped (bounded by the workspaces that exist).
         v.retain(|_, (_, at)| at.elapsed() < Duration::from_secs(3600));
