@@ -229,7 +229,7 @@ fn adopt_key(status: &mut AccessKeyStatus, key: &KeyPair, obj: &BitbucketAccessK
 /// How `register` finds out whether a key is already on a target.
 #[derive(Clone, Copy, PartialEq, Debug)]
 enum Lookup {
-    /// Create it; Bitbucket's duplicate answer says when it is there.
+    /// Create it; a 400 is followed by a listing, which says whether it is there.
     Create,
     /// List the target's keys now.
     Fresh,
@@ -316,7 +316,8 @@ impl Run<'_> {
     /// Makes sure `key` is registered on every target and returns the registrations.
     /// With a listing, each target's keys are read first: the key is adopted if it is
     /// there, and keys of this object that are not in `keep` (fingerprints) are removed.
-    /// Without, the key is created directly and adopted if Bitbucket says it exists.
+    /// Without, the key is created directly; after a 400 (of any text) the target is
+    /// listed and the key adopted if it is there.
     async fn register(&self, key: &KeyPair, targets: &[Target], lookup: Lookup, keep: &BTreeSet<String>) -> Result<Vec<Registration>> {
         let label = label(self.obj, &self.ctx.settings.cluster_name);
         let regs: Vec<Registration> = futures::stream::iter(targets.iter().cloned())
@@ -358,11 +359,11 @@ impl Run<'_> {
                             self.created.lock().unwrap_or_else(|e| e.into_inner()).push((key.fingerprint().to_string(), target.to_string()));
                             Ok(registration(&target, k.id))
                         }
-                        Err(bitbucket::Error::DuplicateKey(m)) => {
+                        // Any 400 may mean "already there" (an earlier attempt whose answer
+                        // was lost went through), whatever its words: the listing decides.
+                        Err(e @ (bitbucket::Error::DuplicateKey(_) | bitbucket::Error::InvalidKey(_) | bitbucket::Error::BadRequest(_))) => {
                             let keys = client.list_keys(&target).await.map_err(wrap)?;
-                            found(&keys)
-                                .map(|id| registration(&target, id))
-                                .ok_or_else(|| wrap(bitbucket::Error::DuplicateKey(m)))
+                            found(&keys).map(|id| registration(&target, id)).ok_or_else(|| wrap(e))
                         }
                         Err(e) => Err(wrap(e)),
                     }
@@ -569,8 +570,8 @@ async fn apply(obj: &BitbucketAccessKey, ctx: &Context, inputs: Inputs) -> Resul
         st.registrations.sort();
     }
 
-    // A new object's first registration creates directly (a key that already exists is
-    // adopted from the duplicate answer); listing every target's keys waits for the first
+    // A new object's first registration creates directly (a 400 is followed by a
+    // listing, and a key that is already there adopted); listing every target's keys waits for the first
     // drift check, so creating N objects on one repository costs N creates, not N lists.
     let drift_due = st.last_verified_time.as_ref().is_some_and(|t| has_passed(t, ctx.settings.drift_check_interval));
     let spec_changed = original.observed_generation.is_some() && original.observed_generation != generation;

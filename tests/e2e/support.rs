@@ -774,3 +774,10 @@ pub fn ssh_keygen_fingerprint(dir: &Path, private: &[u8]) -> String {
     let _ = std::fs::remove_file(&path);
     String::from_utf8_lossy(&out.stdout).split_whitespace().nth(1).unwrap_or_default().to_string()
 }
+
+/// Sets how the simulator's deploy-key endpoints deviate from the documented answers
+/// (`PUT /_sim/deploy-key-variants`).
+pub async fn set_variants(sim: &Sim, variants: serde_json::Value) {
+    let r = sim.http.put(format!("{}/_sim/deploy-key-variants", sim.url)).json(&variants).send().await.unwrap();
+    assert!(r.status().is_success(), "PUT /_sim/deploy-key-variants {variants}: {}", r.status());
+}
