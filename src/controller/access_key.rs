@@ -379,36 +379,34 @@ impl Run<'_> {
 
     /// Removes registrations. One with id 0 is a target where the key may be (a crash
     /// left it unrecorded): its keys of this object with `fingerprint` (any, if None)
-    /// are found by listing.
-    async fn delete_registrations(&self, regs: &[Registration], fingerprint: Option<&str>) -> Result<()> {
+    /// are found by listing. A 404 counts as removed only where no key id is on record
+    /// (`on_record`) or the target's listing shows the key gone (see `not_found`).
+    async fn delete_registrations(&self, regs: &[Registration], fingerprint: Option<&str>, on_record: &BTreeSet<Target>) -> Result<()> {
         let client = &self.ws.client;
         futures::stream::iter(regs.to_vec())
             .map(|r| async move {
                 let target = target_of(&r);
-                let gone = |e: &bitbucket::Error| matches!(e, bitbucket::Error::RepositoryNotFound(_) | bitbucket::Error::ProjectNotFound(_));
+                let wrap = |e| Error::bitbucket(&target, e);
                 if r.id != 0 {
                     // An id comes from status, which may be stale (or not ours to begin
                     // with): the key at that id is removed only if it is this object's.
                     let key = match client.get_key(&target, r.id).await {
                         Ok(k) => k,
-                        Err(bitbucket::Error::KeyNotFound(_)) => return Ok(()),
-                        Err(e) if gone(&e) => return Ok(()),
-                        Err(e) => return Err(Error::bitbucket(&target, e)),
+                        Err(e) if not_found(&e) => return client.confirm_gone(&target, r.id).await.map_err(wrap),
+                        Err(e) => return Err(wrap(e)),
                     };
                     let fp = fingerprint_of_public(key.key_body()).unwrap_or_default();
                     if !is_ours(&key, &self.uid) || fingerprint.is_some_and(|f| f != fp) {
                         tracing::warn!(object = %super::display_name(self.obj), %target, id = r.id, "the key at this id is not this object's: left alone");
                         return Ok(());
                     }
-                    return match client.delete_key(&target, r.id).await {
-                        Err(e) if !gone(&e) => Err(Error::bitbucket(&target, e)),
-                        _ => Ok(()),
-                    };
+                    return client.delete_key(&target, r.id).await.map_err(wrap);
                 }
                 let keys = match client.list_keys(&target).await {
                     Ok(k) => k,
-                    Err(e) if gone(&e) => return Ok(()),
-                    Err(e) => return Err(Error::bitbucket(&target, e)),
+                    Err(e) if not_found(&e) && on_record.contains(&target) => return Err(wrap(client.not_visible(&target))),
+                    Err(e) if not_found(&e) => return Ok(()),
+                    Err(e) => return Err(wrap(e)),
                 };
                 for k in keys.iter().filter(|k| is_ours(k, &self.uid)) {
                     let fp = fingerprint_of_public(k.key_body()).unwrap_or_default();
@@ -423,6 +421,19 @@ impl Run<'_> {
             .await?;
         Ok(())
     }
+}
+
+/// A 404, which alone proves nothing: Bitbucket answers the same for a missing key, a
+/// deleted target and a target these credentials can no longer see.
+fn not_found(e: &bitbucket::Error) -> bool {
+    matches!(e, bitbucket::Error::KeyNotFound(_) | bitbucket::Error::RepositoryNotFound(_) | bitbucket::Error::ProjectNotFound(_))
+}
+
+/// The targets where status records a key of this object by id: a 404 there is not
+/// taken for "nothing left to remove".
+fn on_record(st: &AccessKeyStatus) -> BTreeSet<Target> {
+    let recorded = st.registrations.iter().chain(st.retiring_keys.iter().flat_map(|k| k.registrations.iter()));
+    recorded.filter(|r| r.id != 0).map(target_of).collect()
 }
 
 /// Where a key of this object may be registered: the spec's targets and every target
@@ -653,7 +664,7 @@ async fn apply(obj: &BitbucketAccessKey, ctx: &Context, inputs: Inputs) -> Resul
         .map(|t| registration(t, 0))
         .collect();
     if !dropped.is_empty() {
-        run.delete_registrations(&dropped, None).await?;
+        run.delete_registrations(&dropped, None, &on_record(&st)).await?;
         for r in &dropped {
             ctx.event(obj, false, "Unregistered", format!("access key removed from {}", target_of(r))).await;
         }
@@ -686,11 +697,12 @@ async fn apply(obj: &BitbucketAccessKey, ctx: &Context, inputs: Inputs) -> Resul
     }
 
     // Old keys whose grace period is over.
+    let recorded = on_record(&st);
     let (due, keep): (Vec<RetiringKey>, Vec<RetiringKey>) =
         st.retiring_keys.drain(..).partition(|k| super::seconds_until(&k.remove_after) <= 0);
     st.retiring_keys = keep;
     for k in &due {
-        run.delete_registrations(&k.registrations, Some(&k.fingerprint)).await?;
+        run.delete_registrations(&k.registrations, Some(&k.fingerprint), &recorded).await?;
         ctx.event(obj, false, "RetiredKeyRemoved", format!("old key {} removed after its grace period", k.fingerprint)).await;
     }
 
@@ -773,19 +785,23 @@ async fn cleanup(obj: &BitbucketAccessKey, ctx: &Context) -> Result<Action> {
         all.extend(targets(obj).into_iter().chain(recorded).filter(|t| ws.check_allowed(t.name()).is_ok()));
     }
     let mut removed = 0;
+    let recorded = on_record(&status);
     for target in all {
-        removed += remove_keys(&ws, &target, &uid).await?;
+        removed += remove_keys(&ws, &target, &uid, recorded.contains(&target)).await?;
     }
     tracing::info!(object = %super::display_name(obj), removed, "keys removed from Bitbucket");
     Ok(Action::await_change())
 }
 
-/// Removes every key of the object with `uid` from `target`; a target that is gone has
-/// none. Returns how many were removed.
-async fn remove_keys(ws: &Resolved, target: &Target, uid: &str) -> Result<usize> {
+/// Removes every key of the object with `uid` from `target`. A target that answers 404
+/// has none, unless status records a key there (`on_record`): then it may only have
+/// become invisible to these credentials, and the key is not counted as removed.
+/// Returns how many were removed.
+async fn remove_keys(ws: &Resolved, target: &Target, uid: &str, on_record: bool) -> Result<usize> {
     let keys = match ws.client.list_keys(target).await {
         Ok(k) => k,
-        Err(bitbucket::Error::RepositoryNotFound(_) | bitbucket::Error::ProjectNotFound(_)) => return Ok(0),
+        Err(e) if not_found(&e) && on_record => return Err(Error::bitbucket(target, ws.client.not_visible(target))),
+        Err(e) if not_found(&e) => return Ok(0),
         Err(e) => return Err(Error::bitbucket(target, e)),
     };
     let mut removed = 0;
@@ -821,8 +837,9 @@ async fn revoke(obj: &BitbucketAccessKey, ctx: &Context, why: Error) -> Error {
     if revoked.is_empty() {
         return why;
     }
+    let recorded = on_record(&status);
     for target in &revoked {
-        if let Err(e) = remove_keys(&ws, target, &uid).await {
+        if let Err(e) = remove_keys(&ws, target, &uid, recorded.contains(target)).await {
             return e;
         }
     }

@@ -47,3 +47,72 @@ async fn a_timed_out_create_converges_when_the_retry_gets_a_generic_400() {
 async fn a_timed_out_create_converges_when_the_duplicate_400_has_another_text() {
     a_timed_out_create_converges_whatever_the_duplicate_answer_says("different").await;
 }
+
+fn hidden(repository: &str) -> Value {
+    json!({"bareNotFound": true, "hidden": [{"repository": repository, "credential": "admin@acme.test"}]})
+}
+
+fn registered_on(o: &kube::api::DynamicObject, repository: &str) -> Option<i64> {
+    let regs = o.data["status"]["registrations"].as_array()?;
+    regs.iter().find(|r| r["repository"] == repository).and_then(|r| r["id"].as_i64())
+}
+
+/// Deleting the object while a repository answers 404 to the credential (access lost)
+/// does not count its key as removed: the object reports it, keeps it on record, and
+/// finishes once the repository is visible again, leaving no key behind.
+#[tokio::test]
+async fn deleting_an_object_whose_repository_is_not_visible_keeps_its_key_on_record() {
+    let env = Env::new("not-visible-delete").await;
+    env.workspace().await;
+    env.apply(&access_key("ci", "  repositories: [api, web]\n")).await;
+    let o = env.wait_ready("bitbucketaccesskeys", "ci", READY).await;
+    let api_id = registered_on(&o, "api").expect("registered on api");
+    set_variants(&env.sim, hidden("acme/api")).await;
+    env.api("bitbucketaccesskeys").delete("ci", &DeleteParams::default()).await.unwrap();
+    let m = env.wait_reason("bitbucketaccesskeys", "ci", "TargetNotVisible", READY).await;
+    assert!(m.contains("acme/api"), "{m}");
+    let o = env.get("bitbucketaccesskeys", "ci").await.expect("the finalizer keeps the object");
+    assert_eq!(registered_on(&o, "api"), Some(api_id), "the key stays on record");
+    assert!(env.sim.keys().await.iter().any(|k| k["id"] == api_id), "and in Bitbucket");
+    set_variants(&env.sim, json!({})).await;
+    eventually("the object is gone", Duration::from_secs(400), || async {
+        env.get("bitbucketaccesskeys", "ci").await.is_none().then_some(())
+    })
+    .await;
+    assert!(env.sim.keys().await.is_empty(), "no key left behind");
+}
+
+/// A retiring key whose repository answers a bare 404 when its grace period ends is not
+/// recorded as removed; once the repository answers again it is removed.
+#[tokio::test]
+async fn a_retired_key_on_a_repository_that_is_not_visible_stays_until_it_can_be_removed() {
+    let env = Env::with("not-visible-retire", SIM_CONFIG, &["--drift-check-interval=1h"]).await;
+    env.workspace().await;
+    env.apply(&access_key("ci", "  repositories: [api, web]\n  rotation: {gracePeriod: 20s}\n")).await;
+    let o = env.wait_ready("bitbucketaccesskeys", "ci", READY).await;
+    let old = o.data["status"]["fingerprint"].as_str().unwrap().to_string();
+    env.api("bitbucketaccesskeys")
+        .patch("ci", &kube::api::PatchParams::default(), &kube::api::Patch::Merge(json!({"metadata": {"annotations": {"bitbucket.credentials.dev/rotate": "1"}}})))
+        .await
+        .unwrap();
+    eventually("rotated", READY, || async {
+        let o = env.get("bitbucketaccesskeys", "ci").await?;
+        (o.data["status"]["fingerprint"] != old.as_str() && o.data["status"]["retiringKeys"].as_array().is_some_and(|a| !a.is_empty())).then_some(())
+    })
+    .await;
+    set_variants(&env.sim, hidden("acme/api")).await;
+    let m = env.wait_reason("bitbucketaccesskeys", "ci", "TargetNotVisible", READY).await;
+    assert!(m.contains("acme/api"), "{m}");
+    let o = env.get("bitbucketaccesskeys", "ci").await.unwrap();
+    assert_eq!(o.data["status"]["retiringKeys"][0]["fingerprint"], old.as_str(), "the old key stays on record");
+    assert!(env.sim.keys().await.iter().any(|k| k["fingerprint"] == old.as_str() && k["target"]["repository"] == "acme/api"));
+    set_variants(&env.sim, json!({})).await;
+    eventually("the old key is removed", Duration::from_secs(400), || async {
+        let keys = env.sim.keys().await;
+        (!keys.iter().any(|k| k["fingerprint"] == old.as_str())).then_some(())
+    })
+    .await;
+    let o = env.wait_ready("bitbucketaccesskeys", "ci", READY).await;
+    assert!(o.data["status"]["retiringKeys"].as_array().is_none_or(|a| a.is_empty()));
+    assert_eq!(env.sim.keys().await.len(), 2, "the new key on api and web, nothing else");
+}
