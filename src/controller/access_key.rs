@@ -4,8 +4,8 @@
 //! Crash safety comes from the order of the steps: a new private key is persisted in the
 //! Secret before it is registered anywhere (as the current key on first use, or under
 //! `rotation-pending-privatekey` during a rotation), the Secret switches to a new key
-//! only once it is registered everywhere, and every key carries the object's UID in its
-//! comment, so whatever a crash leaves half-done is found and adopted or removed.
+//! only once it is registered everywhere, and every key carries the object's mark (see
+//! `marker`), so whatever a crash leaves half-done is found and adopted or removed.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -18,6 +18,7 @@ use kube::runtime::controller::Action;
 use kube::{Api, Resource, ResourceExt};
 use serde_json::json;
 
+use super::marker::{self, Marker};
 use super::workspace::{Resolved, resolve, resolve_for_removal};
 use super::{Context, Error, FIELD_MANAGER, Result, bounded_duration, condition, has_passed, jitter, now, set_condition, time_after};
 use crate::api::{
@@ -160,24 +161,31 @@ fn registration(target: &Target, id: i64) -> Registration {
     }
 }
 
-/// The mark every key of this object carries in its comment.
-fn mark(uid: &str) -> String {
-    format!("uid={uid}")
+/// The mark every key of this object carries: its comment, and its label unless the
+/// spec sets one (see `marker`).
+fn mark(obj: &BitbucketAccessKey, cluster_name: &str) -> String {
+    Marker::new(&obj.uid().unwrap_or_default(), cluster_name, &obj.namespace().unwrap_or_default(), &obj.name_any()).token()
 }
 
-fn comment(ctx: &Context, uid: &str) -> String {
-    format!("bitbucket-credentials-operator cluster={} {}", ctx.settings.cluster_name, mark(uid))
+/// Whether a key in Bitbucket is this object's: by the mark in its comment (whole, or cut
+/// to its first word, or an earlier version's), by the mark as its label, or by a
+/// fingerprint this object recorded (Bitbucket may drop the comment, and a label set in
+/// the spec carries no mark). Keys it did not create carry none of these.
+fn is_ours(key: &DeployKey, uid: &str, fingerprints: &BTreeSet<String>) -> bool {
+    key.comment.as_deref().is_some_and(|c| marker::marks(c, uid))
+        || key.label.as_deref().is_some_and(|l| marker::marks(l, uid))
+        || fingerprint_of_public(key.key_body()).is_some_and(|fp| fingerprints.contains(&fp))
 }
 
-fn is_ours(key: &DeployKey, uid: &str) -> bool {
-    let m = mark(uid);
-    key.comment.as_deref().is_some_and(|c| c.split_whitespace().any(|w| w == m))
+/// The fingerprints this object knows as its own: status (current and retiring) and the
+/// keys its Secret holds.
+fn known_fingerprints<'a>(st: &AccessKeyStatus, secret_keys: impl IntoIterator<Item = &'a KeyPair>) -> BTreeSet<String> {
+    let recorded = st.fingerprint.iter().cloned().chain(st.retiring_keys.iter().map(|k| k.fingerprint.clone()));
+    recorded.chain(secret_keys.into_iter().map(|k| k.fingerprint().to_string())).collect()
 }
 
 fn label(obj: &BitbucketAccessKey, cluster_name: &str) -> String {
-    let l = obj.spec.label.clone().filter(|l| !l.is_empty()).unwrap_or_else(|| {
-        format!("{cluster_name}/{}/{}", obj.namespace().unwrap_or_default(), obj.name_any())
-    });
+    let l = obj.spec.label.clone().filter(|l| !l.is_empty()).unwrap_or_else(|| mark(obj, cluster_name));
     l.chars().take(255).collect()
 }
 
@@ -249,6 +257,8 @@ struct Run<'a> {
     ctx: &'a Context,
     ws: Resolved,
     uid: String,
+    /// Fingerprints of this object's keys (see `is_ours`).
+    fingerprints: BTreeSet<String>,
     secret_name: String,
     secrets: Api<Secret>,
     /// Keys created in Bitbucket by this reconcile (fingerprint, target), announced in
@@ -342,7 +352,7 @@ impl Run<'_> {
                         }
                     };
                     if let Some(keys) = &existing {
-                        for k in keys.iter().filter(|k| is_ours(k, &self.uid)) {
+                        for k in keys.iter().filter(|k| is_ours(k, &self.uid, &self.fingerprints)) {
                             let fp = fingerprint_of_public(k.key_body()).unwrap_or_default();
                             if k.key_body() != key.public_key_body() && !keep.contains(&fp) {
                                 client.delete_key(&target, k.id).await.map_err(wrap)?;
@@ -396,7 +406,7 @@ impl Run<'_> {
                         Err(e) => return Err(wrap(e)),
                     };
                     let fp = fingerprint_of_public(key.key_body()).unwrap_or_default();
-                    if !is_ours(&key, &self.uid) || fingerprint.is_some_and(|f| f != fp) {
+                    if !is_ours(&key, &self.uid, &self.fingerprints) || fingerprint.is_some_and(|f| f != fp) {
                         tracing::warn!(object = %super::display_name(self.obj), %target, id = r.id, "the key at this id is not this object's: left alone");
                         return Ok(());
                     }
@@ -408,7 +418,7 @@ impl Run<'_> {
                     Err(e) if not_found(&e) => return Ok(()),
                     Err(e) => return Err(wrap(e)),
                 };
-                for k in keys.iter().filter(|k| is_ours(k, &self.uid)) {
+                for k in keys.iter().filter(|k| is_ours(k, &self.uid, &self.fingerprints)) {
                     let fp = fingerprint_of_public(k.key_body()).unwrap_or_default();
                     if fingerprint.is_none_or(|f| f == fp) {
                         client.delete_key(&target, k.id).await.map_err(|e| Error::bitbucket(&target, e))?;
@@ -552,7 +562,8 @@ async fn apply(obj: &BitbucketAccessKey, ctx: &Context, inputs: Inputs) -> Resul
     let generation = obj.metadata.generation;
     let original = obj.status.clone().unwrap_or_default();
     let mut st = original.clone();
-    let run = Run { obj, ctx, ws, uid: uid.clone(), secret_name: secret_name.clone(), secrets, created: Default::default() };
+    let fingerprints = known_fingerprints(&original, current.iter().chain(pending.iter()));
+    let run = Run { obj, ctx, ws, uid: uid.clone(), fingerprints, secret_name: secret_name.clone(), secrets, created: Default::default() };
     let grace = grace_period(&obj.spec);
     let key_spec = KeySpec::new(obj.spec.key_type, obj.spec.rsa_bits, obj.spec.ecdsa_curve);
     let mut secret_state = existing;
@@ -593,7 +604,7 @@ async fn apply(obj: &BitbucketAccessKey, ctx: &Context, inputs: Inputs) -> Resul
     if current.is_none() {
         let k = match pending.take() {
             Some(p) => p,
-            None => KeyPair::generate_blocking(key_spec, comment(ctx, &uid)).await?,
+            None => KeyPair::generate_blocking(key_spec, mark(obj, &ctx.settings.cluster_name)).await?,
         };
         if st.fingerprint.is_some() {
             ctx.event(obj, true, "SecretRestored", format!("Secret {secret_name} lost its private key; a new key replaces it")).await;
@@ -620,7 +631,7 @@ async fn apply(obj: &BitbucketAccessKey, ctx: &Context, inputs: Inputs) -> Resul
         let next = match pending.take() {
             Some(p) => p,
             None => {
-                let k = KeyPair::generate_blocking(key_spec, comment(ctx, &uid)).await?;
+                let k = KeyPair::generate_blocking(key_spec, mark(obj, &ctx.settings.cluster_name)).await?;
                 let mut recorded = recorded_targets(secret_state.as_ref());
                 recorded.extend(may_hold_keys(&st, &targets));
                 let desired = run.desired_secret(&current, Some(&k), &recorded);
@@ -778,16 +789,20 @@ async fn cleanup(obj: &BitbucketAccessKey, ctx: &Context) -> Result<Action> {
     let (ws, admitted) = resolve_for_removal(ctx, &ns, &obj.spec.workspace_ref).await?;
     let status = obj.status.clone().unwrap_or_default();
     let mut all = may_hold_keys(&status, &[]);
+    let mut fingerprints = known_fingerprints(&status, []);
     if admitted {
         let secret_name = obj.spec.secret.name.clone().unwrap_or_else(|| obj.name_any());
         let secret = Api::<Secret>::namespaced(ctx.client.clone(), &ns).get_opt(&secret_name).await?;
-        let recorded = secret.as_ref().filter(|s| super::owned_by(*s, &uid)).map(|s| recorded_targets(Some(s))).unwrap_or_default();
+        let secret = secret.as_ref().filter(|s| super::owned_by(*s, &uid));
+        let held: Vec<KeyPair> = ["ssh-privatekey", PENDING_KEY].iter().filter_map(|f| read_key(secret, f)).collect();
+        fingerprints.extend(held.iter().map(|k| k.fingerprint().to_string()));
+        let recorded = secret.map(|s| recorded_targets(Some(s))).unwrap_or_default();
         all.extend(targets(obj).into_iter().chain(recorded).filter(|t| ws.check_allowed(t.name()).is_ok()));
     }
     let mut removed = 0;
     let recorded = on_record(&status);
     for target in all {
-        removed += remove_keys(&ws, &target, &uid, recorded.contains(&target)).await?;
+        removed += remove_keys(&ws, &target, &uid, &fingerprints, recorded.contains(&target)).await?;
     }
     tracing::info!(object = %super::display_name(obj), removed, "keys removed from Bitbucket");
     Ok(Action::await_change())
@@ -797,7 +812,7 @@ async fn cleanup(obj: &BitbucketAccessKey, ctx: &Context) -> Result<Action> {
 /// has none, unless status records a key there (`on_record`): then it may only have
 /// become invisible to these credentials, and the key is not counted as removed.
 /// Returns how many were removed.
-async fn remove_keys(ws: &Resolved, target: &Target, uid: &str, on_record: bool) -> Result<usize> {
+async fn remove_keys(ws: &Resolved, target: &Target, uid: &str, fingerprints: &BTreeSet<String>, on_record: bool) -> Result<usize> {
     let keys = match ws.client.list_keys(target).await {
         Ok(k) => k,
         Err(e) if not_found(&e) && on_record => return Err(Error::bitbucket(target, ws.client.not_visible(target))),
@@ -805,7 +820,7 @@ async fn remove_keys(ws: &Resolved, target: &Target, uid: &str, on_record: bool)
         Err(e) => return Err(Error::bitbucket(target, e)),
     };
     let mut removed = 0;
-    for k in keys.iter().filter(|k| is_ours(k, uid)) {
+    for k in keys.iter().filter(|k| is_ours(k, uid, fingerprints)) {
         ws.client.delete_key(target, k.id).await.map_err(|e| Error::bitbucket(target, e))?;
         crate::failpoint::hit("cleanup-key-deleted");
         removed += 1;
@@ -839,7 +854,7 @@ async fn revoke(obj: &BitbucketAccessKey, ctx: &Context, why: Error) -> Error {
     }
     let recorded = on_record(&status);
     for target in &revoked {
-        if let Err(e) = remove_keys(&ws, target, &uid, recorded.contains(target)).await {
+        if let Err(e) = remove_keys(&ws, target, &uid, &known_fingerprints(&status, []), recorded.contains(target)).await {
             return e;
         }
     }
@@ -862,11 +877,32 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_keys_with_this_uid_are_ours() {
-        let k = |c: &str| DeployKey { id: 1, key: "ssh-ed25519 AAAA".into(), comment: Some(c.into()), label: None };
-        assert!(is_ours(&k("bitbucket-credentials-operator cluster=a uid=123"), "123"));
-        assert!(!is_ours(&k("bitbucket-credentials-operator cluster=a uid=1234"), "123"));
-        assert!(!is_ours(&k("someone's laptop"), "123"));
+    fn keys_are_ours_by_mark_label_or_recorded_fingerprint() {
+        let body = test_key().public_key_body().to_string();
+        let k = |c: &str, l: &str| DeployKey { id: 1, key: body.clone(), comment: Some(c.into()), label: Some(l.into()) };
+        let none = BTreeSet::new();
+        let m = Marker::new("123", "a", "ns", "n").token();
+        assert!(is_ours(&k(&m, "custom"), "123", &none));
+        assert!(is_ours(&k("bitbucket-credentials-operator cluster=a uid=123", ""), "123", &none), "an earlier version's mark");
+        assert!(is_ours(&k("", &m), "123", &none), "comment dropped, mark in the label");
+        assert!(!is_ours(&k("bitbucket-credentials-operator cluster=a uid=1234", ""), "123", &none));
+        assert!(!is_ours(&k("someone's laptop", "custom"), "123", &none));
+        assert!(!is_ours(&k("", "custom"), "123", &none));
+        let recorded: BTreeSet<String> = [test_key().fingerprint().to_string()].into();
+        assert!(is_ours(&k("", "custom"), "123", &recorded), "comment dropped, label set in the spec: the fingerprint");
+    }
+
+    #[test]
+    fn the_default_label_is_the_mark() {
+        let spec: BitbucketAccessKeySpec = serde_json::from_value(serde_json::json!({"workspaceRef": {"name": "w"}})).unwrap();
+        let mut obj = BitbucketAccessKey::new("ci", spec);
+        obj.metadata.namespace = Some("ns".into());
+        obj.metadata.uid = Some("0b0e7a6c-0000-4000-8000-000000000000".into());
+        let l = label(&obj, "prod");
+        assert_eq!(l, "bitbucket-credentials-operator:0b0e7a6c-0000-4000-8000-000000000000:prod:ns/ci");
+        assert!(marker::marks(&l, "0b0e7a6c-0000-4000-8000-000000000000"));
+        obj.spec.label = Some("team ci".into());
+        assert_eq!(label(&obj, "prod"), "team ci");
     }
 
     #[test]

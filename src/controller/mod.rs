@@ -3,6 +3,7 @@
 
 pub mod access_key;
 pub mod cache;
+pub(crate) mod marker;
 pub mod oauth_consumer;
 pub mod workspace;
 

@@ -116,3 +116,68 @@ async fn a_retired_key_on_a_repository_that_is_not_visible_stays_until_it_can_be
     assert!(o.data["status"]["retiringKeys"].as_array().is_none_or(|a| a.is_empty()));
     assert_eq!(env.sim.keys().await.len(), 2, "the new key on api and web, nothing else");
 }
+
+async fn rotate(env: &Env, value: &str) {
+    env.api("bitbucketaccesskeys")
+        .patch("ci", &kube::api::PatchParams::default(), &kube::api::Patch::Merge(json!({"metadata": {"annotations": {"bitbucket.credentials.dev/rotate": value}}})))
+        .await
+        .unwrap();
+}
+
+async fn fingerprints(env: &Env) -> Vec<String> {
+    let mut v: Vec<String> = env.sim.keys().await.iter().map(|k| k["fingerprint"].as_str().unwrap_or_default().to_string()).collect();
+    v.sort();
+    v
+}
+
+/// Bitbucket drops the comment and the spec sets its own label: nothing in Bitbucket
+/// names the object, yet its keys are found by their recorded fingerprints: restored,
+/// rotated and removed without a duplicate or an orphan.
+#[tokio::test]
+async fn keys_whose_comment_was_dropped_are_still_recognised_rotated_and_removed() {
+    let env = Env::new("comments-dropped").await;
+    env.workspace().await;
+    set_variants(&env.sim, json!({"comments": "dropped"})).await;
+    env.apply(&access_key("ci", "  repositories: [api, web]\n  label: team-ci\n  rotation: {gracePeriod: 3s}\n")).await;
+    let o = env.wait_ready("bitbucketaccesskeys", "ci", READY).await;
+    let old = o.data["status"]["fingerprint"].as_str().unwrap().to_string();
+    let keys = env.sim.keys().await;
+    assert_eq!(keys.len(), 2, "{keys:?}");
+    assert!(keys.iter().all(|k| k["comment"] == "" && k["label"] == "team-ci"), "{keys:?}");
+    // Drift: a key deleted in Bitbucket comes back, once.
+    env.sim.delete_key(keys[1]["id"].as_i64().unwrap()).await;
+    eventually("the deleted key is restored", READY, || async { (fingerprints(&env).await == vec![old.clone(), old.clone()]).then_some(()) }).await;
+    rotate(&env, "1").await;
+    let new = eventually("rotated, and the old key removed after its grace period", READY, || async {
+        let o = env.get("bitbucketaccesskeys", "ci").await?;
+        let new = o.data["status"]["fingerprint"].as_str()?.to_string();
+        let retiring = o.data["status"]["retiringKeys"].as_array().is_some_and(|a| !a.is_empty());
+        (new != old && !retiring && fingerprints(&env).await == vec![new.clone(), new.clone()]).then_some(new)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(fingerprints(&env).await, vec![new.clone(), new], "no duplicate after drift checks");
+    env.api("bitbucketaccesskeys").delete("ci", &DeleteParams::default()).await.unwrap();
+    eventually("the object is gone", READY, || async { env.get("bitbucketaccesskeys", "ci").await.is_none().then_some(()) }).await;
+    assert!(env.sim.keys().await.is_empty(), "no orphan: {:?}", env.sim.keys().await);
+}
+
+/// Bitbucket keeps only the first word of the comment: the one-word mark survives whole,
+/// and the object's keys are removed with it.
+#[tokio::test]
+async fn a_comment_cut_to_its_first_word_keeps_the_whole_mark() {
+    let env = Env::new("comments-first-word").await;
+    env.workspace().await;
+    set_variants(&env.sim, json!({"comments": "firstWord"})).await;
+    env.apply(&access_key("ci", "  repositories: [api]\n  projects: [CORE]\n")).await;
+    let o = env.wait_ready("bitbucketaccesskeys", "ci", READY).await;
+    let uid = o.metadata.uid.clone().unwrap();
+    let keys = env.sim.keys().await;
+    assert_eq!(keys.len(), 2, "{keys:?}");
+    for k in &keys {
+        assert_eq!(crate::support::marked_uid(k["comment"].as_str().unwrap_or_default()), Some(uid.clone()), "{k}");
+    }
+    env.api("bitbucketaccesskeys").delete("ci", &DeleteParams::default()).await.unwrap();
+    eventually("the object is gone", READY, || async { env.get("bitbucketaccesskeys", "ci").await.is_none().then_some(()) }).await;
+    assert!(env.sim.keys().await.is_empty(), "no orphan: {:?}", env.sim.keys().await);
+}

@@ -781,3 +781,15 @@ pub async fn set_variants(sim: &Sim, variants: serde_json::Value) {
     let r = sim.http.put(format!("{}/_sim/deploy-key-variants", sim.url)).json(&variants).send().await.unwrap();
     assert!(r.status().is_success(), "PUT /_sim/deploy-key-variants {variants}: {}", r.status());
 }
+
+/// The UID a key's comment or label marks it with (`bitbucket-credentials-operator:<uid>:...`,
+/// or the `uid=<uid>` word of earlier versions).
+pub fn marked_uid(text: &str) -> Option<String> {
+    text.split_whitespace().find_map(|w| {
+        w.strip_prefix("bitbucket-credentials-operator:")
+            .and_then(|rest| rest.split(':').next())
+            .or_else(|| w.strip_prefix("uid="))
+            .filter(|u| !u.is_empty())
+            .map(String::from)
+    })
+}
