@@ -72,8 +72,11 @@ pub struct Context {
     /// Per workspace object: how many of its users' reconciles may run at once.
     slots: Mutex<HashMap<String, Arc<tokio::sync::Semaphore>>>,
     /// Per workspace object (uid): the credential and generation last verified, and when.
-    verified: Mutex<HashMap<String, ((usize, Option<i64>), std::time::Instant)>>,
+    verified: Mutex<HashMap<String, (VerifiedStamp, std::time::Instant)>>,
 }
+
+/// The credential (its address) and the workspace generation a verification was for.
+type VerifiedStamp = (usize, Option<i64>);
 
 impl Context {
     /// Needs a Tokio runtime: it starts the task that publishes events.
