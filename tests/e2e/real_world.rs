@@ -181,3 +181,37 @@ async fn a_comment_cut_to_its_first_word_keeps_the_whole_mark() {
     eventually("the object is gone", READY, || async { env.get("bitbucketaccesskeys", "ci").await.is_none().then_some(()) }).await;
     assert!(env.sim.keys().await.is_empty(), "no orphan: {:?}", env.sim.keys().await);
 }
+
+/// Keys registered by earlier versions carry the comment `... cluster=<c> uid=<uid>`: an
+/// upgraded operator still knows them as its object's (an orphan of one is removed by the
+/// drift check), and a key without any mark is never touched.
+#[tokio::test]
+async fn a_key_marked_by_an_earlier_version_is_still_recognised() {
+    use bitbucket_credentials_operator::keys::{KeyPair, KeySpec};
+    let env = Env::new("legacy-mark").await;
+    env.workspace().await;
+    env.apply(&access_key("ci", "  repositories: [api]\n")).await;
+    let o = env.wait_ready("bitbucketaccesskeys", "ci", READY).await;
+    let uid = o.metadata.uid.clone().unwrap();
+    let current = o.data["status"]["fingerprint"].as_str().unwrap().to_string();
+    let add = |comment: String, label: String| {
+        let k = KeyPair::generate(KeySpec::new(Default::default(), None, None), &comment).unwrap();
+        let http = env.sim.http.clone();
+        let url = format!("{}/2.0/repositories/acme/api/deploy-keys", env.sim.url);
+        let body = json!({"key": k.public_key(), "label": label});
+        async move {
+            let r = http.post(url).basic_auth("admin@acme.test", Some("tok-admin-0123456789")).json(&body).send().await.unwrap();
+            assert!(r.status().is_success(), "{}", r.status());
+            k.fingerprint().to_string()
+        }
+    };
+    let orphan = add(format!("bitbucket-credentials-operator cluster=test uid={uid}"), format!("test/{}/ci", env.ns)).await;
+    let foreign = add("someone@laptop".into(), "deploy".into()).await;
+    eventually("the earlier version's orphan is removed", READY, || async {
+        (!fingerprints(&env).await.contains(&orphan)).then_some(())
+    })
+    .await;
+    let mut expected = vec![current, foreign];
+    expected.sort();
+    assert_eq!(fingerprints(&env).await, expected, "the object's key and the foreign key stay");
+}
