@@ -224,3 +224,23 @@ async fn a_next_link_to_another_origin_is_not_followed() {
     let e = c.list_keys(&Target::Repository("api".into())).await.unwrap_err();
     assert!(matches!(&e, Error::Decode(m) if m.contains("next")), "{e:?}");
 }
+
+#[tokio::test]
+async fn a_404_on_delete_counts_as_removed_only_when_the_target_still_answers() {
+    let url = sim(CONFIG).await;
+    let c = client(&url, admin(), fast());
+    let api = Target::Repository("api".into());
+    let created = c.create_key(&api, key().public_key(), "x").await.unwrap();
+    let http = reqwest::Client::new();
+    let variants = |v: serde_json::Value| http.put(format!("{url}/_sim/deploy-key-variants")).json(&v).send();
+    let hidden = serde_json::json!({"bareNotFound": true, "hidden": [{"repository": "acme/api", "credential": "admin@acme.test"}]});
+    assert!(variants(hidden).await.unwrap().status().is_success());
+    let e = c.delete_key(&api, created.id).await.unwrap_err();
+    assert_eq!(e, Error::TargetNotVisible("repository acme/api".into()));
+    assert_eq!(e.reason(), "TargetNotVisible");
+    assert!(e.is_transient(), "access may come back");
+    assert!(variants(serde_json::json!({"bareNotFound": true})).await.unwrap().status().is_success());
+    // Gone for real (deleted in Bitbucket's UI); the bare 404 alone says nothing, the listing does.
+    assert!(http.delete(format!("{url}/_sim/keys/{}", created.id)).send().await.unwrap().status().is_success());
+    c.delete_key(&api, created.id).await.expect("the repository answers and lists no such key");
+}

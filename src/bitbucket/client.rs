@@ -388,13 +388,38 @@ impl WorkspaceClient {
         serde_json::from_slice(&body).map_err(|e| Error::Decode(format!("updated deploy key: {e}")))
     }
 
-    /// Removes a key. A key that is already gone counts as removed.
+    /// Removes a key. A key that is already gone counts as removed, once the target's
+    /// listing proves it (see `confirm_gone`).
     pub async fn delete_key(&self, target: &Target, id: i64) -> Result<()> {
         let url = format!("{}/{id}", self.keys_url(target));
         match self.call(&Self::op(target, "delete"), Method::DELETE, &url, None, Subject::Key(target, id)).await {
-            Ok(_) | Err(Error::KeyNotFound(_)) => Ok(()),
+            Ok(_) => Ok(()),
+            Err(Error::KeyNotFound(_) | Error::RepositoryNotFound(_) | Error::ProjectNotFound(_)) => self.confirm_gone(target, id).await,
             Err(e) => Err(e),
         }
+    }
+
+    /// After a 404 for key `id`: Ok if the target answers and does not list the key. A 404
+    /// alone proves nothing, whatever its text: Bitbucket answers the same for a target
+    /// these credentials can no longer see (`TargetNotVisible`).
+    pub async fn confirm_gone(&self, target: &Target, id: i64) -> Result<()> {
+        match self.list_keys(target).await {
+            Ok(keys) if keys.iter().any(|k| k.id == id) => {
+                Err(Error::Decode(format!("Bitbucket answered 404 for access key {id} but still lists it")))
+            }
+            Ok(_) => Ok(()),
+            Err(Error::RepositoryNotFound(_) | Error::ProjectNotFound(_)) => Err(self.not_visible(target)),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// `TargetNotVisible` for `target` of this workspace.
+    pub fn not_visible(&self, target: &Target) -> Error {
+        let kind = match target {
+            Target::Repository(_) => "repository",
+            Target::Project(_) => "project",
+        };
+        Error::TargetNotVisible(format!("{kind} {}/{}", self.workspace, target.name()))
     }
 
     /// Whether `url` lies below this workspace's API URL (and is allowed).

@@ -21,6 +21,12 @@ pub enum Error {
     WorkspaceNotFound(String),
     #[error("access key {0} not found")]
     KeyNotFound(i64),
+    /// A 404 where a key of this object is on record: the target was deleted or these
+    /// credentials lost access to it; Bitbucket's answer is the same for both.
+    #[error(
+        "{0} answers 404 to these credentials although an access key is recorded there: it was deleted, or the credentials can no longer see it. The key stays on record and its removal is retried; give the credentials access to it again"
+    )]
+    TargetNotVisible(String),
     #[error("Bitbucket says this key is already added: {0}")]
     DuplicateKey(String),
     #[error("Bitbucket rejected the key: {0}")]
@@ -53,7 +59,12 @@ impl Error {
     pub fn is_transient(&self) -> bool {
         matches!(
             self,
-            Error::RateLimited | Error::BudgetExhausted { .. } | Error::Server { .. } | Error::Timeout(_) | Error::Transport(_)
+            Error::RateLimited
+                | Error::BudgetExhausted { .. }
+                | Error::Server { .. }
+                | Error::Timeout(_)
+                | Error::Transport(_)
+                | Error::TargetNotVisible(_)
         )
     }
 
@@ -76,6 +87,7 @@ impl Error {
             Error::ProjectNotFound(_) => "ProjectNotFound",
             Error::WorkspaceNotFound(_) => "WorkspaceNotFound",
             Error::KeyNotFound(_) => "KeyNotFound",
+            Error::TargetNotVisible(_) => "TargetNotVisible",
             Error::DuplicateKey(_) => "DuplicateKey",
             Error::InvalidKey(_) => "InvalidKey",
             Error::BadRequest(_) => "BadRequest",

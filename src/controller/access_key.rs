@@ -4,8 +4,8 @@
 //! Crash safety comes from the order of the steps: a new private key is persisted in the
 //! Secret before it is registered anywhere (as the current key on first use, or under
 //! `rotation-pending-privatekey` during a rotation), the Secret switches to a new key
-//! only once it is registered everywhere, and every key carries the object's UID in its
-//! comment, so whatever a crash leaves half-done is found and adopted or removed.
+//! only once it is registered everywhere, and every key carries the object's mark (see
+//! `marker`), so whatever a crash leaves half-done is found and adopted or removed.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -18,6 +18,7 @@ use kube::runtime::controller::Action;
 use kube::{Api, Resource, ResourceExt};
 use serde_json::json;
 
+use super::marker::{self, Marker};
 use super::workspace::{Resolved, resolve, resolve_for_removal};
 use super::{Context, Error, FIELD_MANAGER, Result, bounded_duration, condition, has_passed, jitter, now, set_condition, time_after};
 use crate::api::{
@@ -160,24 +161,31 @@ fn registration(target: &Target, id: i64) -> Registration {
     }
 }
 
-/// The mark every key of this object carries in its comment.
-fn mark(uid: &str) -> String {
-    format!("uid={uid}")
+/// The mark every key of this object carries: its comment, and its label unless the
+/// spec sets one (see `marker`).
+fn mark(obj: &BitbucketAccessKey, cluster_name: &str) -> String {
+    Marker::new(&obj.uid().unwrap_or_default(), cluster_name, &obj.namespace().unwrap_or_default(), &obj.name_any()).token()
 }
 
-fn comment(ctx: &Context, uid: &str) -> String {
-    format!("bitbucket-credentials-operator cluster={} {}", ctx.settings.cluster_name, mark(uid))
+/// Whether a key in Bitbucket is this object's: by the mark in its comment (whole, or cut
+/// to its first word, or an earlier version's), by the mark as its label, or by a
+/// fingerprint this object recorded (Bitbucket may drop the comment, and a label set in
+/// the spec carries no mark). Keys it did not create carry none of these.
+fn is_ours(key: &DeployKey, uid: &str, fingerprints: &BTreeSet<String>) -> bool {
+    key.comment.as_deref().is_some_and(|c| marker::marks(c, uid))
+        || key.label.as_deref().is_some_and(|l| marker::marks(l, uid))
+        || fingerprint_of_public(key.key_body()).is_some_and(|fp| fingerprints.contains(&fp))
 }
 
-fn is_ours(key: &DeployKey, uid: &str) -> bool {
-    let m = mark(uid);
-    key.comment.as_deref().is_some_and(|c| c.split_whitespace().any(|w| w == m))
+/// The fingerprints this object knows as its own: status (current and retiring) and the
+/// keys its Secret holds.
+fn known_fingerprints<'a>(st: &AccessKeyStatus, secret_keys: impl IntoIterator<Item = &'a KeyPair>) -> BTreeSet<String> {
+    let recorded = st.fingerprint.iter().cloned().chain(st.retiring_keys.iter().map(|k| k.fingerprint.clone()));
+    recorded.chain(secret_keys.into_iter().map(|k| k.fingerprint().to_string())).collect()
 }
 
 fn label(obj: &BitbucketAccessKey, cluster_name: &str) -> String {
-    let l = obj.spec.label.clone().filter(|l| !l.is_empty()).unwrap_or_else(|| {
-        format!("{cluster_name}/{}/{}", obj.namespace().unwrap_or_default(), obj.name_any())
-    });
+    let l = obj.spec.label.clone().filter(|l| !l.is_empty()).unwrap_or_else(|| mark(obj, cluster_name));
     l.chars().take(255).collect()
 }
 
@@ -229,7 +237,7 @@ fn adopt_key(status: &mut AccessKeyStatus, key: &KeyPair, obj: &BitbucketAccessK
 /// How `register` finds out whether a key is already on a target.
 #[derive(Clone, Copy, PartialEq, Debug)]
 enum Lookup {
-    /// Create it; Bitbucket's duplicate answer says when it is there.
+    /// Create it; a 400 is followed by a listing, which says whether it is there.
     Create,
     /// List the target's keys now.
     Fresh,
@@ -249,6 +257,8 @@ struct Run<'a> {
     ctx: &'a Context,
     ws: Resolved,
     uid: String,
+    /// Fingerprints of this object's keys (see `is_ours`).
+    fingerprints: BTreeSet<String>,
     secret_name: String,
     secrets: Api<Secret>,
     /// Keys created in Bitbucket by this reconcile (fingerprint, target), announced in
@@ -316,7 +326,8 @@ impl Run<'_> {
     /// Makes sure `key` is registered on every target and returns the registrations.
     /// With a listing, each target's keys are read first: the key is adopted if it is
     /// there, and keys of this object that are not in `keep` (fingerprints) are removed.
-    /// Without, the key is created directly and adopted if Bitbucket says it exists.
+    /// Without, the key is created directly; after a 400 (of any text) the target is
+    /// listed and the key adopted if it is there.
     async fn register(&self, key: &KeyPair, targets: &[Target], lookup: Lookup, keep: &BTreeSet<String>) -> Result<Vec<Registration>> {
         let label = label(self.obj, &self.ctx.settings.cluster_name);
         let regs: Vec<Registration> = futures::stream::iter(targets.iter().cloned())
@@ -341,7 +352,7 @@ impl Run<'_> {
                         }
                     };
                     if let Some(keys) = &existing {
-                        for k in keys.iter().filter(|k| is_ours(k, &self.uid)) {
+                        for k in keys.iter().filter(|k| is_ours(k, &self.uid, &self.fingerprints)) {
                             let fp = fingerprint_of_public(k.key_body()).unwrap_or_default();
                             if k.key_body() != key.public_key_body() && !keep.contains(&fp) {
                                 client.delete_key(&target, k.id).await.map_err(wrap)?;
@@ -358,11 +369,11 @@ impl Run<'_> {
                             self.created.lock().unwrap_or_else(|e| e.into_inner()).push((key.fingerprint().to_string(), target.to_string()));
                             Ok(registration(&target, k.id))
                         }
-                        Err(bitbucket::Error::DuplicateKey(m)) => {
+                        // Any 400 may mean "already there" (an earlier attempt whose answer
+                        // was lost went through), whatever its words: the listing decides.
+                        Err(e @ (bitbucket::Error::DuplicateKey(_) | bitbucket::Error::InvalidKey(_) | bitbucket::Error::BadRequest(_))) => {
                             let keys = client.list_keys(&target).await.map_err(wrap)?;
-                            found(&keys)
-                                .map(|id| registration(&target, id))
-                                .ok_or_else(|| wrap(bitbucket::Error::DuplicateKey(m)))
+                            found(&keys).map(|id| registration(&target, id)).ok_or_else(|| wrap(e))
                         }
                         Err(e) => Err(wrap(e)),
                     }
@@ -378,38 +389,36 @@ impl Run<'_> {
 
     /// Removes registrations. One with id 0 is a target where the key may be (a crash
     /// left it unrecorded): its keys of this object with `fingerprint` (any, if None)
-    /// are found by listing.
-    async fn delete_registrations(&self, regs: &[Registration], fingerprint: Option<&str>) -> Result<()> {
+    /// are found by listing. A 404 counts as removed only where no key id is on record
+    /// (`on_record`) or the target's listing shows the key gone (see `not_found`).
+    async fn delete_registrations(&self, regs: &[Registration], fingerprint: Option<&str>, on_record: &BTreeSet<Target>) -> Result<()> {
         let client = &self.ws.client;
         futures::stream::iter(regs.to_vec())
             .map(|r| async move {
                 let target = target_of(&r);
-                let gone = |e: &bitbucket::Error| matches!(e, bitbucket::Error::RepositoryNotFound(_) | bitbucket::Error::ProjectNotFound(_));
+                let wrap = |e| Error::bitbucket(&target, e);
                 if r.id != 0 {
                     // An id comes from status, which may be stale (or not ours to begin
                     // with): the key at that id is removed only if it is this object's.
                     let key = match client.get_key(&target, r.id).await {
                         Ok(k) => k,
-                        Err(bitbucket::Error::KeyNotFound(_)) => return Ok(()),
-                        Err(e) if gone(&e) => return Ok(()),
-                        Err(e) => return Err(Error::bitbucket(&target, e)),
+                        Err(e) if not_found(&e) => return client.confirm_gone(&target, r.id).await.map_err(wrap),
+                        Err(e) => return Err(wrap(e)),
                     };
                     let fp = fingerprint_of_public(key.key_body()).unwrap_or_default();
-                    if !is_ours(&key, &self.uid) || fingerprint.is_some_and(|f| f != fp) {
+                    if !is_ours(&key, &self.uid, &self.fingerprints) || fingerprint.is_some_and(|f| f != fp) {
                         tracing::warn!(object = %super::display_name(self.obj), %target, id = r.id, "the key at this id is not this object's: left alone");
                         return Ok(());
                     }
-                    return match client.delete_key(&target, r.id).await {
-                        Err(e) if !gone(&e) => Err(Error::bitbucket(&target, e)),
-                        _ => Ok(()),
-                    };
+                    return client.delete_key(&target, r.id).await.map_err(wrap);
                 }
                 let keys = match client.list_keys(&target).await {
                     Ok(k) => k,
-                    Err(e) if gone(&e) => return Ok(()),
-                    Err(e) => return Err(Error::bitbucket(&target, e)),
+                    Err(e) if not_found(&e) && on_record.contains(&target) => return Err(wrap(client.not_visible(&target))),
+                    Err(e) if not_found(&e) => return Ok(()),
+                    Err(e) => return Err(wrap(e)),
                 };
-                for k in keys.iter().filter(|k| is_ours(k, &self.uid)) {
+                for k in keys.iter().filter(|k| is_ours(k, &self.uid, &self.fingerprints)) {
                     let fp = fingerprint_of_public(k.key_body()).unwrap_or_default();
                     if fingerprint.is_none_or(|f| f == fp) {
                         client.delete_key(&target, k.id).await.map_err(|e| Error::bitbucket(&target, e))?;
@@ -422,6 +431,19 @@ impl Run<'_> {
             .await?;
         Ok(())
     }
+}
+
+/// A 404, which alone proves nothing: Bitbucket answers the same for a missing key, a
+/// deleted target and a target these credentials can no longer see.
+fn not_found(e: &bitbucket::Error) -> bool {
+    matches!(e, bitbucket::Error::KeyNotFound(_) | bitbucket::Error::RepositoryNotFound(_) | bitbucket::Error::ProjectNotFound(_))
+}
+
+/// The targets where status records a key of this object by id: a 404 there is not
+/// taken for "nothing left to remove".
+fn on_record(st: &AccessKeyStatus) -> BTreeSet<Target> {
+    let recorded = st.registrations.iter().chain(st.retiring_keys.iter().flat_map(|k| k.registrations.iter()));
+    recorded.filter(|r| r.id != 0).map(target_of).collect()
 }
 
 /// Where a key of this object may be registered: the spec's targets and every target
@@ -540,7 +562,8 @@ async fn apply(obj: &BitbucketAccessKey, ctx: &Context, inputs: Inputs) -> Resul
     let generation = obj.metadata.generation;
     let original = obj.status.clone().unwrap_or_default();
     let mut st = original.clone();
-    let run = Run { obj, ctx, ws, uid: uid.clone(), secret_name: secret_name.clone(), secrets, created: Default::default() };
+    let fingerprints = known_fingerprints(&original, current.iter().chain(pending.iter()));
+    let run = Run { obj, ctx, ws, uid: uid.clone(), fingerprints, secret_name: secret_name.clone(), secrets, created: Default::default() };
     let grace = grace_period(&obj.spec);
     let key_spec = KeySpec::new(obj.spec.key_type, obj.spec.rsa_bits, obj.spec.ecdsa_curve);
     let mut secret_state = existing;
@@ -569,8 +592,8 @@ async fn apply(obj: &BitbucketAccessKey, ctx: &Context, inputs: Inputs) -> Resul
         st.registrations.sort();
     }
 
-    // A new object's first registration creates directly (a key that already exists is
-    // adopted from the duplicate answer); listing every target's keys waits for the first
+    // A new object's first registration creates directly (a 400 is followed by a
+    // listing, and a key that is already there adopted); listing every target's keys waits for the first
     // drift check, so creating N objects on one repository costs N creates, not N lists.
     let drift_due = st.last_verified_time.as_ref().is_some_and(|t| has_passed(t, ctx.settings.drift_check_interval));
     let spec_changed = original.observed_generation.is_some() && original.observed_generation != generation;
@@ -581,7 +604,7 @@ async fn apply(obj: &BitbucketAccessKey, ctx: &Context, inputs: Inputs) -> Resul
     if current.is_none() {
         let k = match pending.take() {
             Some(p) => p,
-            None => KeyPair::generate_blocking(key_spec, comment(ctx, &uid)).await?,
+            None => KeyPair::generate_blocking(key_spec, mark(obj, &ctx.settings.cluster_name)).await?,
         };
         if st.fingerprint.is_some() {
             ctx.event(obj, true, "SecretRestored", format!("Secret {secret_name} lost its private key; a new key replaces it")).await;
@@ -608,7 +631,7 @@ async fn apply(obj: &BitbucketAccessKey, ctx: &Context, inputs: Inputs) -> Resul
         let next = match pending.take() {
             Some(p) => p,
             None => {
-                let k = KeyPair::generate_blocking(key_spec, comment(ctx, &uid)).await?;
+                let k = KeyPair::generate_blocking(key_spec, mark(obj, &ctx.settings.cluster_name)).await?;
                 let mut recorded = recorded_targets(secret_state.as_ref());
                 recorded.extend(may_hold_keys(&st, &targets));
                 let desired = run.desired_secret(&current, Some(&k), &recorded);
@@ -652,7 +675,7 @@ async fn apply(obj: &BitbucketAccessKey, ctx: &Context, inputs: Inputs) -> Resul
         .map(|t| registration(t, 0))
         .collect();
     if !dropped.is_empty() {
-        run.delete_registrations(&dropped, None).await?;
+        run.delete_registrations(&dropped, None, &on_record(&st)).await?;
         for r in &dropped {
             ctx.event(obj, false, "Unregistered", format!("access key removed from {}", target_of(r))).await;
         }
@@ -685,11 +708,12 @@ async fn apply(obj: &BitbucketAccessKey, ctx: &Context, inputs: Inputs) -> Resul
     }
 
     // Old keys whose grace period is over.
+    let recorded = on_record(&st);
     let (due, keep): (Vec<RetiringKey>, Vec<RetiringKey>) =
         st.retiring_keys.drain(..).partition(|k| super::seconds_until(&k.remove_after) <= 0);
     st.retiring_keys = keep;
     for k in &due {
-        run.delete_registrations(&k.registrations, Some(&k.fingerprint)).await?;
+        run.delete_registrations(&k.registrations, Some(&k.fingerprint), &recorded).await?;
         ctx.event(obj, false, "RetiredKeyRemoved", format!("old key {} removed after its grace period", k.fingerprint)).await;
     }
 
@@ -765,30 +789,38 @@ async fn cleanup(obj: &BitbucketAccessKey, ctx: &Context) -> Result<Action> {
     let (ws, admitted) = resolve_for_removal(ctx, &ns, &obj.spec.workspace_ref).await?;
     let status = obj.status.clone().unwrap_or_default();
     let mut all = may_hold_keys(&status, &[]);
+    let mut fingerprints = known_fingerprints(&status, []);
     if admitted {
         let secret_name = obj.spec.secret.name.clone().unwrap_or_else(|| obj.name_any());
         let secret = Api::<Secret>::namespaced(ctx.client.clone(), &ns).get_opt(&secret_name).await?;
-        let recorded = secret.as_ref().filter(|s| super::owned_by(*s, &uid)).map(|s| recorded_targets(Some(s))).unwrap_or_default();
+        let secret = secret.as_ref().filter(|s| super::owned_by(*s, &uid));
+        let held: Vec<KeyPair> = ["ssh-privatekey", PENDING_KEY].iter().filter_map(|f| read_key(secret, f)).collect();
+        fingerprints.extend(held.iter().map(|k| k.fingerprint().to_string()));
+        let recorded = secret.map(|s| recorded_targets(Some(s))).unwrap_or_default();
         all.extend(targets(obj).into_iter().chain(recorded).filter(|t| ws.check_allowed(t.name()).is_ok()));
     }
     let mut removed = 0;
+    let recorded = on_record(&status);
     for target in all {
-        removed += remove_keys(&ws, &target, &uid).await?;
+        removed += remove_keys(&ws, &target, &uid, &fingerprints, recorded.contains(&target)).await?;
     }
     tracing::info!(object = %super::display_name(obj), removed, "keys removed from Bitbucket");
     Ok(Action::await_change())
 }
 
-/// Removes every key of the object with `uid` from `target`; a target that is gone has
-/// none. Returns how many were removed.
-async fn remove_keys(ws: &Resolved, target: &Target, uid: &str) -> Result<usize> {
+/// Removes every key of the object with `uid` from `target`. A target that answers 404
+/// has none, unless status records a key there (`on_record`): then it may only have
+/// become invisible to these credentials, and the key is not counted as removed.
+/// Returns how many were removed.
+async fn remove_keys(ws: &Resolved, target: &Target, uid: &str, fingerprints: &BTreeSet<String>, on_record: bool) -> Result<usize> {
     let keys = match ws.client.list_keys(target).await {
         Ok(k) => k,
-        Err(bitbucket::Error::RepositoryNotFound(_) | bitbucket::Error::ProjectNotFound(_)) => return Ok(0),
+        Err(e) if not_found(&e) && on_record => return Err(Error::bitbucket(target, ws.client.not_visible(target))),
+        Err(e) if not_found(&e) => return Ok(0),
         Err(e) => return Err(Error::bitbucket(target, e)),
     };
     let mut removed = 0;
-    for k in keys.iter().filter(|k| is_ours(k, uid)) {
+    for k in keys.iter().filter(|k| is_ours(k, uid, fingerprints)) {
         ws.client.delete_key(target, k.id).await.map_err(|e| Error::bitbucket(target, e))?;
         crate::failpoint::hit("cleanup-key-deleted");
         removed += 1;
@@ -820,8 +852,9 @@ async fn revoke(obj: &BitbucketAccessKey, ctx: &Context, why: Error) -> Error {
     if revoked.is_empty() {
         return why;
     }
+    let recorded = on_record(&status);
     for target in &revoked {
-        if let Err(e) = remove_keys(&ws, target, &uid).await {
+        if let Err(e) = remove_keys(&ws, target, &uid, &known_fingerprints(&status, []), recorded.contains(target)).await {
             return e;
         }
     }
@@ -844,11 +877,32 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_keys_with_this_uid_are_ours() {
-        let k = |c: &str| DeployKey { id: 1, key: "ssh-ed25519 AAAA".into(), comment: Some(c.into()), label: None };
-        assert!(is_ours(&k("bitbucket-credentials-operator cluster=a uid=123"), "123"));
-        assert!(!is_ours(&k("bitbucket-credentials-operator cluster=a uid=1234"), "123"));
-        assert!(!is_ours(&k("someone's laptop"), "123"));
+    fn keys_are_ours_by_mark_label_or_recorded_fingerprint() {
+        let body = test_key().public_key_body().to_string();
+        let k = |c: &str, l: &str| DeployKey { id: 1, key: body.clone(), comment: Some(c.into()), label: Some(l.into()) };
+        let none = BTreeSet::new();
+        let m = Marker::new("123", "a", "ns", "n").token();
+        assert!(is_ours(&k(&m, "custom"), "123", &none));
+        assert!(is_ours(&k("bitbucket-credentials-operator cluster=a uid=123", ""), "123", &none), "an earlier version's mark");
+        assert!(is_ours(&k("", &m), "123", &none), "comment dropped, mark in the label");
+        assert!(!is_ours(&k("bitbucket-credentials-operator cluster=a uid=1234", ""), "123", &none));
+        assert!(!is_ours(&k("someone's laptop", "custom"), "123", &none));
+        assert!(!is_ours(&k("", "custom"), "123", &none));
+        let recorded: BTreeSet<String> = [test_key().fingerprint().to_string()].into();
+        assert!(is_ours(&k("", "custom"), "123", &recorded), "comment dropped, label set in the spec: the fingerprint");
+    }
+
+    #[test]
+    fn the_default_label_is_the_mark() {
+        let spec: BitbucketAccessKeySpec = serde_json::from_value(serde_json::json!({"workspaceRef": {"name": "w"}})).unwrap();
+        let mut obj = BitbucketAccessKey::new("ci", spec);
+        obj.metadata.namespace = Some("ns".into());
+        obj.metadata.uid = Some("0b0e7a6c-0000-4000-8000-000000000000".into());
+        let l = label(&obj, "prod");
+        assert_eq!(l, "bitbucket-credentials-operator:0b0e7a6c-0000-4000-8000-000000000000:prod:ns/ci");
+        assert!(marker::marks(&l, "0b0e7a6c-0000-4000-8000-000000000000"));
+        obj.spec.label = Some("team ci".into());
+        assert_eq!(label(&obj, "prod"), "team ci");
     }
 
     #[test]

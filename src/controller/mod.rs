@@ -3,6 +3,7 @@
 
 pub mod access_key;
 pub mod cache;
+pub(crate) mod marker;
 pub mod oauth_consumer;
 pub mod workspace;
 
@@ -76,6 +77,9 @@ pub struct Context {
     /// Per workspace object (uid): the credential and generation last verified, and when.
     verified: Mutex<HashMap<String, (VerifiedStamp, std::time::Instant)>>,
 }
+
+/// The credential (its address) and the workspace generation a verification was for.
+type VerifiedStamp = (usize, Option<i64>);
 
 impl Context {
     /// Needs a Tokio runtime: it starts the task that publishes events.

@@ -37,6 +37,9 @@ pub struct SimConfig {
     pub pagelen: Option<u32>,
     #[serde(default)]
     pub faults: FaultConfig,
+    /// Answers as the real service may give them (off by default).
+    #[serde(default)]
+    pub deploy_key_variants: super::variants::DeployKeyVariants,
     /// Seed of the fault-injection RNG, so that a run can be replayed. Random when unset.
     #[serde(default)]
     pub seed: Option<u64>,
@@ -320,6 +323,7 @@ impl SimConfig {
         }
         validate_rate_limit(&self.rate_limit)?;
         validate_faults(&self.faults)?;
+        self.deploy_key_variants.validate().map_err(SimError::Config)?;
         Ok(())
     }
 }

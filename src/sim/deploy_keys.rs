@@ -12,6 +12,7 @@ use super::pagination;
 use super::response::SimResponse;
 use super::routes::{Operation, Route, parse_key_id};
 use super::state::{KeyRecord, State, Target};
+use super::variants::{DIFFERENT_DUPLICATE, DeployKeyVariants, DuplicateMessage};
 
 /// Bitbucket's message for a key already on the target, verbatim from the real service
 /// (also used for projects, so clients matching on the text behave the same).
@@ -28,9 +29,26 @@ pub struct Context<'a> {
     pub now: jiff::Timestamp,
     /// Fault injection: every page gets a `next` link to this origin instead of `base`.
     pub next_base: Option<String>,
+    /// Answers as the real service may give them.
+    pub variants: &'a DeployKeyVariants,
 }
 
 pub fn handle(
+    op: Operation,
+    route: &Route,
+    query: Option<&str>,
+    body: &[u8],
+    ctx: Context<'_>,
+) -> SimResponse {
+    let bare = ctx.variants.bare_not_found;
+    let response = answer(op, route, query, body, ctx);
+    if bare && response.status == StatusCode::NOT_FOUND {
+        return SimResponse::empty(StatusCode::NOT_FOUND);
+    }
+    response
+}
+
+fn answer(
     op: Operation,
     route: &Route,
     query: Option<&str>,
@@ -60,6 +78,14 @@ pub fn handle(
         Ok(found) => found,
         Err(response) => return response,
     };
+    // A target the credential lost access to answers like one that does not exist.
+    if ctx.variants.hides(&target, ctx.principal.credential.id()) {
+        let message = match &target {
+            Target::Repository { .. } => format!("Repository {} not found", target.path()),
+            Target::Project { workspace, key } => format!("Project {key} not found in workspace {workspace}"),
+        };
+        return SimResponse::bitbucket_error(StatusCode::NOT_FOUND, &message);
+    }
     match op {
         Operation::RepoKeysList | Operation::ProjectKeysList => list(&target, query, &ctx),
         Operation::RepoKeyCreate | Operation::ProjectKeyCreate => create(target, body, ctx),
@@ -185,13 +211,18 @@ fn create(target: Target, body: &[u8], ctx: Context<'_>) -> SimResponse {
         Err(rejection) => return SimResponse::field_error("key", &rejection.to_string()),
     };
     if ctx.state.has_key_material_on(&target, &accepted.key) {
-        return SimResponse::field_error("key", DUPLICATE_KEY);
+        return match ctx.variants.duplicate_message {
+            DuplicateMessage::Documented => SimResponse::field_error("key", DUPLICATE_KEY),
+            DuplicateMessage::Generic => SimResponse::bitbucket_error(StatusCode::BAD_REQUEST, "Bad request"),
+            DuplicateMessage::Different => SimResponse::field_error("key", DIFFERENT_DUPLICATE),
+        };
     }
     let AcceptedKey {
         key,
         comment,
         fingerprint,
     } = accepted;
+    let comment = ctx.variants.comment(comment);
     let record = KeyRecord {
         id: ctx.state.allocate_id(),
         target,

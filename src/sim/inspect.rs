@@ -15,6 +15,7 @@ use super::deploy_keys::persist;
 use super::response::SimResponse;
 use super::routes::{parse_key_id, segments};
 use super::simulator::{SimRequest, Simulator, lock};
+use super::variants::DeployKeyVariants;
 
 pub fn is_inspection(path: &str) -> bool {
     path == "/_sim" || path.starts_with("/_sim/")
@@ -50,6 +51,8 @@ pub fn handle(sim: &Simulator, request: &SimRequest) -> SimResponse {
             json_ok(&public_consumers(lock(&sim.state).consumers()))
         }
         (["_sim", "oauth-consumers"], &Method::PUT) => put_consumers(sim, &request.body),
+        (["_sim", "deploy-key-variants"], &Method::GET) => json_ok(&*lock(&sim.variants)),
+        (["_sim", "deploy-key-variants"], &Method::PUT) => put_variants(sim, &request.body),
         (["_sim", "authorized"], &Method::GET) => authorized(sim, request.query.as_deref()),
         (["_sim", "authorized-keys"], &Method::GET) => {
             authorized_keys(sim, request.query.as_deref())
@@ -58,7 +61,7 @@ pub fn handle(sim: &Simulator, request: &SimRequest) -> SimResponse {
             [
                 "_sim",
                 "healthz" | "keys" | "requests" | "faults" | "rate-limit" | "oauth-consumers"
-                | "authorized" | "authorized-keys",
+                | "authorized" | "authorized-keys" | "deploy-key-variants",
             ]
             | ["_sim", "keys", _]
             | ["_sim", "requests" | "rate-limit", "reset"],
@@ -110,6 +113,19 @@ fn put_faults(sim: &Simulator, body: &[u8]) -> SimResponse {
     }
     lock(&sim.faults).set_config(faults);
     json_ok(&faults)
+}
+
+/// Replaces the deploy-key variants (omitted fields: as documented, nothing hidden).
+fn put_variants(sim: &Simulator, body: &[u8]) -> SimResponse {
+    let variants: DeployKeyVariants = match serde_json::from_slice(body) {
+        Ok(v) => v,
+        Err(e) => return error(StatusCode::BAD_REQUEST, &format!("invalid deploy-key variants: {e}")),
+    };
+    if let Err(e) = variants.validate() {
+        return error(StatusCode::BAD_REQUEST, &e);
+    }
+    *lock(&sim.variants) = variants.clone();
+    json_ok(&variants)
 }
 
 #[derive(Serialize)]

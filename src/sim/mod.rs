@@ -11,8 +11,9 @@
 //! projects), `state` (keys and tokens, persisted), `keys` (which public keys are
 //! accepted), `auth` (credentials and scopes), `oauth` (token endpoint), `routes`
 //! (path to operation), `deploy_keys` (the endpoints), `pagination`, `ratelimit`,
-//! `faults`, `recorder` (request counters), `inspect` (`/_sim/`), `simulator` (the
-//! pipeline) and `http` (the server).
+//! `faults`, `variants` (answers as the real service may give them), `recorder`
+//! (request counters), `inspect` (`/_sim/`), `simulator` (the pipeline) and `http` (the
+//! server).
 
 mod auth;
 mod catalog;
@@ -31,6 +32,7 @@ mod response;
 mod routes;
 mod simulator;
 mod state;
+mod variants;
 
 use std::path::PathBuf;
 

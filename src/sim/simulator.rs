@@ -25,6 +25,7 @@ use super::recorder::{RecordedRequest, RequestLog};
 use super::response::SimResponse;
 use super::routes::{Operation, Resolved, Route, parse_route, resolve};
 use super::state::State;
+use super::variants::DeployKeyVariants;
 
 /// One HTTP request as the simulator sees it.
 #[derive(Debug, Clone)]
@@ -45,6 +46,7 @@ pub struct Simulator {
     pub(super) limiter: Mutex<RateLimiter>,
     pub(super) faults: Mutex<Faults>,
     pub(super) log: Mutex<RequestLog>,
+    pub(super) variants: Mutex<DeployKeyVariants>,
     /// Used for absolute URLs when a request has no usable Host header.
     fallback_base: String,
 }
@@ -79,6 +81,7 @@ impl Simulator {
             limiter: Mutex::new(RateLimiter::new(config.rate_limit)),
             faults: Mutex::new(Faults::new(config.faults, seed)),
             log: Mutex::new(RequestLog::new(config.request_log_size())),
+            variants: Mutex::new(config.deploy_key_variants.clone()),
             fallback_base: "http://localhost".into(),
         })
     }
@@ -233,6 +236,7 @@ impl Simulator {
         }
         let base = self.base_url(&request.headers);
         let next_base = lock(&self.faults).config().foreign_next_port.map(|p| format!("http://127.0.0.1:{p}"));
+        let variants = lock(&self.variants).clone();
         let mut state = lock(&self.state);
         let response = deploy_keys::handle(
             op,
@@ -247,6 +251,7 @@ impl Simulator {
                 default_pagelen: self.default_pagelen,
                 now,
                 next_base,
+                variants: &variants,
             },
         );
         (response, Some(credential))
@@ -451,6 +456,37 @@ seed: 1
     }
 
     #[test]
+    fn deploy_key_variants_change_the_answers_they_name() {
+        let sim = sim();
+        let rt = runtime();
+        let put = |v: serde_json::Value| {
+            let body = serde_json::to_vec(&v).unwrap_or_default();
+            let r = rt.block_on(sim.handle(request(Method::PUT, "/_sim/deploy-key-variants", None, &body)));
+            assert_eq!(r.status, StatusCode::OK);
+        };
+        let key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIIazEu89wgQZ4bqs3d63QSMzYVa0MuJ2e2gKTKqu+UUO two words";
+        let body = serde_json::to_vec(&serde_json::json!({"key": key})).unwrap_or_default();
+        let create = || rt.block_on(sim.handle(request(Method::POST, "/2.0/repositories/acme/api/deploy-keys", Some(&admin()), &body)));
+        put(serde_json::json!({"comments": "firstWord", "duplicateMessage": "generic"}));
+        let created = create();
+        let value: serde_json::Value = serde_json::from_slice(&created.body).expect("json");
+        assert_eq!(value["comment"], "two");
+        let again = create();
+        assert_eq!(again.status, StatusCode::BAD_REQUEST);
+        assert!(!String::from_utf8_lossy(&again.body).contains("already added"));
+        put(serde_json::json!({"bareNotFound": true, "hidden": [{"repository": "acme/api", "credential": "admin@acme.test"}]}));
+        let id = value["id"].as_u64().expect("id");
+        let path = format!("/2.0/repositories/acme/api/deploy-keys/{id}");
+        let hidden = rt.block_on(sim.handle(request(Method::DELETE, &path, Some(&admin()), b"")));
+        assert_eq!(hidden.status, StatusCode::NOT_FOUND);
+        assert!(hidden.body.is_empty());
+        assert_eq!(lock(&sim.state).keys().count(), 1, "a hidden key stays");
+        put(serde_json::json!({}));
+        let deleted = rt.block_on(sim.handle(request(Method::DELETE, &path, Some(&admin()), b"")));
+        assert_eq!(deleted.status, StatusCode::NO_CONTENT);
+    }
+
+    #[test]
     fn access_token_in_query_is_refused() {
         let sim = sim();
         let response = runtime().block_on(sim.handle(request(
@@ -484,6 +520,7 @@ seed: 1
                 "/_sim/authorized",
                 "/_sim/authorized-keys",
                 "/_sim/keys/1",
+                "/_sim/deploy-key-variants",
             ]).prop_map(str::to_owned).boxed().prop_union("(/[%-~]{0,10}){0,8}".boxed()),
             query in prop::option::of(".{0,40}"),
             auth in prop::option::of(prop::sample::select(vec![

@@ -102,9 +102,11 @@ async fn a_key_is_registered_on_every_target_and_its_private_half_lands_in_the_s
     let registered: Vec<String> = env.sim.keys().await.iter().map(|k| k["key"].as_str().unwrap().to_string()).collect();
     assert!(registered.iter().all(|k| *k == public), "ssh-keygen -y prints exactly the registered key");
     assert!(status_str(&o, "publicKey").starts_with(&public));
+    // One word names cluster, namespace/name and UID, in the comment and as the label.
+    let mark = format!("bitbucket-credentials-operator:{}:test:{}/ci", o.metadata.uid.clone().unwrap(), env.ns);
     for k in env.sim.keys().await {
-        assert!(k["comment"].as_str().unwrap().contains(&format!("uid={}", o.metadata.uid.clone().unwrap())));
-        assert_eq!(k["label"].as_str().unwrap(), format!("test/{}/ci", env.ns));
+        assert_eq!(k["comment"].as_str().unwrap(), mark);
+        assert_eq!(k["label"].as_str().unwrap(), mark);
     }
     env.assert_no_secret_leaked(&[String::from_utf8(data(&secret, "ssh-privatekey")).unwrap()]).await;
 }

@@ -93,7 +93,7 @@ where
 }
 
 fn uid_of_comment(comment: &str) -> Option<String> {
-    comment.split_whitespace().find_map(|w| w.strip_prefix("uid=")).map(String::from)
+    crate::support::marked_uid(comment)
 }
 
 fn spec_targets(o: &DynamicObject) -> BTreeSet<String> {

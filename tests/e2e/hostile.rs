@@ -31,8 +31,7 @@ fn fingerprint(o: &DynamicObject) -> String {
 
 /// Keys in the simulator carrying the mark of the object with `uid`.
 async fn keys_of(env: &Env, uid: &str) -> usize {
-    let mark = format!("uid={uid}");
-    env.sim.keys().await.iter().filter(|k| k["comment"].as_str().unwrap_or_default().split_whitespace().any(|w| w == mark)).count()
+    env.sim.keys().await.iter().filter(|k| crate::support::marked_uid(k["comment"].as_str().unwrap_or_default()).as_deref() == Some(uid)).count()
 }
 
 fn alive(env: &mut Env) -> bool {
@@ -253,8 +252,8 @@ async fn narrowing_a_workspace_s_policy_removes_the_keys_it_no_longer_allows() {
     let u2 = uid(&two_repos);
     let left = eventually("the key on the repository no longer allowed is removed", READY, || async {
         let keys = env.sim.keys().await;
-        let mark = format!("uid={u2}");
-        let ours: Vec<_> = keys.iter().filter(|k| k["comment"].as_str().unwrap_or_default().contains(&mark)).cloned().collect();
+        let ours: Vec<_> =
+            keys.iter().filter(|k| crate::support::marked_uid(k["comment"].as_str().unwrap_or_default()) == Some(u2.clone())).cloned().collect();
         (ours.len() == 1).then_some(ours)
     })
     .await;

@@ -774,3 +774,22 @@ pub fn ssh_keygen_fingerprint(dir: &Path, private: &[u8]) -> String {
     let _ = std::fs::remove_file(&path);
     String::from_utf8_lossy(&out.stdout).split_whitespace().nth(1).unwrap_or_default().to_string()
 }
+
+/// Sets how the simulator's deploy-key endpoints deviate from the documented answers
+/// (`PUT /_sim/deploy-key-variants`).
+pub async fn set_variants(sim: &Sim, variants: serde_json::Value) {
+    let r = sim.http.put(format!("{}/_sim/deploy-key-variants", sim.url)).json(&variants).send().await.unwrap();
+    assert!(r.status().is_success(), "PUT /_sim/deploy-key-variants {variants}: {}", r.status());
+}
+
+/// The UID a key's comment or label marks it with (`bitbucket-credentials-operator:<uid>:...`,
+/// or the `uid=<uid>` word of earlier versions).
+pub fn marked_uid(text: &str) -> Option<String> {
+    text.split_whitespace().find_map(|w| {
+        w.strip_prefix("bitbucket-credentials-operator:")
+            .and_then(|rest| rest.split(':').next())
+            .or_else(|| w.strip_prefix("uid="))
+            .filter(|u| !u.is_empty())
+            .map(String::from)
+    })
+}

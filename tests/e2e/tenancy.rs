@@ -91,8 +91,8 @@ fn cluster_workspace(name: &str, url: &str, secret: &str, allowed: &str) -> Stri
 
 /// Keys in the simulator carrying this object's UID.
 async fn keys_of(env: &Env, o: &DynamicObject) -> usize {
-    let mark = format!("uid={}", uid(o));
-    env.sim.keys().await.iter().filter(|k| k["comment"].as_str().unwrap_or_default().split_whitespace().any(|w| w == mark)).count()
+    let mark = uid(o);
+    env.sim.keys().await.iter().filter(|k| crate::support::marked_uid(k["comment"].as_str().unwrap_or_default()).as_deref() == Some(mark.as_str())).count()
 }
 
 #[tokio::test]
