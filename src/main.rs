@@ -13,7 +13,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the controllers.
-    Run(Box<operator::Config>),
+    Run(operator::Config),
     /// Print the CustomResourceDefinitions as YAML.
     Crd,
 }
@@ -32,7 +32,7 @@ async fn main() -> std::process::ExitCode {
             limit_malloc_arenas();
             tokio::spawn(return_free_memory());
             telemetry::init(config.log_format);
-            match operator::run(*config).await {
+            match operator::run(config).await {
                 Ok(()) => std::process::ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!(error = %e, "operator stopped");

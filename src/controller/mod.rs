@@ -62,9 +62,6 @@ pub fn workspace_key(controller: &str, namespace: &str, r: &crate::api::Workspac
 }
 
 /// What every reconcile gets.
-/// What a workspace was verified with: its credential (by identity) and generation.
-pub type VerifiedStamp = (usize, Option<i64>);
-
 pub struct Context {
     pub client: Client,
     pub bitbucket: Arc<Bitbucket>,
