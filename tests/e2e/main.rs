@@ -15,3 +15,4 @@ mod tenancy;
 mod docs;
 mod hostile;
 mod hostile_credentials;
+mod real_errors;
