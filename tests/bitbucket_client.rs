@@ -145,7 +145,7 @@ async fn oauth_consumers_get_tokens_with_scope_or_the_older_scopes() {
     assert!(token.expires_in >= Duration::from_secs(7000));
     let bad = bb.credential(&api, &url, &Auth::OAuthConsumer { key: "ck".into(), secret: SecretString::new("nope") }, 1000).unwrap();
     let e = bb.mint_token(&bad).await.unwrap_err();
-    assert!(matches!(&e, Error::OAuth { error, .. } if error == "invalid_client"), "{e:?}");
+    assert!(matches!(&e, Error::InvalidClient { error, .. } if error == "invalid_client"), "{e:?}");
     assert_eq!(e.reason(), "InvalidClient");
 }
 

@@ -210,9 +210,22 @@ fn decode_token(status: StatusCode, body: &[u8]) -> Result<Token> {
         return Err(Error::Server { status: status.as_u16() });
     }
     match serde_json::from_slice::<OAuthErrorBody>(body) {
-        Ok(e) => Err(Error::OAuth { error: e.error, description: e.error_description }),
+        Ok(e) => Err(oauth_error(e.error, e.error_description)),
         Err(_) if status == StatusCode::UNAUTHORIZED => Err(Error::Unauthorized(error_message(body))),
         Err(_) => Err(Error::Decode(format!("token endpoint answered {status}"))),
+    }
+}
+
+/// An RFC 6749 error of the token endpoint, by its code. The one text looked at is the
+/// "marked as public" description (FACTS.md gives it verbatim; it comes with the same code
+/// as bad credentials, so nothing else tells the two apart).
+fn oauth_error(error: String, description: String) -> Error {
+    if description.to_lowercase().contains("marked as \"public\"") {
+        return Error::ConsumerNotPrivate { error, description };
+    }
+    match error.as_str() {
+        "invalid_client" | "unauthorized_client" => Error::InvalidClient { error, description },
+        _ => Error::OAuth { error, description },
     }
 }
 
@@ -252,8 +265,8 @@ fn error_message(body: &[u8]) -> String {
     match serde_json::from_slice::<ErrorBody>(body) {
         Ok(b) => {
             let mut m = b.error.message;
-            if let Some(d) = b.error.detail.filter(|d| !d.is_empty()) {
-                m = format!("{m} ({d})");
+            if let Some(d) = b.error.detail.as_ref().and_then(|d| describe(d, &m)) {
+                m = if m.is_empty() { d } else { format!("{m} ({d})") };
             }
             if let Some(f) = b.error.fields.filter(|f| !f.is_null()) {
                 m = format!("{m} {f}");
@@ -262,6 +275,53 @@ fn error_message(body: &[u8]) -> String {
         }
         Err(_) => String::from_utf8_lossy(&body[..body.len().min(300)]).trim().to_string(),
     }
+}
+
+/// `detail` as a short text, whatever JSON it is: a string as it is, an object as
+/// `key: value` pairs; nothing that only repeats `message`. At most 300 characters.
+fn describe(detail: &serde_json::Value, message: &str) -> Option<String> {
+    use serde_json::Value;
+    fn scalar(v: &Value) -> String {
+        match v {
+            Value::String(s) => s.clone(),
+            Value::Array(a) => a.iter().map(scalar).collect::<Vec<_>>().join(", "),
+            other => other.to_string(),
+        }
+    }
+    let text = match detail {
+        Value::Null => return None,
+        Value::Object(o) => o
+            .iter()
+            .filter(|(_, v)| !v.is_null() && scalar(v) != message)
+            .map(|(k, v)| format!("{k}: {}", scalar(v)))
+            .collect::<Vec<_>>()
+            .join("; "),
+        other => scalar(other),
+    };
+    let text = text.trim();
+    (!text.is_empty() && text != message).then(|| text.chars().take(300).collect())
+}
+
+/// The scopes a structured 403 `detail` names: `{"required": [...], "granted": [...]}`.
+fn scope_detail(body: &[u8]) -> Option<(Vec<String>, Vec<String>)> {
+    let b = serde_json::from_slice::<ErrorBody>(body).ok()?;
+    let detail = b.error.detail?;
+    let strings = |v: Option<&serde_json::Value>| -> Option<Vec<String>> {
+        Some(v?.as_array()?.iter().filter_map(|s| s.as_str().map(String::from)).collect())
+    };
+    let required = strings(detail.get("required"))?;
+    let granted = strings(detail.get("granted")).unwrap_or_default();
+    Some((required, granted))
+}
+
+/// Missing = required but not granted; all of `required` when Bitbucket counts a granted
+/// scope differently (it knows implications the operator does not).
+fn missing_scopes(required: Vec<String>, granted: Vec<String>) -> Error {
+    let mut missing: Vec<String> = required.iter().filter(|r| !granted.contains(r)).cloned().collect();
+    if missing.is_empty() {
+        missing = required.clone();
+    }
+    Error::MissingScopes { missing, required, granted }
 }
 
 /// One URL path segment: anything but unreserved characters is percent-encoded, so a name
@@ -330,7 +390,7 @@ impl WorkspaceClient {
     pub async fn verify(&self) -> Result<()> {
         let url = format!("{}/workspaces/{}", self.api_url, self.workspace);
         match self.call("workspace_get", Method::GET, &url, None, Subject::Workspace).await {
-            Ok(_) | Err(Error::Forbidden(_)) => Ok(()),
+            Ok(_) | Err(Error::Forbidden(_) | Error::MissingScopes { .. }) => Ok(()),
             Err(e) => Err(e),
         }
     }
@@ -483,7 +543,17 @@ impl WorkspaceClient {
                     match resp.bytes().await {
                         Err(e) => Err(transport_error(&e, self.bb.options.timeout)),
                         Ok(bytes) if status.is_success() => return Ok(bytes),
-                        Ok(bytes) => Err(self.classify(status, &bytes, subject)),
+                        Ok(bytes) => {
+                            // What the OAuth token was granted tells a scope problem from
+                            // a consumer that cannot reach this workspace.
+                            let granted = match (&bearer, status) {
+                                (Some(_), StatusCode::FORBIDDEN) => {
+                                    self.credential.token.lock().await.as_ref().map(|t| t.scopes.clone())
+                                }
+                                _ => None,
+                            };
+                            Err(self.classify(status, &bytes, subject, granted.as_deref()))
+                        }
                     }
                 }
             };
@@ -502,13 +572,14 @@ impl WorkspaceClient {
         }
     }
 
-    fn classify(&self, status: StatusCode, body: &[u8], subject: Subject<'_>) -> Error {
+    /// `granted`: the scopes of the OAuth token the request carried (None for API tokens).
+    fn classify(&self, status: StatusCode, body: &[u8], subject: Subject<'_>, granted: Option<&[String]>) -> Error {
         let message = error_message(body);
         let lower = message.to_lowercase();
         match status.as_u16() {
             401 => Error::Unauthorized(message),
             403 if lower.contains("not accessible by this authentication mechanism") => Error::AuthMechanismRefused(message),
-            403 => Error::Forbidden(message),
+            403 => self.forbidden(message, body, subject, granted),
             404 => match subject {
                 Subject::Workspace => Error::WorkspaceNotFound(self.workspace.clone()),
                 Subject::Key(target, id) if !(lower.contains("repository") || lower.contains("project")) || lower.contains("key") => {
@@ -526,6 +597,30 @@ impl WorkspaceClient {
             429 => Error::RateLimited,
             s if s >= 500 => Error::Server { status: s },
             s => Error::Decode(format!("HTTP {s}: {message}")),
+        }
+    }
+}
+
+impl WorkspaceClient {
+    /// A 403, decided from structure, never from its text: the scopes a structured
+    /// `detail` names; else, for an OAuth token, the scope this endpoint needs against
+    /// the scopes the token was granted; a token that has them and is still refused
+    /// belongs to a consumer that cannot reach this workspace.
+    fn forbidden(&self, message: String, body: &[u8], subject: Subject<'_>, granted: Option<&[String]>) -> Error {
+        if let Some((required, granted)) = scope_detail(body) {
+            return missing_scopes(required, granted);
+        }
+        let Some(granted) = granted else { return Error::Forbidden(message) };
+        let needed = match subject {
+            Subject::Target(Target::Repository(_)) | Subject::Key(Target::Repository(_), _) => Some("repository:admin"),
+            Subject::Target(Target::Project(_)) | Subject::Key(Target::Project(_), _) => Some("project:admin"),
+            Subject::Workspace => None,
+        };
+        match needed {
+            Some(scope) if !granted.iter().any(|g| g == scope) => {
+                missing_scopes(vec![scope.to_string()], granted.to_vec())
+            }
+            _ => Error::ConsumerNotInWorkspace { workspace: self.workspace.clone(), message },
         }
     }
 }
@@ -558,7 +653,74 @@ mod tests {
         assert!(!decode_token(StatusCode::OK, br#"{"access_token":"t","expires_in":0}"#).unwrap().is_fresh());
     }
 
+    #[test]
+    fn detail_of_any_shape_reads_as_text() {
+        let m = error_message(br#"{"type":"error","error":{"message":"Bad","detail":{"status":401,"why":["a","b"]}}}"#);
+        assert_eq!(m, "Bad (status: 401; why: a, b)");
+        assert_eq!(error_message(br#"{"error":{"message":"Bad","detail":"more"}}"#), "Bad (more)");
+        assert_eq!(error_message(br#"{"error":{"message":"Bad","detail":{"message":"Bad"}}}"#), "Bad");
+        assert_eq!(error_message(br#"{"error":{"message":"Bad","detail":null}}"#), "Bad");
+        assert_eq!(error_message(br#"{"error":{"message":7,"detail":[1,2]}}"#), "7 (1, 2)");
+    }
+
+    #[test]
+    fn a_structured_scope_error_names_what_is_missing() {
+        let body = br#"{"type":"error","error":{"message":"Your credentials lack one or more required privilege scopes.","detail":{"required":["repository:admin"],"granted":["project","team"]}}}"#;
+        let (required, granted) = scope_detail(body).expect("scopes");
+        let e = missing_scopes(required, granted);
+        assert_eq!(e.reason(), "MissingScopes");
+        assert!(e.to_string().contains("lack the Bitbucket scopes repository:admin"), "{e}");
+        assert!(e.to_string().contains("granted: project, team"), "{e}");
+        assert!(scope_detail(br#"{"error":{"message":"x","detail":"Required: a"}}"#).is_none());
+    }
+
+    #[test]
+    fn both_bad_client_codes_are_invalid_client_and_a_public_consumer_is_its_own() {
+        for code in ["invalid_client", "unauthorized_client"] {
+            let body = format!(r#"{{"error":"{code}","error_description":"Invalid OAuth client credentials"}}"#);
+            let e = decode_token(StatusCode::BAD_REQUEST, body.as_bytes()).unwrap_err();
+            assert_eq!(e.reason(), "InvalidClient", "{code}");
+            assert!(e.to_string().contains("check the `key` and `secret`"), "{e}");
+        }
+        let public = r#"{"error":"unauthorized_client","error_description":"Cannot use client_credentials with a consumer marked as \"public\". Calls for auto generated consumers should use urn:bitbucket:oauth2:jwt instead."}"#;
+        let e = decode_token(StatusCode::BAD_REQUEST, public.as_bytes()).unwrap_err();
+        assert_eq!(e.reason(), "ConsumerNotPrivate");
+        assert!(e.to_string().contains("private consumer"), "{e}");
+        let grant = decode_token(StatusCode::BAD_REQUEST, br#"{"error":"invalid_grant","error_description":"x"}"#).unwrap_err();
+        assert_eq!(grant.reason(), "InvalidGrant");
+    }
+
+    fn any_json() -> impl proptest::strategy::Strategy<Value = serde_json::Value> {
+        use proptest::prelude::*;
+        let leaf = prop_oneof![
+            Just(serde_json::Value::Null),
+            any::<bool>().prop_map(serde_json::Value::from),
+            any::<f64>().prop_map(serde_json::Value::from),
+            any::<i64>().prop_map(serde_json::Value::from),
+            ".{0,20}".prop_map(serde_json::Value::from),
+        ];
+        leaf.prop_recursive(4, 32, 6, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..6).prop_map(serde_json::Value::from),
+                proptest::collection::btree_map("[a-z]{0,8}", inner, 0..6)
+                    .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
     proptest::proptest! {
+        #[test]
+        fn any_json_error_body_reads_without_panic(message in any_json(), detail in any_json(), other in any_json(), status in 400u16..600) {
+            let body = serde_json::json!({"type": "error", "error": {"message": message, "detail": detail}}).to_string();
+            let m = error_message(body.as_bytes());
+            proptest::prop_assert!(m.chars().count() <= 700);
+            let _ = scope_detail(body.as_bytes());
+            let _ = error_message(other.to_string().as_bytes());
+            let token = serde_json::json!({"error": message, "error_description": detail}).to_string();
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST);
+            let _ = decode_token(status, token.as_bytes());
+        }
+
         #[test]
         fn decoding_any_token_body_never_panics(status in 100u16..600, body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300)) {
             let status = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);

@@ -13,6 +13,20 @@ pub enum Error {
     AuthMechanismRefused(String),
     #[error("Bitbucket denied the request (403): {0}")]
     Forbidden(String),
+    /// A 403 naming the scopes the credential lacks (from the error's structured
+    /// `detail`, or from the scopes an OAuth token was granted).
+    #[error(
+        "the credentials lack the Bitbucket scopes {} (403; required: {}; granted: {}): grant them to the API token or OAuth consumer, or use one that has them",
+        missing.join(", "), list(required), list(granted)
+    )]
+    MissingScopes { missing: Vec<String>, required: Vec<String>, granted: Vec<String> },
+    /// An OAuth consumer whose token has the scopes this call needs is refused (403): since
+    /// 2026-05-04 a client_credentials token acts as the consumer's app user, which reaches
+    /// only the workspace that owns the consumer.
+    #[error(
+        "Bitbucket refused the OAuth consumer's token in workspace {workspace} (403: {message}) although the token has the needed scopes. Since 2026-05-04 a client_credentials token acts as the consumer's app user, so a consumer owned by another workspace (e.g. a personal one) cannot reach {workspace}: create the OAuth consumer under workspace {workspace}'s settings"
+    )]
+    ConsumerNotInWorkspace { workspace: String, message: String },
     #[error("repository {0} not found in Bitbucket (or not visible to these credentials)")]
     RepositoryNotFound(String),
     #[error("project {0} not found in Bitbucket (or not visible to these credentials)")]
@@ -50,6 +64,12 @@ pub enum Error {
     Transport(String),
     #[error("OAuth token endpoint refused the consumer ({error}): {description}")]
     OAuth { error: String, description: String },
+    /// `invalid_client` (RFC 6749) or `unauthorized_client` (what Bitbucket answers): the
+    /// same failure, a wrong or unknown consumer key or secret.
+    #[error("OAuth token endpoint refused the consumer key and secret ({error}: {description}): check the `key` and `secret` of the consumer Secret against the OAuth consumer in Bitbucket's workspace settings")]
+    InvalidClient { error: String, description: String },
+    #[error("OAuth token endpoint refused the consumer ({error}: {description}): the consumer is marked public; edit it in Bitbucket's workspace settings, tick \"This is a private consumer\", and save")]
+    ConsumerNotPrivate { error: String, description: String },
     #[error("unexpected answer from Bitbucket: {0}")]
     Decode(String),
 }
@@ -83,6 +103,8 @@ impl Error {
             Error::Unauthorized(_) => "Unauthorized",
             Error::AuthMechanismRefused(_) => "AuthMechanismRefused",
             Error::Forbidden(_) => "Forbidden",
+            Error::MissingScopes { .. } => "MissingScopes",
+            Error::ConsumerNotInWorkspace { .. } => "ConsumerNotInWorkspace",
             Error::RepositoryNotFound(_) => "RepositoryNotFound",
             Error::ProjectNotFound(_) => "ProjectNotFound",
             Error::WorkspaceNotFound(_) => "WorkspaceNotFound",
@@ -96,10 +118,15 @@ impl Error {
             Error::Server { .. } => "BitbucketUnavailable",
             Error::Timeout(_) => "BitbucketTimeout",
             Error::Transport(_) => "BitbucketUnreachable",
-            Error::OAuth { error, .. } if error == "invalid_client" => "InvalidClient",
+            Error::InvalidClient { .. } => "InvalidClient",
+            Error::ConsumerNotPrivate { .. } => "ConsumerNotPrivate",
             Error::OAuth { error, .. } if error == "invalid_grant" => "InvalidGrant",
             Error::OAuth { .. } => "OAuthError",
             Error::Decode(_) => "UnexpectedResponse",
         }
     }
+}
+
+fn list(items: &[String]) -> String {
+    if items.is_empty() { "none".into() } else { items.join(", ") }
 }

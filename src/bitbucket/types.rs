@@ -72,12 +72,23 @@ pub(crate) struct ErrorBody {
 
 #[derive(Deserialize)]
 pub(crate) struct ErrorDetail {
-    #[serde(default)]
+    /// Text in every known answer; read leniently (any JSON becomes text).
+    #[serde(default, deserialize_with = "any_as_text")]
     pub message: String,
+    /// Any JSON value: a string in the spec, an object for scope errors
+    /// (`{"required": [...], "granted": [...]}`), anything else from elsewhere.
     #[serde(default)]
-    pub detail: Option<String>,
+    pub detail: Option<serde_json::Value>,
     #[serde(default)]
     pub fields: Option<serde_json::Value>,
+}
+
+fn any_as_text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    Ok(match serde_json::Value::deserialize(d)? {
+        serde_json::Value::String(s) => s,
+        serde_json::Value::Null => String::new(),
+        other => other.to_string(),
+    })
 }
 
 #[derive(Deserialize)]
@@ -95,8 +106,9 @@ pub(crate) struct TokenBody {
 
 #[derive(Deserialize)]
 pub(crate) struct OAuthErrorBody {
+    #[serde(deserialize_with = "any_as_text")]
     pub error: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "any_as_text")]
     pub error_description: String,
 }
 

@@ -40,6 +40,9 @@ pub struct SimConfig {
     /// Answers as the real service may give them (off by default).
     #[serde(default)]
     pub deploy_key_variants: super::variants::DeployKeyVariants,
+    /// How errors are worded and shaped: as documented, or as the real service answers.
+    #[serde(default)]
+    pub error_variants: ErrorVariants,
     /// Seed of the fault-injection RNG, so that a run can be replayed. Random when unset.
     #[serde(default)]
     pub seed: Option<u64>,
@@ -113,6 +116,51 @@ pub struct OAuthConsumerConfig {
     /// clients that must accept both.
     #[serde(default)]
     pub legacy_scopes_field: bool,
+    /// Not marked private in Bitbucket: client_credentials is refused with Bitbucket's
+    /// "marked as \"public\"" description.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub public: bool,
+    /// The workspace that owns the consumer (e.g. someone's personal workspace). Since
+    /// 2026-05-04 its tokens act as that workspace's app user: every other workspace
+    /// answers 403. Unset: the consumer reaches every workspace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workspace: Option<String>,
+}
+
+/// Switches between the documented answers and the real service's variants
+/// (shared/bitbucket-cloud/FACTS.md).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ErrorVariants {
+    /// Every `/2.0/` error body carries `error.detail` as a JSON object.
+    #[serde(default)]
+    pub detail_as_object: bool,
+    #[serde(default)]
+    pub scope_errors: ScopeErrors,
+    /// The code of the token endpoint's answer to bad or missing client credentials.
+    #[serde(default)]
+    pub oauth_client_error: OAuthClientError,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum ScopeErrors {
+    /// The message names the missing scopes; `detail` is a string (as the spec's schema).
+    #[default]
+    Documented,
+    /// Bitbucket's answer: a generic message and `detail: {"required": [...], "granted": [...]}`.
+    Real,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OAuthClientError {
+    /// RFC 6749's code.
+    #[default]
+    #[serde(rename = "invalid_client")]
+    InvalidClient,
+    /// What bitbucket.org answers.
+    #[serde(rename = "unauthorized_client")]
+    UnauthorizedClient,
 }
 
 #[derive(Clone, Serialize, Deserialize)]
@@ -211,6 +259,8 @@ impl fmt::Debug for OAuthConsumerConfig {
             .field("scopes", &self.scopes)
             .field("expires_in", &self.expires_in)
             .field("legacy_scopes_field", &self.legacy_scopes_field)
+            .field("public", &self.public)
+            .field("workspace", &self.workspace)
             .finish()
     }
 }

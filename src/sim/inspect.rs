@@ -41,6 +41,8 @@ pub fn handle(sim: &Simulator, request: &SimRequest) -> SimResponse {
         }
         (["_sim", "faults"], &Method::GET) => json_ok(&lock(&sim.faults).config()),
         (["_sim", "faults"], &Method::PUT) => put_faults(sim, &request.body),
+        (["_sim", "error-variants"], &Method::GET) => json_ok(&*lock(&sim.error_variants)),
+        (["_sim", "error-variants"], &Method::PUT) => put_error_variants(sim, &request.body),
         (["_sim", "rate-limit"], &Method::GET) => rate_limit_status(sim),
         (["_sim", "rate-limit"], &Method::PUT) => put_rate_limit(sim, &request.body),
         (["_sim", "rate-limit", "reset"], &Method::POST) => {
@@ -60,7 +62,7 @@ pub fn handle(sim: &Simulator, request: &SimRequest) -> SimResponse {
         (
             [
                 "_sim",
-                "healthz" | "keys" | "requests" | "faults" | "rate-limit" | "oauth-consumers"
+                "healthz" | "keys" | "requests" | "faults" | "error-variants" | "rate-limit" | "oauth-consumers"
                 | "authorized" | "authorized-keys" | "deploy-key-variants",
             ]
             | ["_sim", "keys", _]
@@ -100,6 +102,16 @@ fn delete_key(sim: &Simulator, id: &str) -> SimResponse {
         Ok(Some(_)) => SimResponse::empty(StatusCode::NO_CONTENT),
         Ok(None) => error(StatusCode::NOT_FOUND, &format!("no key with id {id}")),
         Err(_) => error(StatusCode::INTERNAL_SERVER_ERROR, "cannot persist state"),
+    }
+}
+
+fn put_error_variants(sim: &Simulator, body: &[u8]) -> SimResponse {
+    match serde_json::from_slice::<super::config::ErrorVariants>(body) {
+        Ok(variants) => {
+            *lock(&sim.error_variants) = variants;
+            json_ok(&variants)
+        }
+        Err(e) => error(StatusCode::BAD_REQUEST, &format!("invalid error variants: {e}")),
     }
 }
 
@@ -168,6 +180,8 @@ fn public_consumers(consumers: &[OAuthConsumerConfig]) -> Value {
                 "scopes": c.scopes,
                 "expiresIn": c.expires_in,
                 "legacyScopesField": c.legacy_scopes_field,
+                "public": c.public,
+                "workspace": c.workspace,
             })
         })
         .collect()

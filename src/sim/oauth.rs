@@ -11,6 +11,10 @@ use super::config::OAuthConsumerConfig;
 use super::response::SimResponse;
 use super::state::TokenRecord;
 
+/// Bitbucket's description for client_credentials with a consumer not marked private,
+/// verbatim (FACTS.md).
+pub const PUBLIC_CONSUMER: &str = "Cannot use client_credentials with a consumer marked as \"public\". Calls for auto generated consumers should use urn:bitbucket:oauth2:jwt instead.";
+
 /// RFC 6749 error answer, as Bitbucket sends it.
 pub fn oauth_error(error: &str, description: &str) -> SimResponse {
     SimResponse::json(
@@ -96,6 +100,8 @@ mod tests {
             scopes: vec!["repository:admin".into()],
             expires_in: 2,
             legacy_scopes_field: false,
+            public: false,
+            workspace: None,
         };
         let (a, record) = mint(&consumer, 1000);
         let (b, _) = mint(&consumer, 1000);

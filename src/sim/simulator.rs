@@ -14,7 +14,7 @@ use super::auth::{
     required_scopes,
 };
 use super::catalog::Catalog;
-use super::config::SimConfig;
+use super::config::{ErrorVariants, OAuthClientError, ScopeErrors, SimConfig};
 use super::deploy_keys::{self, Context};
 use super::faults::{FaultPlan, Faults};
 use super::inspect;
@@ -47,6 +47,7 @@ pub struct Simulator {
     pub(super) faults: Mutex<Faults>,
     pub(super) log: Mutex<RequestLog>,
     pub(super) variants: Mutex<DeployKeyVariants>,
+    pub(super) error_variants: Mutex<ErrorVariants>,
     /// Used for absolute URLs when a request has no usable Host header.
     fallback_base: String,
 }
@@ -82,6 +83,7 @@ impl Simulator {
             faults: Mutex::new(Faults::new(config.faults, seed)),
             log: Mutex::new(RequestLog::new(config.request_log_size())),
             variants: Mutex::new(config.deploy_key_variants.clone()),
+            error_variants: Mutex::new(config.error_variants),
             fallback_base: "http://localhost".into(),
         })
     }
@@ -125,6 +127,11 @@ impl Simulator {
             )
         } else {
             self.process(&request, &route, &resolved)
+        };
+        let response = if request.path.starts_with("/2.0/") && lock(&self.error_variants).detail_as_object {
+            detail_as_object(response)
+        } else {
+            response
         };
         self.record(&request, resolved.kind(), response.status, credential);
         if let Some(hold) = plan.hold_answer {
@@ -218,6 +225,14 @@ impl Simulator {
             required_scopes(op, &principal.credential),
             &principal.scopes,
         );
+        if !missing.is_empty() && lock(&self.error_variants).scope_errors == ScopeErrors::Real {
+            // FACTS.md: a generic message, the scopes in a structured `detail`.
+            let body = serde_json::json!({"type": "error", "error": {
+                "message": "Your credentials lack one or more required privilege scopes.",
+                "detail": {"required": required_scopes(op, &principal.credential), "granted": principal.scopes},
+            }});
+            return (SimResponse::json(StatusCode::FORBIDDEN, &body), Some(credential));
+        }
         if !missing.is_empty() {
             let message = format!(
                 "Your credentials lack one or more required privilege scopes: {}.",
@@ -231,6 +246,15 @@ impl Simulator {
             let body = model::error_body(&message, Some(&detail), None);
             return (
                 SimResponse::json(StatusCode::FORBIDDEN, &body),
+                Some(credential),
+            );
+        }
+        if let Some(home) = self.consumer_home(&principal.credential)
+            && route_workspace(route).is_some_and(|ws| ws != home)
+        {
+            // The consumer's app user is a member of its own workspace only.
+            return (
+                SimResponse::bitbucket_error(StatusCode::FORBIDDEN, "Access denied. You do not have access to this workspace."),
                 Some(credential),
             );
         }
@@ -259,11 +283,31 @@ impl Simulator {
 
     fn issue_token(&self, request: &SimRequest) -> (SimResponse, Option<String>) {
         let authorization = parse_authorization(&request.headers);
+        let code = lock(&self.error_variants).oauth_client_error;
         let consumer = match authenticate_client(&authorization, lock(&self.state).consumers()) {
             Ok(consumer) => consumer.clone(),
-            Err(description) => return (oauth::oauth_error("invalid_client", &description), None),
+            Err(description) => {
+                let response = match code {
+                    OAuthClientError::InvalidClient => oauth::oauth_error("invalid_client", &description),
+                    // bitbucket.org's words (FACTS.md).
+                    OAuthClientError::UnauthorizedClient if matches!(authorization, crate::sim::auth::Authorization::Basic { .. }) => {
+                        oauth::oauth_error("unauthorized_client", "Invalid OAuth client credentials")
+                    }
+                    OAuthClientError::UnauthorizedClient => {
+                        oauth::oauth_error("unauthorized_client", "Requests must be authenticated using OAuth client credentials")
+                    }
+                };
+                return (response, None);
+            }
         };
         let credential = Some(consumer.key.clone());
+        if consumer.public {
+            let code = match code {
+                OAuthClientError::InvalidClient => "invalid_client",
+                OAuthClientError::UnauthorizedClient => "unauthorized_client",
+            };
+            return (oauth::oauth_error(code, oauth::PUBLIC_CONSUMER), credential);
+        }
         // Token requests spend the consumer's budget like any other call.
         if !lock(&self.limiter).admit(&consumer.key, Instant::now()) {
             return (SimResponse::rate_limited(), credential);
@@ -278,6 +322,12 @@ impl Simulator {
             Ok(()) => (oauth::token_response(&consumer, &token), credential),
             Err(response) => (response, credential),
         }
+    }
+
+    /// The workspace an OAuth consumer's tokens are confined to, if any.
+    fn consumer_home(&self, credential: &crate::sim::auth::Credential) -> Option<String> {
+        let crate::sim::auth::Credential::OAuthConsumer { key } = credential else { return None };
+        lock(&self.state).consumers().iter().find(|c| &c.key == key).and_then(|c| c.workspace.clone())
     }
 
     /// Who a request claims to be, without counting it anywhere (for requests answered
@@ -345,6 +395,33 @@ impl Simulator {
             None => self.fallback_base.clone(),
         }
     }
+}
+
+/// The workspace a deploy-key or workspace path names.
+fn route_workspace(route: &Route) -> Option<&str> {
+    match route {
+        Route::RepoKeys { workspace, .. }
+        | Route::RepoKey { workspace, .. }
+        | Route::ProjectKeys { workspace, .. }
+        | Route::ProjectKey { workspace, .. }
+        | Route::Workspace { workspace } => Some(workspace),
+        _ => None,
+    }
+}
+
+/// A Bitbucket error body with `error.detail` as an object: a string detail becomes
+/// `{"message": ...}`, a missing one `{"status": <code>}`; an object stays.
+fn detail_as_object(mut response: SimResponse) -> SimResponse {
+    let Ok(mut body) = serde_json::from_slice::<serde_json::Value>(&response.body) else { return response };
+    let Some(error) = body.get_mut("error").and_then(|e| e.as_object_mut()) else { return response };
+    let detail = match error.get("detail") {
+        Some(serde_json::Value::Object(_)) => return response,
+        Some(serde_json::Value::String(d)) => serde_json::json!({ "message": d }),
+        _ => serde_json::json!({ "status": response.status.as_u16() }),
+    };
+    error.insert("detail".into(), detail);
+    response.body = serde_json::to_vec(&body).unwrap_or_default();
+    response
 }
 
 /// Faults hit only the Bitbucket API surface, never the test plumbing.

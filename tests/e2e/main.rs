@@ -16,3 +16,4 @@ mod docs;
 mod hostile;
 mod hostile_credentials;
 mod real_world;
+mod real_errors;
