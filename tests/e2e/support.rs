@@ -82,9 +82,14 @@ pub fn kubectl(kubeconfig: &Path, args: &[&str]) -> std::process::Output {
 
 /// `kubectl apply -f -` of a YAML document; the output (stdout + stderr) and success.
 pub fn kubectl_apply(kubeconfig: &Path, namespace: &str, yaml: &str) -> (bool, String) {
+    kubectl_stdin(kubeconfig, &["apply", "-n", namespace, "-f", "-"], yaml)
+}
+
+/// `kubectl ARGS` with `yaml` on stdin: success and the output (stdout + stderr).
+pub fn kubectl_stdin(kubeconfig: &Path, args: &[&str], yaml: &str) -> (bool, String) {
     let mut child = Command::new("kubectl")
         .env("KUBECONFIG", kubeconfig)
-        .args(["apply", "-n", namespace, "-f", "-"])
+        .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -1,7 +1,7 @@
 //! Invalid objects are refused at `kubectl apply`, with the message of the schema or CEL
 //! rule that refuses them.
 
-use crate::support::{cluster, kubectl, kubectl_apply};
+use crate::support::{cluster, kubectl, kubectl_apply, kubectl_stdin};
 
 const KEY: &str = "apiVersion: bitbucket.credentials.dev/v1alpha1\nkind: BitbucketAccessKey\nmetadata: {name: k}\n";
 const WS: &str = "apiVersion: bitbucket.credentials.dev/v1alpha1\nkind: BitbucketWorkspace\nmetadata: {name: w}\n";
@@ -117,24 +117,6 @@ fn numbered(prefix: &str, n: usize) -> String {
 /// `k0: v, k1: v, ...` as the inside of a YAML flow mapping.
 fn entries(n: usize) -> String {
     (0..n).map(|i| format!("k{i}: v")).collect::<Vec<_>>().join(", ")
-}
-
-/// `kubectl ARGS` with `yaml` on stdin: success and the output (stdout + stderr).
-fn kubectl_stdin(kubeconfig: &std::path::Path, args: &[&str], yaml: &str) -> (bool, String) {
-    use std::io::Write;
-    use std::process::{Command, Stdio};
-    let mut child = Command::new("kubectl")
-        .env("KUBECONFIG", kubeconfig)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("kubectl");
-    child.stdin.take().unwrap().write_all(yaml.as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    (out.status.success(), text)
 }
 
 #[tokio::test]
