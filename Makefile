@@ -20,6 +20,7 @@ crds: build
 
 ## Every test: unit, simulator contract, the real control plane end to end, packaging.
 test: control-plane
+	$(CARGO) fmt --check
 	$(CARGO) build --bins --tests
 	$(CARGO) test --no-fail-fast -- --test-threads=4
 	$(MAKE) test-packaging
@@ -59,4 +60,5 @@ fuzz:
 	PROPTEST_CASES=$${PROPTEST_CASES:-20000} $(CARGO) test --release --lib never_panic -- --test-threads=2
 
 lint:
+	$(CARGO) fmt --check
 	$(CARGO) clippy --all-targets -- -D warnings

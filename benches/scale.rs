@@ -245,11 +245,8 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 
 #[tokio::main]
 async fn main() {
-    let sizes: Vec<usize> = std::env::var("BENCH_OBJECTS")
-        .unwrap_or_else(|_| "1000,10000".into())
-        .split(',')
-        .filter_map(|v| v.trim().parse().ok())
-        .collect();
+    let sizes: Vec<usize> =
+        std::env::var("BENCH_OBJECTS").unwrap_or_else(|_| "1000,10000".into()).split(',').filter_map(|v| v.trim().parse().ok()).collect();
     let unrelated = env_usize("BENCH_UNRELATED_SECRETS", 50000);
     let samples = env_usize("BENCH_LATENCY_SAMPLES", 50);
     let rate_objects = env_usize("BENCH_RATE_OBJECTS", 500);
@@ -275,13 +272,21 @@ async fn main() {
         assert!(out.status.success());
     }
     let theirs = n_rsa as f64 / t.elapsed().as_secs_f64();
-    rows.push(Row { name: "RSA-4096 keys/s, operator vs ssh-keygen".into(), value: ours_rsa, baseline: theirs, unit: "keys/s", target: "report".into(), met: true });
+    rows.push(Row {
+        name: "RSA-4096 keys/s, operator vs ssh-keygen".into(),
+        value: ours_rsa,
+        baseline: theirs,
+        unit: "keys/s",
+        target: "report".into(),
+        met: true,
+    });
 
     // 5. Rate discipline: the simulator allows 600 requests per credential per minute
     // (Bitbucket's hour scaled down), the operator's budget is 500 per minute.
     {
         let (limit, budget, window) = (600u64, 500u64, 60u64);
-        let sim = SIM_CONFIG.replace("requestsPerWindow: 100000, windowSeconds: 3600", &format!("requestsPerWindow: {limit}, windowSeconds: {window}"));
+        let sim = SIM_CONFIG
+            .replace("requestsPerWindow: 100000, windowSeconds: 3600", &format!("requestsPerWindow: {limit}, windowSeconds: {window}"));
         let env = bench_env("bench-rate", &sim, &format!("--rate-window={window}s"), budget).await;
         tokio::time::sleep(Duration::from_secs(8)).await; // the burst refills
         let (took, before, after) = all_to_ready(&env, "r", rate_objects, concurrency).await;
@@ -291,7 +296,9 @@ async fn main() {
         let rate = budget as f64 / window as f64;
         let minimum = (total as f64 - budget as f64 / 10.0).max(0.0) / rate;
         rows.push(Row {
-            name: format!("rate: {rate_objects} objects, budget {budget}/{window}s under a limit of {limit}: time (s) vs the budget's minimum"),
+            name: format!(
+                "rate: {rate_objects} objects, budget {budget}/{window}s under a limit of {limit}: time (s) vs the budget's minimum"
+            ),
             value: took.as_secs_f64(),
             baseline: minimum,
             unit: "s",
@@ -339,7 +346,9 @@ async fn main() {
             let secrets = secrets.clone();
             let filler = filler.clone();
             async move {
-                let s: Secret = serde_json::from_value(json!({"metadata": {"name": format!("unrelated-{i}")}, "stringData": {"data": filler}})).unwrap();
+                let s: Secret =
+                    serde_json::from_value(json!({"metadata": {"name": format!("unrelated-{i}")}, "stringData": {"data": filler}}))
+                        .unwrap();
                 secrets.create(&PostParams::default(), &s).await.unwrap();
             }
         })
@@ -375,7 +384,8 @@ async fn main() {
     let t = Instant::now();
     env.operator.restart();
     loop {
-        let ok = reqwest::get(format!("http://127.0.0.1:{}/readyz", env.operator.health_port)).await.map(|r| r.status() == 200).unwrap_or(false);
+        let ok =
+            reqwest::get(format!("http://127.0.0.1:{}/readyz", env.operator.health_port)).await.map(|r| r.status() == 200).unwrap_or(false);
         if ok {
             break;
         }
@@ -419,7 +429,14 @@ async fn main() {
     theirs.sort_by(f64::total_cmp);
     for (label, p) in [("median", 0.5), ("p99", 0.99)] {
         let (a, b) = (percentile(&ours, p), percentile(&theirs, p));
-        rows.push(Row { name: format!("latency {label}: one object to Ready (ms)"), value: a, baseline: b, unit: "ms", target: "ratio <= 2".into(), met: a / b <= 2.0 });
+        rows.push(Row {
+            name: format!("latency {label}: one object to Ready (ms)"),
+            value: a,
+            baseline: b,
+            unit: "ms",
+            target: "ratio <= 2".into(),
+            met: a / b <= 2.0,
+        });
     }
 
     // 6b. RSA generation does not block other reconciles: while two RSA-4096 objects
@@ -433,7 +450,8 @@ async fn main() {
             apply_key(&keys, &format!("rsa-{round}-{j}"), "api", rsa.clone()).await;
         }
         for i in 0..5 {
-            during.push(one_to_ready(&env.client, &env.ns, &watch, &format!("lat-rsa-{round}-{i}"), json!({})).await.as_secs_f64() * 1000.0);
+            during
+                .push(one_to_ready(&env.client, &env.ns, &watch, &format!("lat-rsa-{round}-{i}"), json!({})).await.as_secs_f64() * 1000.0);
         }
         let rsa_done = futures::future::join_all((0..2).map(|j| {
             let keys = keys.clone();
@@ -462,7 +480,15 @@ async fn main() {
     let mut json_rows = Vec::new();
     for r in &rows {
         let ratio = if r.baseline > 0.0 { r.value / r.baseline } else { f64::NAN };
-        println!("{:<100} {:>10.2} {:>10.2} {:>8.2}  {:<32} {}", r.name, r.value, r.baseline, ratio, r.target, if r.met { "yes" } else { "NO" });
+        println!(
+            "{:<100} {:>10.2} {:>10.2} {:>8.2}  {:<32} {}",
+            r.name,
+            r.value,
+            r.baseline,
+            ratio,
+            r.target,
+            if r.met { "yes" } else { "NO" }
+        );
         json_rows.push(json!({"figure": r.name, "value": r.value, "baseline": r.baseline, "ratio": ratio, "unit": r.unit, "target": r.target, "met": r.met}));
     }
     let out = support::root().join("target/bench");
@@ -476,7 +502,10 @@ async fn main() {
 fn reconcile_counts(metrics: &str) -> BTreeMap<String, f64> {
     metrics
         .lines()
-        .filter(|l| l.starts_with("bitbucket_credentials_operator_reconcile") || l.starts_with("bitbucket_credentials_operator_bitbucket_requests_total"))
+        .filter(|l| {
+            l.starts_with("bitbucket_credentials_operator_reconcile")
+                || l.starts_with("bitbucket_credentials_operator_bitbucket_requests_total")
+        })
         .filter_map(|l| l.rsplit_once(' ').and_then(|(k, v)| Some((k.to_string(), v.parse().ok()?))))
         .collect()
 }

@@ -80,12 +80,12 @@ impl KeyPair {
         let mut rng = OsRng;
         let data = match spec.key_type {
             KeyType::Ed25519 => KeypairData::from(Ed25519Keypair::random(&mut rng)),
-            KeyType::Rsa => KeypairData::from(
-                RsaKeypair::random(&mut rng, spec.rsa_bits as usize).map_err(|e| KeyError::Generate(e.to_string()))?,
-            ),
-            KeyType::Ecdsa => KeypairData::from(
-                EcdsaKeypair::random(&mut rng, ssh_curve(spec.curve)).map_err(|e| KeyError::Generate(e.to_string()))?,
-            ),
+            KeyType::Rsa => {
+                KeypairData::from(RsaKeypair::random(&mut rng, spec.rsa_bits as usize).map_err(|e| KeyError::Generate(e.to_string()))?)
+            }
+            KeyType::Ecdsa => {
+                KeypairData::from(EcdsaKeypair::random(&mut rng, ssh_curve(spec.curve)).map_err(|e| KeyError::Generate(e.to_string()))?)
+            }
         };
         let private = PrivateKey::new(data, comment).map_err(|e| KeyError::Generate(e.to_string()))?;
         Self::from_private(private).map_err(|_| KeyError::Generate("cannot encode the key".into()))
@@ -97,9 +97,7 @@ impl KeyPair {
         if spec.key_type == KeyType::Ed25519 {
             return Self::generate(spec, &comment);
         }
-        tokio::task::spawn_blocking(move || Self::generate(spec, &comment))
-            .await
-            .map_err(|e| KeyError::Generate(e.to_string()))?
+        tokio::task::spawn_blocking(move || Self::generate(spec, &comment)).await.map_err(|e| KeyError::Generate(e.to_string()))?
     }
 
     /// Reads an OpenSSH private key back from a Secret.
@@ -208,4 +206,3 @@ mod tests {
         }
     }
 }
-

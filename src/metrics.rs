@@ -96,8 +96,6 @@ impl Metrics {
     }
 
     pub fn request(&self, operation: &str, status: &str) {
-        self.bitbucket_requests
-            .get_or_create(&RequestLabels { operation: operation.into(), status: status.into() })
-            .inc();
+        self.bitbucket_requests.get_or_create(&RequestLabels { operation: operation.into(), status: status.into() }).inc();
     }
 }

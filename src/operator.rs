@@ -11,15 +11,15 @@ use axum::http::StatusCode;
 use axum::routing::get;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
+use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Config as ControllerConfig, Controller};
 use kube::runtime::reflector::ObjectRef;
-use kube::core::PartialObjectMeta;
 use kube::runtime::{Predicate, WatchStreamExt, predicates, reflector, watcher};
 use kube::{Api, Client, ResourceExt};
 
 use crate::api::{
-    BitbucketAccessKey, BitbucketOAuthConsumer, BitbucketWorkspace, ClusterBitbucketWorkspace, MANAGED_BY_LABEL,
-    MANAGED_BY_VALUE, WorkspaceKind,
+    BitbucketAccessKey, BitbucketOAuthConsumer, BitbucketWorkspace, ClusterBitbucketWorkspace, MANAGED_BY_LABEL, MANAGED_BY_VALUE,
+    WorkspaceKind,
 };
 use crate::bitbucket::{AllowedUrls, Bitbucket, ClientOptions};
 use crate::controller::{Context, Settings, access_key, oauth_consumer, workspace};
@@ -138,8 +138,7 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         watch_namespaces: config.watch_namespaces.clone(),
         per_workspace_concurrency: usize::from(config.per_workspace_concurrency.unwrap_or(config.concurrency.saturating_mul(3) / 4).max(1)),
     };
-    let allowed_urls =
-        AllowedUrls::parse(config.allowed_bitbucket_urls.iter().map(String::as_str)).map_err(RunError::Config)?;
+    let allowed_urls = AllowedUrls::parse(config.allowed_bitbucket_urls.iter().map(String::as_str)).map_err(RunError::Config)?;
     tracing::info!(allowed = ?config.allowed_bitbucket_urls, "Bitbucket URLs workspaces may use");
     let bitbucket = Arc::new(Bitbucket::new(ClientOptions {
         timeout: config.bitbucket_timeout,
@@ -150,11 +149,7 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     let ctx = Arc::new(Context::new(client.clone(), bitbucket, settings));
     let health = Arc::new(Health::default());
 
-    serve(
-        config.metrics_addr,
-        Router::new().route("/metrics", get(|| async { METRICS.encode() })),
-    )
-    .await?;
+    serve(config.metrics_addr, Router::new().route("/metrics", get(|| async { METRICS.encode() }))).await?;
     let h = health.clone();
     serve(
         config.health_addr,
@@ -194,11 +189,7 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         // Workspaces are kept in stores that reconciles resolve them from.
         let (ws_store, ws_writer) = reflector::store();
         ctx.caches.add_workspace_store(ns.clone(), ws_store);
-        let ws_events = watcher(workspaces, watcher::Config::default())
-            .default_backoff()
-            .modify(slim)
-            .reflect(ws_writer)
-            .touched_objects();
+        let ws_events = watcher(workspaces, watcher::Config::default()).default_backoff().modify(slim).reflect(ws_writer).touched_objects();
         let by_ws = store.clone();
         let controller = controller.watches_stream(ws_events, move |ws: BitbucketWorkspace| {
             let (name, ns) = (ws.name_any(), ws.namespace());
@@ -221,18 +212,15 @@ pub async fn run(config: Config) -> Result<(), RunError> {
             .modify(slim)
             .reflect(cws_writer)
             .touched_objects();
-        let controller = controller.watches_stream(
-            cws_events,
-            move |ws: ClusterBitbucketWorkspace| {
-                let name = ws.name_any();
-                by_cws
-                    .state()
-                    .into_iter()
-                    .filter(|k| k.spec.workspace_ref.kind == WorkspaceKind::ClusterBitbucketWorkspace && k.spec.workspace_ref.name == name)
-                    .map(|k| ObjectRef::from_obj(&*k))
-                    .collect::<Vec<_>>()
-            },
-        );
+        let controller = controller.watches_stream(cws_events, move |ws: ClusterBitbucketWorkspace| {
+            let name = ws.name_any();
+            by_cws
+                .state()
+                .into_iter()
+                .filter(|k| k.spec.workspace_ref.kind == WorkspaceKind::ClusterBitbucketWorkspace && k.spec.workspace_ref.name == name)
+                .map(|k| ObjectRef::from_obj(&*k))
+                .collect::<Vec<_>>()
+        });
         tasks.push(
             controller
                 .graceful_shutdown_on(shutdown.clone())
@@ -246,10 +234,11 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         let ns = api.namespace().map(String::from);
         let controller = controller_for(api, scoped(&client, &ns), &secret_selector, ctrl_config.clone(), &ctx);
         // A consumer Secret rotated by an admin takes effect at once.
-        let consumer_events = watcher(scoped::<PartialObjectMeta<Secret>>(&client, &ns), watcher::Config::default().labels(oauth_consumer::CONSUMER_LABEL))
-            .default_backoff()
-            .modify(|s| s.managed_fields_mut().clear())
-            .touched_objects();
+        let consumer_events =
+            watcher(scoped::<PartialObjectMeta<Secret>>(&client, &ns), watcher::Config::default().labels(oauth_consumer::CONSUMER_LABEL))
+                .default_backoff()
+                .modify(|s| s.managed_fields_mut().clear())
+                .touched_objects();
         let by_secret = controller.store();
         let controller = controller.watches_stream(consumer_events, move |secret: PartialObjectMeta<Secret>| {
             let (name, ns) = (secret.name_any(), secret.namespace());
@@ -352,7 +341,9 @@ where
         .touched_objects()
         .filter(move |s| {
             let own = matches!(s, Ok(s) if caches.caches.is_own_write(s));
-            if let Ok(s) = s && !own {
+            if let Ok(s) = s
+                && !own
+            {
                 tracing::debug!(secret = %s.name_any(), resource_version = ?s.resource_version(), "Secret changed");
             }
             futures::future::ready(!own)
@@ -366,10 +357,7 @@ where
         .modify(slim)
         .reflect(writer)
         .applied_objects()
-        .predicate_filter(
-            predicates::generation.combine(predicates::annotations),
-            Default::default(),
-        );
+        .predicate_filter(predicates::generation.combine(predicates::annotations), Default::default());
     Controller::for_stream(objects, reader).with_config(config).owns_stream(secret_events)
 }
 

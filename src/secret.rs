@@ -143,10 +143,7 @@ pub fn token_secret(at: Placement<'_>, formats: &[TokenFormat], token: &str, git
                 data.insert("password".into(), ByteString(token.as_bytes().to_vec()));
             }
             TokenFormat::GitCredentials => {
-                data.insert(
-                    ".git-credentials".into(),
-                    ByteString(git_credentials_line(git_origin, token).into_bytes()),
-                );
+                data.insert(".git-credentials".into(), ByteString(git_credentials_line(git_origin, token).into_bytes()));
             }
         }
     }

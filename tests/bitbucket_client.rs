@@ -47,7 +47,13 @@ fn admin() -> Auth {
 }
 
 fn fast() -> ClientOptions {
-    ClientOptions { timeout: Duration::from_millis(500), max_attempts: 2, backoff_base: Duration::from_millis(10), backoff_max: Duration::from_millis(20), ..Default::default() }
+    ClientOptions {
+        timeout: Duration::from_millis(500),
+        max_attempts: 2,
+        backoff_base: Duration::from_millis(10),
+        backoff_max: Duration::from_millis(20),
+        ..Default::default()
+    }
 }
 
 fn key() -> KeyPair {
@@ -99,9 +105,11 @@ async fn each_refusal_is_told_apart() {
     let missing = c.list_keys(&Target::Project("NOPE".into())).await.unwrap_err();
     assert_eq!(missing, Error::ProjectNotFound("acme/NOPE".into()));
 
-    let wrong = client(&url, Auth::ApiToken { email: "admin@acme.test".into(), token: SecretString::new("wrong") }, ClientOptions::default());
+    let wrong =
+        client(&url, Auth::ApiToken { email: "admin@acme.test".into(), token: SecretString::new("wrong") }, ClientOptions::default());
     assert!(matches!(wrong.list_keys(&api).await.unwrap_err(), Error::Unauthorized(_)));
-    let reader = client(&url, Auth::ApiToken { email: "reader@acme.test".into(), token: SecretString::new("tok-reader") }, ClientOptions::default());
+    let reader =
+        client(&url, Auth::ApiToken { email: "reader@acme.test".into(), token: SecretString::new("tok-reader") }, ClientOptions::default());
     let denied = reader.create_key(&api, key().public_key(), "x").await.unwrap_err();
     assert!(matches!(denied, Error::Forbidden(_)), "{denied:?}");
     assert_eq!(denied.reason(), "Forbidden");
@@ -118,12 +126,8 @@ async fn an_access_token_is_reported_as_the_wrong_mechanism() {
     // Access tokens cannot be configured on a workspace; the classification is checked on
     // the simulator's real answer.
     let url = sim(&format!("{CONFIG}accessTokens: [{{token: repo-token}}]\n")).await;
-    let resp = reqwest::Client::new()
-        .get(format!("{url}/2.0/repositories/acme/api/deploy-keys"))
-        .bearer_auth("repo-token")
-        .send()
-        .await
-        .unwrap();
+    let resp =
+        reqwest::Client::new().get(format!("{url}/2.0/repositories/acme/api/deploy-keys")).bearer_auth("repo-token").send().await.unwrap();
     assert_eq!(resp.status(), 403);
     let body = resp.text().await.unwrap();
     assert!(body.contains("not accessible by this authentication mechanism"), "{body}");

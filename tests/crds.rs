@@ -71,7 +71,11 @@ fn no_enum_lists_null_among_its_values() {
             }
         });
     }
-    assert!(found.is_empty(), "enums with null among their values (kubectl and OpenAPI v2 clients take it for a value):\n{}", found.join("\n"));
+    assert!(
+        found.is_empty(),
+        "enums with null among their values (kubectl and OpenAPI v2 clients take it for a value):\n{}",
+        found.join("\n")
+    );
 }
 
 /// What a user writes is bounded: the API server estimates the cost of CEL rules from these

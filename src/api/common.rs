@@ -52,7 +52,9 @@ pub struct SecretMetadata {
 /// minutes, 10+ of seconds, ...) is refused without parsing; within 32 characters, what
 /// remains cannot overflow.
 pub(crate) fn duration_within(min: &str, max: &str) -> String {
-    format!("!self.matches('{GO_DURATION}') || (!self.matches('{FAR_TOO_LONG}') && duration(self) >= duration('{min}') && duration(self) <= duration('{max}'))")
+    format!(
+        "!self.matches('{GO_DURATION}') || (!self.matches('{FAR_TOO_LONG}') && duration(self) >= duration('{min}') && duration(self) <= duration('{max}'))"
+    )
 }
 
 /// The duration pattern of our schemas, in CEL's string syntax.

@@ -10,10 +10,10 @@ pub use common::*;
 pub use oauth_consumer::*;
 pub use workspace::*;
 
-use kube::CustomResourceExt;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
     CustomResourceDefinition, JSONSchemaProps, JSONSchemaPropsOrArray, JSONSchemaPropsOrBool,
 };
+use kube::CustomResourceExt;
 
 pub const GROUP: &str = "bitbucket.credentials.dev";
 /// Annotation whose change requests a manual rotation of a `BitbucketAccessKey`.

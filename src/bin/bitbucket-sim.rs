@@ -10,10 +10,7 @@ use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
 #[derive(Debug, Parser)]
-#[command(
-    name = "bitbucket-sim",
-    about = "Bitbucket Cloud API simulator for tests, benchmarks and demos"
-)]
+#[command(name = "bitbucket-sim", about = "Bitbucket Cloud API simulator for tests, benchmarks and demos")]
 struct Args {
     /// YAML config: workspaces, credentials, rate limit, faults.
     #[arg(long, env = "BITBUCKET_SIM_CONFIG")]
@@ -30,9 +27,7 @@ struct Args {
 async fn main() -> ExitCode {
     // Logs go to stderr: stdout carries only the "listening on" line tests parse.
     tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
@@ -51,18 +46,14 @@ async fn run(args: Args) -> Result<(), String> {
     if args.state.is_some() {
         config.state_path = args.state;
     }
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
+    let listener = tokio::net::TcpListener::bind(args.listen).await.map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
     let local = listener.local_addr().map_err(|e| e.to_string())?;
     {
         let mut stdout = std::io::stdout().lock();
         writeln!(stdout, "listening on http://{local}").map_err(|e| e.to_string())?;
         stdout.flush().map_err(|e| e.to_string())?;
     }
-    serve_with_shutdown(config, listener, shutdown_signal())
-        .await
-        .map_err(|e| e.to_string())
+    serve_with_shutdown(config, listener, shutdown_signal()).await.map_err(|e| e.to_string())
 }
 
 async fn shutdown_signal() {

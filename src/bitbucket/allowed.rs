@@ -51,20 +51,12 @@ impl Location {
         let host = url.host_str().filter(|h| !h.is_empty()).ok_or("no host")?;
         let port = url.port_or_known_default().ok_or("no port")?;
         let segments = url.path_segments().map(|s| s.filter(|s| !s.is_empty()).map(String::from).collect()).unwrap_or_default();
-        Ok(Location {
-            scheme: url.scheme().to_string(),
-            host: host.trim_end_matches('.').to_ascii_lowercase(),
-            port,
-            segments,
-        })
+        Ok(Location { scheme: url.scheme().to_string(), host: host.trim_end_matches('.').to_ascii_lowercase(), port, segments })
     }
 
     /// Whether `self` is `prefix` or lies below it.
     pub(crate) fn is_under(&self, prefix: &Location) -> bool {
-        self.scheme == prefix.scheme
-            && self.host == prefix.host
-            && self.port == prefix.port
-            && self.segments.starts_with(&prefix.segments)
+        self.scheme == prefix.scheme && self.host == prefix.host && self.port == prefix.port && self.segments.starts_with(&prefix.segments)
     }
 }
 

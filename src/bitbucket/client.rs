@@ -127,12 +127,7 @@ impl Bitbucket {
     /// A client for `workspace` at the credential's own URLs: a secret only ever goes to
     /// the URLs of the workspace whose Secret holds it.
     pub fn workspace(self: &Arc<Self>, workspace: &str, credential: Arc<Credential>) -> WorkspaceClient {
-        WorkspaceClient {
-            bb: self.clone(),
-            api_url: credential.api_url().to_string(),
-            workspace: workspace.to_string(),
-            credential,
-        }
+        WorkspaceClient { bb: self.clone(), api_url: credential.api_url().to_string(), workspace: workspace.to_string(), credential }
     }
 
     /// Mints an access token with client_credentials at the credential's own site.
@@ -150,13 +145,8 @@ impl Bitbucket {
             attempt += 1;
             // No waiting for budget here: the caller learns when to come back.
             credential.acquire()?;
-            let sent = self
-                .http
-                .post(&url)
-                .basic_auth(key, Some(secret.expose()))
-                .form(&[("grant_type", "client_credentials")])
-                .send()
-                .await;
+            let sent =
+                self.http.post(&url).basic_auth(key, Some(secret.expose())).form(&[("grant_type", "client_credentials")]).send().await;
             let result = match sent {
                 Err(e) => Err(transport_error(&e, self.options.timeout)),
                 Ok(resp) => {
@@ -180,11 +170,7 @@ impl Bitbucket {
     }
 
     fn backoff(&self, attempt: u32) -> Duration {
-        let cap = self
-            .options
-            .backoff_base
-            .saturating_mul(1u32 << attempt.min(16))
-            .min(self.options.backoff_max);
+        let cap = self.options.backoff_base.saturating_mul(1u32 << attempt.min(16)).min(self.options.backoff_max);
         // Full jitter: Bitbucket sends no Retry-After, and many clients retrying in step
         // would hit the limit together again.
         let millis = cap.as_millis() as u64;
@@ -402,8 +388,7 @@ impl WorkspaceClient {
         let op = Self::op(target, "list");
         for _ in 0..1000 {
             let body = self.call(&op, Method::GET, &url, None, Subject::Target(target)).await?;
-            let page: Page<DeployKey> =
-                serde_json::from_slice(&body).map_err(|e| Error::Decode(format!("deploy key page: {e}")))?;
+            let page: Page<DeployKey> = serde_json::from_slice(&body).map_err(|e| Error::Decode(format!("deploy key page: {e}")))?;
             keys.extend(page.values);
             match page.next {
                 Some(next) if !next.is_empty() => {
@@ -432,9 +417,8 @@ impl WorkspaceClient {
     /// Adds `public_key` (an authorized_keys line; its comment becomes the key's comment).
     pub async fn create_key(&self, target: &Target, public_key: &str, label: &str) -> Result<DeployKey> {
         let body = json!({ "key": public_key, "label": label });
-        let body = self
-            .call(&Self::op(target, "create"), Method::POST, &self.keys_url(target), Some(body), Subject::Target(target))
-            .await?;
+        let body =
+            self.call(&Self::op(target, "create"), Method::POST, &self.keys_url(target), Some(body), Subject::Target(target)).await?;
         serde_json::from_slice(&body).map_err(|e| Error::Decode(format!("created deploy key: {e}")))
     }
 
@@ -442,9 +426,7 @@ impl WorkspaceClient {
     pub async fn update_label(&self, target: &Target, id: i64, label: &str) -> Result<DeployKey> {
         let url = format!("{}/{id}", self.keys_url(target));
         let body = json!({ "label": label });
-        let body = self
-            .call(&Self::op(target, "update"), Method::PUT, &url, Some(body), Subject::Key(target, id))
-            .await?;
+        let body = self.call(&Self::op(target, "update"), Method::PUT, &url, Some(body), Subject::Key(target, id)).await?;
         serde_json::from_slice(&body).map_err(|e| Error::Decode(format!("updated deploy key: {e}")))
     }
 
@@ -547,9 +529,7 @@ impl WorkspaceClient {
                             // What the OAuth token was granted tells a scope problem from
                             // a consumer that cannot reach this workspace.
                             let granted = match (&bearer, status) {
-                                (Some(_), StatusCode::FORBIDDEN) => {
-                                    self.credential.token.lock().await.as_ref().map(|t| t.scopes.clone())
-                                }
+                                (Some(_), StatusCode::FORBIDDEN) => self.credential.token.lock().await.as_ref().map(|t| t.scopes.clone()),
                                 _ => None,
                             };
                             Err(self.classify(status, &bytes, subject, granted.as_deref()))
@@ -617,9 +597,7 @@ impl WorkspaceClient {
             Subject::Workspace => None,
         };
         match needed {
-            Some(scope) if !granted.iter().any(|g| g == scope) => {
-                missing_scopes(vec![scope.to_string()], granted.to_vec())
-            }
+            Some(scope) if !granted.iter().any(|g| g == scope) => missing_scopes(vec![scope.to_string()], granted.to_vec()),
             _ => Error::ConsumerNotInWorkspace { workspace: self.workspace.clone(), message },
         }
     }
@@ -702,8 +680,7 @@ mod tests {
         leaf.prop_recursive(4, 32, 6, |inner| {
             prop_oneof![
                 proptest::collection::vec(inner.clone(), 0..6).prop_map(serde_json::Value::from),
-                proptest::collection::btree_map("[a-z]{0,8}", inner, 0..6)
-                    .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
+                proptest::collection::btree_map("[a-z]{0,8}", inner, 0..6).prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
             ]
         })
     }

@@ -140,13 +140,7 @@ fn limiter_for(per_window: u32, window: Duration) -> Arc<DefaultDirectRateLimite
 }
 
 impl Credential {
-    pub(crate) fn new(
-        key: &CredentialKey,
-        urls: (&str, &str),
-        auth: Auth,
-        requests_per_hour: u32,
-        window: Duration,
-    ) -> Self {
+    pub(crate) fn new(key: &CredentialKey, urls: (&str, &str), auth: Auth, requests_per_hour: u32, window: Duration) -> Self {
         Self {
             window,
             label: key.label(auth.kind()),

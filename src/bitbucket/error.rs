@@ -54,7 +54,9 @@ pub enum Error {
     #[error("the operator's own request budget for this credential (requestsPerHour) is spent; the next request may go in {}s", retry_after.as_secs().max(1))]
     BudgetExhausted { retry_after: Duration },
     /// A URL outside `--allowed-bitbucket-urls`: nothing was sent.
-    #[error("Bitbucket URL {url} is not allowed: {why}. The operator allows {allowed:?}; its administrator can add a URL with --allowed-bitbucket-urls")]
+    #[error(
+        "Bitbucket URL {url} is not allowed: {why}. The operator allows {allowed:?}; its administrator can add a URL with --allowed-bitbucket-urls"
+    )]
     UrlNotAllowed { url: String, why: String, allowed: Vec<String> },
     #[error("Bitbucket server error ({status})")]
     Server { status: u16 },
@@ -66,9 +68,13 @@ pub enum Error {
     OAuth { error: String, description: String },
     /// `invalid_client` (RFC 6749) or `unauthorized_client` (what Bitbucket answers): the
     /// same failure, a wrong or unknown consumer key or secret.
-    #[error("OAuth token endpoint refused the consumer key and secret ({error}: {description}): check the `key` and `secret` of the consumer Secret against the OAuth consumer in Bitbucket's workspace settings")]
+    #[error(
+        "OAuth token endpoint refused the consumer key and secret ({error}: {description}): check the `key` and `secret` of the consumer Secret against the OAuth consumer in Bitbucket's workspace settings"
+    )]
     InvalidClient { error: String, description: String },
-    #[error("OAuth token endpoint refused the consumer ({error}: {description}): the consumer is marked public; edit it in Bitbucket's workspace settings, tick \"This is a private consumer\", and save")]
+    #[error(
+        "OAuth token endpoint refused the consumer ({error}: {description}): the consumer is marked public; edit it in Bitbucket's workspace settings, tick \"This is a private consumer\", and save"
+    )]
     ConsumerNotPrivate { error: String, description: String },
     #[error("unexpected answer from Bitbucket: {0}")]
     Decode(String),

@@ -57,10 +57,7 @@ pub async fn reconcile(obj: Arc<BitbucketAccessKey>, ctx: Arc<Context>) -> Resul
         }
         Err(e) => e,
     };
-    METRICS
-        .reconcile_errors
-        .get_or_create(&ErrorLabels { controller: CONTROLLER.into(), reason: error.reason().into() })
-        .inc();
+    METRICS.reconcile_errors.get_or_create(&ErrorLabels { controller: CONTROLLER.into(), reason: error.reason().into() }).inc();
     let delay = ctx.backoff(&*obj, &error);
     report_failure(&obj, &ctx, &error, delay).await;
     Ok(super::requeue(delay))
@@ -115,7 +112,11 @@ async fn report_failure(obj: &BitbucketAccessKey, ctx: &Context, error: &Error, 
     let api: Api<BitbucketAccessKey> = Api::namespaced(ctx.client.clone(), &obj.namespace().unwrap_or_default());
     let latest = api.get_status(&obj.name_any()).await.ok().filter(|o| o.metadata.uid == obj.metadata.uid);
     let mut status = latest.and_then(|o| o.status).or_else(|| obj.status.clone()).unwrap_or_default();
-    let retry = if error.is_transient() { format!("; retrying in {}s", delay.as_secs()) } else { format!("; checking again in {}s", delay.as_secs()) };
+    let retry = if error.is_transient() {
+        format!("; retrying in {}s", delay.as_secs())
+    } else {
+        format!("; checking again in {}s", delay.as_secs())
+    };
     let message = format!("{error}{retry}");
     let c = condition(&status.conditions, "Ready", false, error.reason(), message.clone(), obj.metadata.generation);
     let unchanged = status.conditions.iter().any(|x| x.type_ == "Ready" && x.reason == c.reason && x.status == c.status);
@@ -366,12 +367,17 @@ impl Run<'_> {
                     }
                     match client.create_key(&target, key.public_key(), &label).await {
                         Ok(k) => {
-                            self.created.lock().unwrap_or_else(|e| e.into_inner()).push((key.fingerprint().to_string(), target.to_string()));
+                            self.created
+                                .lock()
+                                .unwrap_or_else(|e| e.into_inner())
+                                .push((key.fingerprint().to_string(), target.to_string()));
                             Ok(registration(&target, k.id))
                         }
                         // Any 400 may mean "already there" (an earlier attempt whose answer
                         // was lost went through), whatever its words: the listing decides.
-                        Err(e @ (bitbucket::Error::DuplicateKey(_) | bitbucket::Error::InvalidKey(_) | bitbucket::Error::BadRequest(_))) => {
+                        Err(
+                            e @ (bitbucket::Error::DuplicateKey(_) | bitbucket::Error::InvalidKey(_) | bitbucket::Error::BadRequest(_)),
+                        ) => {
                             let keys = client.list_keys(&target).await.map_err(wrap)?;
                             found(&keys).map(|id| registration(&target, id)).ok_or_else(|| wrap(e))
                         }
@@ -517,9 +523,8 @@ async fn read_inputs(obj: &BitbucketAccessKey, ctx: &Context) -> Result<Inputs> 
     let ns = obj.namespace().unwrap_or_default();
     let secret_name = obj.spec.secret.name.clone().unwrap_or_else(|| obj.name_any());
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
-    let (ws, existing) = tokio::try_join!(resolve(ctx, &ns, &obj.spec.workspace_ref), async {
-        secrets.get_opt(&secret_name).await.map_err(Error::from)
-    })?;
+    let (ws, existing) =
+        tokio::try_join!(resolve(ctx, &ns, &obj.spec.workspace_ref), async { secrets.get_opt(&secret_name).await.map_err(Error::from) })?;
     for t in &targets(obj) {
         ws.check_allowed(t.name())?;
     }
@@ -655,7 +660,13 @@ async fn apply(obj: &BitbucketAccessKey, ctx: &Context, inputs: Inputs) -> Resul
         st.registrations = regs;
         st.rotate_request = rotate_request.clone();
         st.last_verified_time = Some(now());
-        let why = if manual { "requested by annotation" } else if kind_changed { "key type changed" } else { "scheduled" };
+        let why = if manual {
+            "requested by annotation"
+        } else if kind_changed {
+            "key type changed"
+        } else {
+            "scheduled"
+        };
         ctx.event(obj, false, "Rotated", format!("key rotated ({why}); new fingerprint {}", next.fingerprint())).await;
         current = next;
         list = false;
@@ -690,8 +701,12 @@ async fn apply(obj: &BitbucketAccessKey, ctx: &Context, inputs: Inputs) -> Resul
     if list || registered != wanted {
         let keep: BTreeSet<String> = st.retiring_keys.iter().map(|r| r.fingerprint.clone()).collect();
         let to_check: Vec<Target> = if list { targets.clone() } else { wanted.difference(&registered).cloned().collect() };
-        let mut regs: Vec<Registration> =
-            st.registrations.iter().filter(|r| r.id != 0 && wanted.contains(&target_of(r)) && !to_check.contains(&target_of(r))).cloned().collect();
+        let mut regs: Vec<Registration> = st
+            .registrations
+            .iter()
+            .filter(|r| r.id != 0 && wanted.contains(&target_of(r)) && !to_check.contains(&target_of(r)))
+            .cloned()
+            .collect();
         run.record_intent(&mut secret_state, may_hold_keys(&st, &targets), &to_check, &current, None).await?;
         let lookup = match (list, spec_changed) {
             (false, _) => Lookup::Create,
@@ -724,7 +739,8 @@ async fn apply(obj: &BitbucketAccessKey, ctx: &Context, inputs: Inputs) -> Resul
         let mut edited = desired.clone();
         edited.metadata.annotations.get_or_insert_default().remove(TARGETS_ANNOTATION);
         if secret_state.as_ref().is_some_and(|s| !up_to_date(s, &edited)) {
-            ctx.event(obj, false, "SecretRestored", format!("Secret {secret_name} was changed outside the operator and has been restored")).await;
+            ctx.event(obj, false, "SecretRestored", format!("Secret {secret_name} was changed outside the operator and has been restored"))
+                .await;
         }
     }
 
@@ -915,8 +931,15 @@ mod tests {
         secret.metadata.annotations = Some([(TARGETS_ANNOTATION.to_string(), "repository/api,,nonsense,team/x,project/".into())].into());
         assert_eq!(recorded_targets(Some(&secret)), [Target::Repository("api".into())].into());
         // What a tenant editing the Secret could write: other paths, other workspaces, a flood.
-        let tampered = ["repository/../../workspaces/other", "repository/a/b", "repository/API", "project/core", "repository/x%2F..", "project/CORE/../X"]
-            .join(",");
+        let tampered = [
+            "repository/../../workspaces/other",
+            "repository/a/b",
+            "repository/API",
+            "project/core",
+            "repository/x%2F..",
+            "project/CORE/../X",
+        ]
+        .join(",");
         secret.metadata.annotations = Some([(TARGETS_ANNOTATION.to_string(), tampered)].into());
         assert!(recorded_targets(Some(&secret)).is_empty());
         let flood = (0..10_000).map(|i| format!("repository/r{i}")).collect::<Vec<_>>().join(",");

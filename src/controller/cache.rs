@@ -50,10 +50,7 @@ impl Caches {
     /// just created), and the caller asks the API server.
     pub fn workspace(&self, namespace: &str, name: &str) -> Option<std::sync::Arc<BitbucketWorkspace>> {
         let key = ObjectRef::new(name).within(namespace);
-        lock(&self.workspaces)
-            .iter()
-            .filter(|(ns, _)| ns.as_deref().is_none_or(|n| n == namespace))
-            .find_map(|(_, s)| s.get(&key))
+        lock(&self.workspaces).iter().filter(|(ns, _)| ns.as_deref().is_none_or(|n| n == namespace)).find_map(|(_, s)| s.get(&key))
     }
 
     pub fn cluster_workspace(&self, name: &str) -> Option<std::sync::Arc<ClusterBitbucketWorkspace>> {

@@ -29,9 +29,8 @@ impl Marker {
     /// The one-word form. A cluster name is reduced to letters, digits, `.`, `_` and `-`
     /// (anything else becomes `-`), so the word has no space and no `:` inside a part.
     pub fn token(&self) -> String {
-        let clean = |s: &str| -> String {
-            s.chars().map(|c| if c.is_ascii_alphanumeric() || "._-".contains(c) { c } else { '-' }).collect()
-        };
+        let clean =
+            |s: &str| -> String { s.chars().map(|c| if c.is_ascii_alphanumeric() || "._-".contains(c) { c } else { '-' }).collect() };
         format!("{PREFIX}{}:{}:{}/{}", clean(&self.uid), clean(&self.cluster), clean(&self.namespace), clean(&self.name))
     }
 
@@ -51,9 +50,9 @@ impl Marker {
 /// marker word of this UID, or the `uid=` word of earlier versions.
 pub fn marks(text: &str, uid: &str) -> bool {
     !uid.is_empty()
-        && text.split_whitespace().any(|w| {
-            Marker::parse(w).is_some_and(|m| m.uid == uid) || w.strip_prefix(LEGACY_UID).is_some_and(|u| u == uid)
-        })
+        && text
+            .split_whitespace()
+            .any(|w| Marker::parse(w).is_some_and(|m| m.uid == uid) || w.strip_prefix(LEGACY_UID).is_some_and(|u| u == uid))
 }
 
 #[cfg(test)]

@@ -157,11 +157,8 @@ impl Context {
             // Someone has to change something: look again now and then, not in a loop.
             (Duration::from_secs(30), Duration::from_secs(900))
         };
-        let base = if matches!(error, Error::Bitbucket { source: bitbucket::Error::RateLimited, .. }) {
-            Duration::from_secs(60)
-        } else {
-            base
-        };
+        let base =
+            if matches!(error, Error::Bitbucket { source: bitbucket::Error::RateLimited, .. }) { Duration::from_secs(60) } else { base };
         let delay = base.saturating_mul(1 << (*n - 1).min(10)).min(max);
         // The operator's own budget says exactly when the next request may go.
         match error.retry_after() {
@@ -322,19 +319,8 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// A `metav1.Condition`, keeping `lastTransitionTime` when the status does not change.
 pub fn condition(previous: &[Condition], type_: &str, status: bool, reason: &str, message: String, generation: Option<i64>) -> Condition {
     let status = if status { "True" } else { "False" }.to_string();
-    let last = previous
-        .iter()
-        .find(|c| c.type_ == type_ && c.status == status)
-        .map(|c| c.last_transition_time.clone())
-        .unwrap_or_else(now);
-    Condition {
-        type_: type_.into(),
-        status,
-        reason: reason.into(),
-        message,
-        observed_generation: generation,
-        last_transition_time: last,
-    }
+    let last = previous.iter().find(|c| c.type_ == type_ && c.status == status).map(|c| c.last_transition_time.clone()).unwrap_or_else(now);
+    Condition { type_: type_.into(), status, reason: reason.into(), message, observed_generation: generation, last_transition_time: last }
 }
 
 /// Replaces the condition of the same type in `conditions`.

@@ -55,10 +55,7 @@ pub async fn reconcile(obj: Arc<BitbucketOAuthConsumer>, ctx: Arc<Context>) -> R
             Ok(a)
         }
         Err(error) => {
-            METRICS
-                .reconcile_errors
-                .get_or_create(&ErrorLabels { controller: CONTROLLER.into(), reason: error.reason().into() })
-                .inc();
+            METRICS.reconcile_errors.get_or_create(&ErrorLabels { controller: CONTROLLER.into(), reason: error.reason().into() }).inc();
             let delay = ctx.backoff(&*obj, &error);
             let mut status = obj.status.clone().unwrap_or_default();
             let kept = if status.expires_at.as_ref().is_some_and(|t| super::seconds_until(t) > 0) {
@@ -161,10 +158,11 @@ async fn apply(obj: &BitbucketOAuthConsumer, ctx: &Context) -> Result<Action> {
 
     // The consumer's credentials, from the same namespace only.
     let consumer_name = &obj.spec.consumer_secret_ref.name;
-    let consumer = secrets
-        .get_opt(consumer_name)
-        .await?
-        .ok_or_else(|| Error::AuthSecretNotFound { namespace: ns.clone(), name: consumer_name.clone(), keys: KEYS })?;
+    let consumer = secrets.get_opt(consumer_name).await?.ok_or_else(|| Error::AuthSecretNotFound {
+        namespace: ns.clone(),
+        name: consumer_name.clone(),
+        keys: KEYS,
+    })?;
     let field = |k: &str| {
         consumer
             .data
@@ -215,11 +213,7 @@ async fn apply(obj: &BitbucketOAuthConsumer, ctx: &Context) -> Result<Action> {
                     workspace_credential.limiter_budget(),
                 )
                 .map_err(|e| Error::bitbucket(format!("OAuth consumer {key}"), e))?;
-            let minted = ctx
-                .bitbucket
-                .mint_token(&credential)
-                .await
-                .map_err(|e| Error::bitbucket(format!("OAuth consumer {key}"), e))?;
+            let minted = ctx.bitbucket.mint_token(&credential).await.map_err(|e| Error::bitbucket(format!("OAuth consumer {key}"), e))?;
             let lifetime = minted.expires_in;
             let refresh_before = refresh_before(&obj.spec);
             st.expires_at = Some(super::time_after(lifetime));
@@ -320,4 +314,3 @@ mod tests {
         }
     }
 }
-

@@ -13,8 +13,8 @@ use serde_json::json;
 
 use super::{Context, Error, Result, condition, set_condition};
 use crate::api::{
-    BitbucketAccessKey, FINALIZER, IN_USE_FINALIZER, BitbucketWorkspace, ClusterBitbucketWorkspace, WorkspaceKind, WorkspaceRef, WorkspaceSettings, WorkspaceStatus,
-    ready_condition,
+    BitbucketAccessKey, BitbucketWorkspace, ClusterBitbucketWorkspace, FINALIZER, IN_USE_FINALIZER, WorkspaceKind, WorkspaceRef,
+    WorkspaceSettings, WorkspaceStatus, ready_condition,
 };
 use crate::bitbucket::{Auth, WorkspaceClient};
 use crate::metrics::{ErrorLabels, METRICS};
@@ -254,10 +254,10 @@ async fn resolve_with(ctx: &Context, namespace: &str, r: &WorkspaceRef, need_rea
                 None => Api::<BitbucketWorkspace>::namespaced(ctx.client.clone(), namespace).get_opt(&r.name).await?.map(Arc::new),
             };
             let ws = ws.ok_or_else(|| Error::WorkspaceNotFound {
-                    kind: "BitbucketWorkspace",
-                    name: format!("{namespace}/{}", r.name),
-                    hint: " (a BitbucketWorkspace is usable only from its own namespace; use a ClusterBitbucketWorkspace to share one)".into(),
-                })?;
+                kind: "BitbucketWorkspace",
+                name: format!("{namespace}/{}", r.name),
+                hint: " (a BitbucketWorkspace is usable only from its own namespace; use a ClusterBitbucketWorkspace to share one)".into(),
+            })?;
             let display = format!("BitbucketWorkspace {namespace}/{}", r.name);
             let settings = ws.spec.settings();
             check_urls(ctx, &settings)?;
@@ -283,10 +283,10 @@ async fn resolve_with(ctx: &Context, namespace: &str, r: &WorkspaceRef, need_rea
                 None => Api::<ClusterBitbucketWorkspace>::all(ctx.client.clone()).get_opt(&r.name).await?.map(Arc::new),
             };
             let ws = ws.ok_or_else(|| Error::WorkspaceNotFound {
-                    kind: "ClusterBitbucketWorkspace",
-                    name: r.name.clone(),
-                    hint: String::new(),
-                })?;
+                kind: "ClusterBitbucketWorkspace",
+                name: r.name.clone(),
+                hint: String::new(),
+            })?;
             let admitted = admits(ctx, &ws, namespace).await?;
             if need_ready && !admitted {
                 return Err(Error::WorkspaceNotAllowed(r.name.clone(), namespace.into()));
@@ -378,8 +378,7 @@ where
     let status = WorkspaceStatus { conditions, observed_generation: generation };
     if obj.status() != Some(&status) {
         let was_ready = obj.status().and_then(|s| ready_condition(&s.conditions)).map(|c| c.status == "True");
-        api.patch_status(&obj.name_any(), &PatchParams::apply(super::FIELD_MANAGER), &Patch::Merge(json!({ "status": status })))
-            .await?;
+        api.patch_status(&obj.name_any(), &PatchParams::apply(super::FIELD_MANAGER), &Patch::Merge(json!({ "status": status }))).await?;
         match &outcome {
             Ok(()) if was_ready != Some(true) => ctx.event(&*obj, false, "Verified", "credentials verified with Bitbucket".into()).await,
             Err(e) => ctx.event(&*obj, true, e.reason(), e.to_string()).await,
@@ -566,17 +565,13 @@ where
         Ok(action) => return Ok(action),
         Err(e) => e,
     };
-    METRICS
-        .reconcile_errors
-        .get_or_create(&ErrorLabels { controller: "workspace".into(), reason: error.reason().into() })
-        .inc();
+    METRICS.reconcile_errors.get_or_create(&ErrorLabels { controller: "workspace".into(), reason: error.reason().into() }).inc();
     let previous = obj.status().map(|s| s.conditions.clone()).unwrap_or_default();
     let mut conditions = previous.clone();
     set_condition(&mut conditions, condition(&previous, "Ready", false, error.reason(), error.to_string(), obj.meta().generation));
     let status = WorkspaceStatus { conditions, observed_generation: obj.meta().generation };
-    if let Err(e) = api
-        .patch_status(&obj.name_any(), &PatchParams::apply(super::FIELD_MANAGER), &Patch::Merge(json!({ "status": status })))
-        .await
+    if let Err(e) =
+        api.patch_status(&obj.name_any(), &PatchParams::apply(super::FIELD_MANAGER), &Patch::Merge(json!({ "status": status }))).await
     {
         tracing::warn!(error = %e, "cannot record failure in status");
     }

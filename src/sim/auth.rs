@@ -46,10 +46,7 @@ pub fn parse_authorization(headers: &HeaderMap) -> Authorization {
             return Authorization::Malformed;
         };
         match decoded.split_once(':') {
-            Some((user, secret)) => Authorization::Basic {
-                user: user.to_owned(),
-                secret: secret.to_owned(),
-            },
+            Some((user, secret)) => Authorization::Basic { user: user.to_owned(), secret: secret.to_owned() },
             None => Authorization::Malformed,
         }
     } else if scheme.eq_ignore_ascii_case("bearer") && !rest.is_empty() {
@@ -92,10 +89,7 @@ impl Principal {
                 let nickname = email.split('@').next().unwrap_or(email).to_owned();
                 Account {
                     kind: "user".into(),
-                    display_name: self
-                        .display_name
-                        .clone()
-                        .unwrap_or_else(|| nickname.clone()),
+                    display_name: self.display_name.clone().unwrap_or_else(|| nickname.clone()),
                     uuid: derived_uuid(&format!("user:{email}")),
                     account_id: Some(account_id(email)),
                     nickname: Some(nickname),
@@ -146,25 +140,18 @@ impl Credentials {
         if token_in_query {
             // Bitbucket stopped accepting `?access_token=`; a client relying on it must fail.
             return Err(AuthFailure::Unauthorized(
-                "Access tokens are not accepted in the query string; send them in the Authorization: Bearer header."
-                    .into(),
+                "Access tokens are not accepted in the query string; send them in the Authorization: Bearer header.".into(),
             ));
         }
         match authorization {
-            Authorization::Missing => Err(AuthFailure::Unauthorized(
-                "Authentication is required for this resource.".into(),
-            )),
-            Authorization::Malformed => Err(AuthFailure::Unauthorized(
-                "The Authorization header is malformed.".into(),
-            )),
+            Authorization::Missing => Err(AuthFailure::Unauthorized("Authentication is required for this resource.".into())),
+            Authorization::Malformed => Err(AuthFailure::Unauthorized("The Authorization header is malformed.".into())),
             Authorization::Basic { user, secret } => self
                 .api_tokens
                 .iter()
                 .find(|t| t.email == *user && ct_eq(t.token.as_bytes(), secret.as_bytes()))
                 .map(|t| Principal {
-                    credential: Credential::ApiToken {
-                        email: t.email.clone(),
-                    },
+                    credential: Credential::ApiToken { email: t.email.clone() },
                     scopes: t.scopes.clone(),
                     display_name: t.display_name.clone(),
                 })
@@ -179,18 +166,12 @@ impl Credentials {
                         return Err(AuthFailure::Unauthorized(TOKEN_INVALID.into()));
                     }
                     return Ok(Principal {
-                        credential: Credential::OAuthConsumer {
-                            key: minted.consumer.clone(),
-                        },
+                        credential: Credential::OAuthConsumer { key: minted.consumer.clone() },
                         scopes: minted.scopes.clone(),
                         display_name: None,
                     });
                 }
-                if self
-                    .access_tokens
-                    .iter()
-                    .any(|t| ct_eq(t.token.as_bytes(), token.as_bytes()))
-                {
+                if self.access_tokens.iter().any(|t| ct_eq(t.token.as_bytes(), token.as_bytes())) {
                     return Err(AuthFailure::Forbidden(MECHANISM_REFUSED.into()));
                 }
                 Err(AuthFailure::Unauthorized(TOKEN_INVALID.into()))
@@ -207,11 +188,7 @@ impl Credentials {
             .iter()
             .enumerate()
             .find(|(_, t)| ct_eq(t.token.as_bytes(), token.as_bytes()))
-            .map(|(i, t)| {
-                t.name
-                    .clone()
-                    .unwrap_or_else(|| format!("access-token-{}", i + 1))
-            })
+            .map(|(i, t)| t.name.clone().unwrap_or_else(|| format!("access-token-{}", i + 1)))
     }
 }
 
@@ -221,10 +198,7 @@ pub fn authenticate_client<'a>(
     consumers: &'a [OAuthConsumerConfig],
 ) -> Result<&'a OAuthConsumerConfig, String> {
     let Authorization::Basic { user, secret } = authorization else {
-        return Err(
-            "Client credentials missing; authenticate with HTTP Basic using the consumer key and secret."
-                .into(),
-        );
+        return Err("Client credentials missing; authenticate with HTTP Basic using the consumer key and secret.".into());
     };
     consumers
         .iter()
@@ -238,19 +212,13 @@ pub fn required_scopes(op: Operation, credential: &Credential) -> &'static [&'st
     use Operation::*;
     match credential {
         Credential::OAuthConsumer { .. } => match op {
-            RepoKeysList | RepoKeyGet | RepoKeyCreate | RepoKeyUpdate | RepoKeyDelete => {
-                &["repository:admin"]
-            }
-            ProjectKeysList | ProjectKeyGet | ProjectKeyCreate | ProjectKeyDelete => {
-                &["project:admin"]
-            }
+            RepoKeysList | RepoKeyGet | RepoKeyCreate | RepoKeyUpdate | RepoKeyDelete => &["repository:admin"],
+            ProjectKeysList | ProjectKeyGet | ProjectKeyCreate | ProjectKeyDelete => &["project:admin"],
             Token | WorkspaceGet => &[],
         },
         Credential::ApiToken { .. } => match op {
             RepoKeysList | RepoKeyGet => &["admin:repository:bitbucket"],
-            RepoKeyCreate | RepoKeyUpdate => {
-                &["admin:repository:bitbucket", "write:ssh-key:bitbucket"]
-            }
+            RepoKeyCreate | RepoKeyUpdate => &["admin:repository:bitbucket", "write:ssh-key:bitbucket"],
             RepoKeyDelete => &["admin:repository:bitbucket", "delete:ssh-key:bitbucket"],
             ProjectKeysList | ProjectKeyGet => &["admin:project:bitbucket"],
             ProjectKeyCreate => &["admin:project:bitbucket", "write:ssh-key:bitbucket"],
@@ -262,11 +230,7 @@ pub fn required_scopes(op: Operation, credential: &Credential) -> &'static [&'st
 }
 
 pub fn missing_scopes<'a>(required: &[&'a str], granted: &[String]) -> Vec<&'a str> {
-    required
-        .iter()
-        .copied()
-        .filter(|r| !granted.iter().any(|g| g == r))
-        .collect()
+    required.iter().copied().filter(|r| !granted.iter().any(|g| g == r)).collect()
 }
 
 /// How minted tokens are stored and looked up: SHA-256, base64.
@@ -299,59 +263,30 @@ mod tests {
         let basic = base64::engine::general_purpose::STANDARD.encode("a@b:t:with:colons");
         assert_eq!(
             parse_authorization(&headers(&format!("Basic {basic}"))),
-            Authorization::Basic {
-                user: "a@b".into(),
-                secret: "t:with:colons".into()
-            }
+            Authorization::Basic { user: "a@b".into(), secret: "t:with:colons".into() }
         );
-        assert_eq!(
-            parse_authorization(&headers("bearer abc")),
-            Authorization::Bearer("abc".into())
-        );
-        assert_eq!(
-            parse_authorization(&HeaderMap::new()),
-            Authorization::Missing
-        );
-        assert_eq!(
-            parse_authorization(&headers("Basic !!")),
-            Authorization::Malformed
-        );
-        assert_eq!(
-            parse_authorization(&headers("Bearer")),
-            Authorization::Malformed
-        );
-        assert_eq!(
-            parse_authorization(&headers("Digest x")),
-            Authorization::Malformed
-        );
+        assert_eq!(parse_authorization(&headers("bearer abc")), Authorization::Bearer("abc".into()));
+        assert_eq!(parse_authorization(&HeaderMap::new()), Authorization::Missing);
+        assert_eq!(parse_authorization(&headers("Basic !!")), Authorization::Malformed);
+        assert_eq!(parse_authorization(&headers("Bearer")), Authorization::Malformed);
+        assert_eq!(parse_authorization(&headers("Digest x")), Authorization::Malformed);
     }
 
     #[test]
     fn api_token_as_bearer_is_refused_with_bitbuckets_message() {
         let creds = Credentials {
-            api_tokens: vec![ApiTokenConfig {
-                email: "a@b".into(),
-                token: "tok".into(),
-                scopes: vec![],
-                display_name: None,
-            }],
+            api_tokens: vec![ApiTokenConfig { email: "a@b".into(), token: "tok".into(), scopes: vec![], display_name: None }],
             access_tokens: vec![],
         };
         let state = State::new(vec![]);
         let result = creds.authenticate(&Authorization::Bearer("tok".into()), false, &state, 0);
-        assert_eq!(
-            result.err(),
-            Some(AuthFailure::Unauthorized(TOKEN_INVALID.into()))
-        );
+        assert_eq!(result.err(), Some(AuthFailure::Unauthorized(TOKEN_INVALID.into())));
     }
 
     #[test]
     fn delete_needs_the_delete_scope() {
         let cred = Credential::ApiToken { email: "a".into() };
-        let missing = missing_scopes(
-            required_scopes(Operation::RepoKeyDelete, &cred),
-            &["admin:repository:bitbucket".to_owned()],
-        );
+        let missing = missing_scopes(required_scopes(Operation::RepoKeyDelete, &cred), &["admin:repository:bitbucket".to_owned()]);
         assert_eq!(missing, vec!["delete:ssh-key:bitbucket"]);
     }
 

@@ -39,19 +39,13 @@ impl Repository {
     }
 
     pub fn target(&self) -> Target {
-        Target::Repository {
-            workspace: self.workspace.clone(),
-            slug: self.slug.clone(),
-        }
+        Target::Repository { workspace: self.workspace.clone(), slug: self.slug.clone() }
     }
 }
 
 impl Project {
     pub fn target(&self) -> Target {
-        Target::Project {
-            workspace: self.workspace.clone(),
-            key: self.key.clone(),
-        }
+        Target::Project { workspace: self.workspace.clone(), key: self.key.clone() }
     }
 }
 
@@ -67,10 +61,7 @@ impl Catalog {
             .iter()
             .map(|ws| Workspace {
                 slug: ws.slug.clone(),
-                uuid: ws
-                    .uuid
-                    .clone()
-                    .unwrap_or_else(|| derived_uuid(&format!("workspace:{}", ws.slug))),
+                uuid: ws.uuid.clone().unwrap_or_else(|| derived_uuid(&format!("workspace:{}", ws.slug))),
                 repositories: ws
                     .repositories
                     .iter()
@@ -78,9 +69,7 @@ impl Catalog {
                         workspace: ws.slug.clone(),
                         slug: r.slug.clone(),
                         name: r.name.clone().unwrap_or_else(|| r.slug.clone()),
-                        uuid: r.uuid.clone().unwrap_or_else(|| {
-                            derived_uuid(&format!("repository:{}/{}", ws.slug, r.slug))
-                        }),
+                        uuid: r.uuid.clone().unwrap_or_else(|| derived_uuid(&format!("repository:{}/{}", ws.slug, r.slug))),
                         project: r.project.clone(),
                     })
                     .collect(),
@@ -91,9 +80,7 @@ impl Catalog {
                         workspace: ws.slug.clone(),
                         key: p.key.clone(),
                         name: p.name.clone().unwrap_or_else(|| p.key.clone()),
-                        uuid: p.uuid.clone().unwrap_or_else(|| {
-                            derived_uuid(&format!("project:{}/{}", ws.slug, p.key))
-                        }),
+                        uuid: p.uuid.clone().unwrap_or_else(|| derived_uuid(&format!("project:{}/{}", ws.slug, p.key))),
                     })
                     .collect(),
             })
@@ -103,23 +90,15 @@ impl Catalog {
 
     /// Bitbucket accepts the `{uuid}` wherever a slug goes in a URL.
     pub fn workspace(&self, id: &str) -> Option<&Workspace> {
-        self.workspaces
-            .iter()
-            .find(|ws| ws.slug == id || ws.uuid == id)
+        self.workspaces.iter().find(|ws| ws.slug == id || ws.uuid == id)
     }
 
     pub fn repository(&self, workspace: &str, repo: &str) -> Option<&Repository> {
-        self.workspace(workspace)?
-            .repositories
-            .iter()
-            .find(|r| r.slug == repo || r.uuid == repo)
+        self.workspace(workspace)?.repositories.iter().find(|r| r.slug == repo || r.uuid == repo)
     }
 
     pub fn project(&self, workspace: &str, key: &str) -> Option<&Project> {
-        self.workspace(workspace)?
-            .projects
-            .iter()
-            .find(|p| p.key == key || p.uuid == key)
+        self.workspace(workspace)?.projects.iter().find(|p| p.key == key || p.uuid == key)
     }
 
     /// Looks up `workspace/slug`.
@@ -132,12 +111,8 @@ impl Catalog {
     /// longer lists it (a state file from an older config).
     pub fn describe(&self, target: &Target) -> Option<TargetRef<'_>> {
         match target {
-            Target::Repository { workspace, slug } => {
-                self.repository(workspace, slug).map(TargetRef::Repository)
-            }
-            Target::Project { workspace, key } => {
-                self.project(workspace, key).map(TargetRef::Project)
-            }
+            Target::Repository { workspace, slug } => self.repository(workspace, slug).map(TargetRef::Repository),
+            Target::Project { workspace, key } => self.project(workspace, key).map(TargetRef::Project),
         }
     }
 }
@@ -160,14 +135,7 @@ pub fn derived_uuid(name: &str) -> String {
     b[6] = (b[6] & 0x0f) | 0x40;
     b[8] = (b[8] & 0x3f) | 0x80;
     let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
-    format!(
-        "{{{}-{}-{}-{}-{}}}",
-        &hex[0..8],
-        &hex[8..12],
-        &hex[12..16],
-        &hex[16..20],
-        &hex[20..32]
-    )
+    format!("{{{}-{}-{}-{}-{}}}", &hex[0..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..32])
 }
 
 #[cfg(test)]
@@ -185,10 +153,8 @@ mod tests {
 
     #[test]
     fn repositories_are_found_by_slug_or_uuid() {
-        let config = SimConfig::from_yaml(
-            "workspaces: [{slug: acme, repositories: [{slug: api}], projects: [{key: CORE}]}]",
-        )
-        .expect("config");
+        let config =
+            SimConfig::from_yaml("workspaces: [{slug: acme, repositories: [{slug: api}], projects: [{key: CORE}]}]").expect("config");
         let catalog = Catalog::from_config(&config);
         let repo = catalog.repository("acme", "api").expect("by slug");
         let ws_uuid = catalog.workspace("acme").expect("ws").uuid.clone();

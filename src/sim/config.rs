@@ -219,10 +219,7 @@ fn default_timeout_ms() -> u64 {
 
 impl Default for RateLimitConfig {
     fn default() -> Self {
-        Self {
-            requests_per_window: default_requests_per_window(),
-            window_seconds: default_window_seconds(),
-        }
+        Self { requests_per_window: default_requests_per_window(), window_seconds: default_window_seconds() }
     }
 }
 
@@ -267,26 +264,19 @@ impl fmt::Debug for OAuthConsumerConfig {
 
 impl fmt::Debug for AccessTokenConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("AccessTokenConfig")
-            .field("name", &self.name)
-            .field("token", &"<redacted>")
-            .finish()
+        f.debug_struct("AccessTokenConfig").field("name", &self.name).field("token", &"<redacted>").finish()
     }
 }
 
 impl SimConfig {
     pub fn from_yaml(text: &str) -> Result<Self, SimError> {
-        let config: Self =
-            serde_yaml::from_str(text).map_err(|e| SimError::Config(e.to_string()))?;
+        let config: Self = serde_yaml::from_str(text).map_err(|e| SimError::Config(e.to_string()))?;
         config.validate()?;
         Ok(config)
     }
 
     pub fn from_file(path: &Path) -> Result<Self, SimError> {
-        let text = std::fs::read_to_string(path).map_err(|source| SimError::ReadConfig {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let text = std::fs::read_to_string(path).map_err(|source| SimError::ReadConfig { path: path.to_path_buf(), source })?;
         Self::from_yaml(&text)
     }
 
@@ -304,17 +294,12 @@ impl SimConfig {
         let bad = |msg: String| Err(SimError::Config(msg));
         let pagelen = self.pagelen();
         if !(1..=MAX_PAGELEN).contains(&pagelen) {
-            return bad(format!(
-                "pagelen must be between 1 and {MAX_PAGELEN}, got {pagelen}"
-            ));
+            return bad(format!("pagelen must be between 1 and {MAX_PAGELEN}, got {pagelen}"));
         }
         let mut workspace_slugs = std::collections::HashSet::new();
         for ws in &self.workspaces {
             if !is_path_segment(&ws.slug) {
-                return bad(format!(
-                    "workspace slug {:?} is not a valid URL segment",
-                    ws.slug
-                ));
+                return bad(format!("workspace slug {:?} is not a valid URL segment", ws.slug));
             }
             if !workspace_slugs.insert(ws.slug.as_str()) {
                 return bad(format!("workspace {:?} is listed twice", ws.slug));
@@ -322,31 +307,19 @@ impl SimConfig {
             let mut project_keys = std::collections::HashSet::new();
             for project in &ws.projects {
                 if !is_path_segment(&project.key) {
-                    return bad(format!(
-                        "project key {:?} is not a valid URL segment",
-                        project.key
-                    ));
+                    return bad(format!("project key {:?} is not a valid URL segment", project.key));
                 }
                 if !project_keys.insert(project.key.as_str()) {
-                    return bad(format!(
-                        "project {}/{} is listed twice",
-                        ws.slug, project.key
-                    ));
+                    return bad(format!("project {}/{} is listed twice", ws.slug, project.key));
                 }
             }
             let mut repo_slugs = std::collections::HashSet::new();
             for repo in &ws.repositories {
                 if !is_path_segment(&repo.slug) {
-                    return bad(format!(
-                        "repository slug {:?} is not a valid URL segment",
-                        repo.slug
-                    ));
+                    return bad(format!("repository slug {:?} is not a valid URL segment", repo.slug));
                 }
                 if !repo_slugs.insert(repo.slug.as_str()) {
-                    return bad(format!(
-                        "repository {}/{} is listed twice",
-                        ws.slug, repo.slug
-                    ));
+                    return bad(format!("repository {}/{} is listed twice", ws.slug, repo.slug));
                 }
                 if let Some(project) = &repo.project
                     && !project_keys.contains(project.as_str())
@@ -382,15 +355,10 @@ pub fn validate_consumers(consumers: &[OAuthConsumerConfig]) -> Result<(), SimEr
     let mut keys = std::collections::HashSet::new();
     for consumer in consumers {
         if consumer.key.is_empty() || consumer.secret.is_empty() {
-            return Err(SimError::Config(
-                "oauthConsumers entries need a non-empty key and secret".into(),
-            ));
+            return Err(SimError::Config("oauthConsumers entries need a non-empty key and secret".into()));
         }
         if !keys.insert(consumer.key.as_str()) {
-            return Err(SimError::Config(format!(
-                "oauth consumer {:?} is listed twice",
-                consumer.key
-            )));
+            return Err(SimError::Config(format!("oauth consumer {:?} is listed twice", consumer.key)));
         }
     }
     Ok(())
@@ -398,24 +366,18 @@ pub fn validate_consumers(consumers: &[OAuthConsumerConfig]) -> Result<(), SimEr
 
 pub fn validate_rate_limit(limit: &RateLimitConfig) -> Result<(), SimError> {
     if limit.window_seconds == 0 {
-        return Err(SimError::Config(
-            "rateLimit.windowSeconds must be at least 1".into(),
-        ));
+        return Err(SimError::Config("rateLimit.windowSeconds must be at least 1".into()));
     }
     Ok(())
 }
 
 pub fn validate_faults(faults: &FaultConfig) -> Result<(), SimError> {
-    for (name, rate) in [
-        ("errorRate", faults.error_rate),
-        ("timeoutRate", faults.timeout_rate),
-        ("rateLimitBurstRate", faults.rate_limit_burst_rate),
-    ] {
+    for (name, rate) in
+        [("errorRate", faults.error_rate), ("timeoutRate", faults.timeout_rate), ("rateLimitBurstRate", faults.rate_limit_burst_rate)]
+    {
         // `contains` is false for NaN, so NaN is rejected too.
         if !(0.0..=1.0).contains(&rate) {
-            return Err(SimError::Config(format!(
-                "faults.{name} must be between 0.0 and 1.0, got {rate}"
-            )));
+            return Err(SimError::Config(format!("faults.{name} must be between 0.0 and 1.0, got {rate}")));
         }
     }
     Ok(())
@@ -424,9 +386,7 @@ pub fn validate_faults(faults: &FaultConfig) -> Result<(), SimError> {
 /// Slugs and keys become URL path segments; refusing `/` and friends keeps routing
 /// unambiguous.
 fn is_path_segment(s: &str) -> bool {
-    !s.is_empty()
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '~'))
+    !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '~'))
 }
 
 #[cfg(test)]
@@ -458,10 +418,7 @@ faults: {latencyMs: 0, errorRate: 0.0, timeoutRate: 0.0, timeoutMs: 30000, rateL
 
     #[test]
     fn unknown_project_is_rejected() {
-        let err = SimConfig::from_yaml(
-            "workspaces: [{slug: acme, repositories: [{slug: api, project: NOPE}]}]",
-        )
-        .expect_err("must fail");
+        let err = SimConfig::from_yaml("workspaces: [{slug: acme, repositories: [{slug: api, project: NOPE}]}]").expect_err("must fail");
         assert!(err.to_string().contains("NOPE"), "{err}");
     }
 
@@ -499,4 +456,3 @@ faults: {latencyMs: 0, errorRate: 0.0, timeoutRate: 0.0, timeoutMs: 30000, rateL
         }
     }
 }
-

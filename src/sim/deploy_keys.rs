@@ -33,13 +33,7 @@ pub struct Context<'a> {
     pub variants: &'a DeployKeyVariants,
 }
 
-pub fn handle(
-    op: Operation,
-    route: &Route,
-    query: Option<&str>,
-    body: &[u8],
-    ctx: Context<'_>,
-) -> SimResponse {
+pub fn handle(op: Operation, route: &Route, query: Option<&str>, body: &[u8], ctx: Context<'_>) -> SimResponse {
     let bare = ctx.variants.bare_not_found;
     let response = answer(op, route, query, body, ctx);
     if bare && response.status == StatusCode::NOT_FOUND {
@@ -48,13 +42,7 @@ pub fn handle(
     response
 }
 
-fn answer(
-    op: Operation,
-    route: &Route,
-    query: Option<&str>,
-    body: &[u8],
-    ctx: Context<'_>,
-) -> SimResponse {
+fn answer(op: Operation, route: &Route, query: Option<&str>, body: &[u8], ctx: Context<'_>) -> SimResponse {
     if let Route::Workspace { workspace } = route {
         return match ctx.catalog.workspace(workspace) {
             Some(ws) => SimResponse::json(
@@ -68,10 +56,7 @@ fn answer(
                     "links": {"self": {"href": format!("{}/2.0/workspaces/{}", ctx.base, ws.slug)}},
                 }),
             ),
-            None => SimResponse::bitbucket_error(
-                StatusCode::NOT_FOUND,
-                &format!("No workspace with identifier '{workspace}'."),
-            ),
+            None => SimResponse::bitbucket_error(StatusCode::NOT_FOUND, &format!("No workspace with identifier '{workspace}'.")),
         };
     }
     let (target, key_id) = match resolve_target(route, ctx.catalog) {
@@ -89,35 +74,22 @@ fn answer(
     match op {
         Operation::RepoKeysList | Operation::ProjectKeysList => list(&target, query, &ctx),
         Operation::RepoKeyCreate | Operation::ProjectKeyCreate => create(target, body, ctx),
-        Operation::RepoKeyGet | Operation::ProjectKeyGet => {
-            match find(&target, key_id, ctx.state) {
-                Ok(record) => SimResponse::json(
-                    StatusCode::OK,
-                    &model::key_object(record, ctx.catalog, ctx.base),
-                ),
-                Err(response) => response,
-            }
-        }
+        Operation::RepoKeyGet | Operation::ProjectKeyGet => match find(&target, key_id, ctx.state) {
+            Ok(record) => SimResponse::json(StatusCode::OK, &model::key_object(record, ctx.catalog, ctx.base)),
+            Err(response) => response,
+        },
         Operation::RepoKeyUpdate => update(&target, key_id, body, ctx),
         Operation::RepoKeyDelete | Operation::ProjectKeyDelete => delete(&target, key_id, ctx),
         // The token endpoint is not a deploy-key operation; never routed here.
-        Operation::Token | Operation::WorkspaceGet => {
-            SimResponse::bitbucket_error(StatusCode::NOT_FOUND, "Resource not found")
-        }
+        Operation::Token | Operation::WorkspaceGet => SimResponse::bitbucket_error(StatusCode::NOT_FOUND, "Resource not found"),
     }
 }
 
 /// The repository or project in the path (404 if unknown) and the key id, if any.
-fn resolve_target<'r>(
-    route: &'r Route,
-    catalog: &Catalog,
-) -> Result<(Target, Option<&'r str>), SimResponse> {
+fn resolve_target<'r>(route: &'r Route, catalog: &Catalog) -> Result<(Target, Option<&'r str>), SimResponse> {
     let not_found = |message: String| SimResponse::bitbucket_error(StatusCode::NOT_FOUND, &message);
     match route {
-        Route::RepoKeys { workspace, repo }
-        | Route::RepoKey {
-            workspace, repo, ..
-        } => {
+        Route::RepoKeys { workspace, repo } | Route::RepoKey { workspace, repo, .. } => {
             let key_id = match route {
                 Route::RepoKey { key_id, .. } => Some(key_id.as_str()),
                 _ => None,
@@ -127,10 +99,7 @@ fn resolve_target<'r>(
                 .map(|r| (r.target(), key_id))
                 .ok_or_else(|| not_found(format!("Repository {workspace}/{repo} not found")))
         }
-        Route::ProjectKeys { workspace, project }
-        | Route::ProjectKey {
-            workspace, project, ..
-        } => {
+        Route::ProjectKeys { workspace, project } | Route::ProjectKey { workspace, project, .. } => {
             let key_id = match route {
                 Route::ProjectKey { key_id, .. } => Some(key_id.as_str()),
                 _ => None,
@@ -141,31 +110,18 @@ fn resolve_target<'r>(
             catalog
                 .project(workspace, project)
                 .map(|p| (p.target(), key_id))
-                .ok_or_else(|| {
-                    not_found(format!(
-                        "Project {project} not found in workspace {workspace}"
-                    ))
-                })
+                .ok_or_else(|| not_found(format!("Project {project} not found in workspace {workspace}")))
         }
         Route::Token | Route::Workspace { .. } | Route::NotFound => Err(not_found("Resource not found".into())),
     }
 }
 
-fn find<'s>(
-    target: &Target,
-    key_id: Option<&str>,
-    state: &'s State,
-) -> Result<&'s KeyRecord, SimResponse> {
+fn find<'s>(target: &Target, key_id: Option<&str>, state: &'s State) -> Result<&'s KeyRecord, SimResponse> {
     let raw = key_id.unwrap_or("");
     parse_key_id(raw)
         .and_then(|id| state.key(id))
         .filter(|record| &record.target == target)
-        .ok_or_else(|| {
-            SimResponse::bitbucket_error(
-                StatusCode::NOT_FOUND,
-                &format!("Deploy key {raw} not found on {}", target.path()),
-            )
-        })
+        .ok_or_else(|| SimResponse::bitbucket_error(StatusCode::NOT_FOUND, &format!("Deploy key {raw} not found on {}", target.path())))
 }
 
 fn list(target: &Target, query: Option<&str>, ctx: &Context<'_>) -> SimResponse {
@@ -217,11 +173,7 @@ fn create(target: Target, body: &[u8], ctx: Context<'_>) -> SimResponse {
             DuplicateMessage::Different => SimResponse::field_error("key", DIFFERENT_DUPLICATE),
         };
     }
-    let AcceptedKey {
-        key,
-        comment,
-        fingerprint,
-    } = accepted;
+    let AcceptedKey { key, comment, fingerprint } = accepted;
     let comment = ctx.variants.comment(comment);
     let record = KeyRecord {
         id: ctx.state.allocate_id(),
@@ -246,11 +198,7 @@ fn update(target: &Target, key_id: Option<&str>, body: &[u8], ctx: Context<'_>) 
         Ok(fields) => fields,
         Err(response) => return response,
     };
-    let (label, comment, raw_key) = match (
-        string_field(&fields, "label"),
-        string_field(&fields, "comment"),
-        string_field(&fields, "key"),
-    ) {
+    let (label, comment, raw_key) = match (string_field(&fields, "label"), string_field(&fields, "comment"), string_field(&fields, "key")) {
         (Ok(label), Ok(comment), Ok(key)) => (label, comment, key),
         (Err(response), _, _) | (_, Err(response), _) | (_, _, Err(response)) => return response,
     };
@@ -261,10 +209,7 @@ fn update(target: &Target, key_id: Option<&str>, body: &[u8], ctx: Context<'_>) 
             Err(rejection) => return SimResponse::field_error("key", &rejection.to_string()),
         };
         if accepted.key != existing.key {
-            return SimResponse::field_error(
-                "key",
-                "The key of an access key cannot be changed; delete it and add the new key.",
-            );
+            return SimResponse::field_error("key", "The key of an access key cannot be changed; delete it and add the new key.");
         }
         // The comment is "parsed from the deploy key": a key line sets it.
         updated.comment = accepted.comment;
@@ -285,10 +230,7 @@ fn save_and_answer(record: KeyRecord, ctx: Context<'_>) -> SimResponse {
         return response;
     }
     match ctx.state.key(id) {
-        Some(record) => SimResponse::json(
-            StatusCode::OK,
-            &model::key_object(record, ctx.catalog, ctx.base),
-        ),
+        Some(record) => SimResponse::json(StatusCode::OK, &model::key_object(record, ctx.catalog, ctx.base)),
         None => internal_error(),
     }
 }
@@ -322,14 +264,8 @@ fn internal_error() -> SimResponse {
 pub fn parse_object(body: &[u8]) -> Result<Map<String, Value>, SimResponse> {
     match serde_json::from_slice::<Value>(body) {
         Ok(Value::Object(map)) => Ok(map),
-        Ok(_) => Err(SimResponse::bitbucket_error(
-            StatusCode::BAD_REQUEST,
-            "Bad request: the body must be a JSON object.",
-        )),
-        Err(e) => Err(SimResponse::bitbucket_error(
-            StatusCode::BAD_REQUEST,
-            &format!("Bad request: the body is not valid JSON ({e})."),
-        )),
+        Ok(_) => Err(SimResponse::bitbucket_error(StatusCode::BAD_REQUEST, "Bad request: the body must be a JSON object.")),
+        Err(e) => Err(SimResponse::bitbucket_error(StatusCode::BAD_REQUEST, &format!("Bad request: the body is not valid JSON ({e})."))),
     }
 }
 

@@ -30,10 +30,7 @@ pub struct Faults {
 
 impl Faults {
     pub fn new(config: FaultConfig, seed: u64) -> Self {
-        Self {
-            config,
-            rng: StdRng::seed_from_u64(seed),
-        }
+        Self { config, rng: StdRng::seed_from_u64(seed) }
     }
 
     pub fn config(&self) -> FaultConfig {
@@ -66,11 +63,7 @@ impl Faults {
 
     fn chance(&mut self, p: f64) -> bool {
         // Config validation keeps p in [0, 1]; clamp anyway since gen_bool panics outside.
-        let p = if p.is_finite() {
-            p.clamp(0.0, 1.0)
-        } else {
-            0.0
-        };
+        let p = if p.is_finite() { p.clamp(0.0, 1.0) } else { 0.0 };
         self.rng.gen_bool(p)
     }
 }
@@ -81,12 +74,7 @@ mod tests {
 
     #[test]
     fn same_seed_same_faults() {
-        let config = FaultConfig {
-            error_rate: 0.5,
-            rate_limit_burst_rate: 0.3,
-            timeout_rate: 0.2,
-            ..FaultConfig::default()
-        };
+        let config = FaultConfig { error_rate: 0.5, rate_limit_burst_rate: 0.3, timeout_rate: 0.2, ..FaultConfig::default() };
         let mut a = Faults::new(config, 7);
         let mut b = Faults::new(config, 7);
         for _ in 0..100 {
@@ -99,21 +87,13 @@ mod tests {
         let mut f = Faults::new(FaultConfig::default(), 1);
         for _ in 0..100 {
             let plan = f.plan();
-            assert!(
-                plan.server_error.is_none() && !plan.rate_limit_burst && plan.hold_answer.is_none()
-            );
+            assert!(plan.server_error.is_none() && !plan.rate_limit_burst && plan.hold_answer.is_none());
         }
     }
 
     #[test]
     fn error_rate_one_always_fails() {
-        let mut f = Faults::new(
-            FaultConfig {
-                error_rate: 1.0,
-                ..FaultConfig::default()
-            },
-            1,
-        );
+        let mut f = Faults::new(FaultConfig { error_rate: 1.0, ..FaultConfig::default() }, 1);
         for _ in 0..50 {
             assert!(f.plan().server_error.is_some_and(|s| s.is_server_error()));
         }

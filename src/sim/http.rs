@@ -33,9 +33,7 @@ pub async fn serve_with_shutdown(
     let local = listener.local_addr()?;
     let simulator = Simulator::new(config)?.with_fallback_base(format!("http://{local}"));
     let app = router(Arc::new(simulator));
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await?;
+    axum::serve(listener, app).with_graceful_shutdown(shutdown).await?;
     Ok(())
 }
 
@@ -49,10 +47,7 @@ async fn dispatch(State(simulator): State<Arc<Simulator>>, request: Request) -> 
     let body = match to_bytes(body, MAX_BODY_BYTES).await {
         Ok(body) => body,
         Err(_) => {
-            return into_response(SimResponse::bitbucket_error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "Request body too large",
-            ));
+            return into_response(SimResponse::bitbucket_error(StatusCode::PAYLOAD_TOO_LARGE, "Request body too large"));
         }
     };
     let request = SimRequest {

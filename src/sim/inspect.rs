@@ -7,10 +7,7 @@ use axum::http::{Method, StatusCode};
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use super::config::{
-    FaultConfig, OAuthConsumerConfig, RateLimitConfig, validate_consumers, validate_faults,
-    validate_rate_limit,
-};
+use super::config::{FaultConfig, OAuthConsumerConfig, RateLimitConfig, validate_consumers, validate_faults, validate_rate_limit};
 use super::deploy_keys::persist;
 use super::response::SimResponse;
 use super::routes::{parse_key_id, segments};
@@ -49,21 +46,25 @@ pub fn handle(sim: &Simulator, request: &SimRequest) -> SimResponse {
             lock(&sim.limiter).reset();
             SimResponse::empty(StatusCode::NO_CONTENT)
         }
-        (["_sim", "oauth-consumers"], &Method::GET) => {
-            json_ok(&public_consumers(lock(&sim.state).consumers()))
-        }
+        (["_sim", "oauth-consumers"], &Method::GET) => json_ok(&public_consumers(lock(&sim.state).consumers())),
         (["_sim", "oauth-consumers"], &Method::PUT) => put_consumers(sim, &request.body),
         (["_sim", "deploy-key-variants"], &Method::GET) => json_ok(&*lock(&sim.variants)),
         (["_sim", "deploy-key-variants"], &Method::PUT) => put_variants(sim, &request.body),
         (["_sim", "authorized"], &Method::GET) => authorized(sim, request.query.as_deref()),
-        (["_sim", "authorized-keys"], &Method::GET) => {
-            authorized_keys(sim, request.query.as_deref())
-        }
+        (["_sim", "authorized-keys"], &Method::GET) => authorized_keys(sim, request.query.as_deref()),
         (
             [
                 "_sim",
-                "healthz" | "keys" | "requests" | "faults" | "error-variants" | "rate-limit" | "oauth-consumers"
-                | "authorized" | "authorized-keys" | "deploy-key-variants",
+                "healthz"
+                | "keys"
+                | "requests"
+                | "faults"
+                | "error-variants"
+                | "rate-limit"
+                | "oauth-consumers"
+                | "authorized"
+                | "authorized-keys"
+                | "deploy-key-variants",
             ]
             | ["_sim", "keys", _]
             | ["_sim", "requests" | "rate-limit", "reset"],
@@ -199,8 +200,7 @@ fn put_consumers(sim: &Simulator, body: &[u8]) -> SimResponse {
         return error(StatusCode::BAD_REQUEST, &e.to_string());
     }
     let public = public_consumers(&consumers);
-    let replaced =
-        lock(&sim.state).replace_consumers(consumers, jiff::Timestamp::now().as_millisecond());
+    let replaced = lock(&sim.state).replace_consumers(consumers, jiff::Timestamp::now().as_millisecond());
     match persist(replaced) {
         Ok(()) => json_ok(&public),
         Err(_) => error(StatusCode::INTERNAL_SERVER_ERROR, "cannot persist state"),
@@ -212,56 +212,31 @@ fn put_consumers(sim: &Simulator, body: &[u8]) -> SimResponse {
 fn authorized(sim: &Simulator, query: Option<&str>) -> SimResponse {
     let params = QueryParams::parse(query);
     let (Some(fingerprint), Some(repository)) = (params.fingerprint, params.repository) else {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "query parameters `fingerprint` and `repository` are required",
-        );
+        return error(StatusCode::BAD_REQUEST, "query parameters `fingerprint` and `repository` are required");
     };
-    let allowed = sim
-        .catalog
-        .repository_by_full_name(&repository)
-        .is_some_and(|repo| {
-            let project = repo
-                .project
-                .as_ref()
-                .and_then(|key| sim.catalog.project(&repo.workspace, key));
-            let targets = [Some(repo.target()), project.map(|p| p.target())];
-            let state = lock(&sim.state);
-            state.keys().any(|k| {
-                k.fingerprint == fingerprint && targets.iter().flatten().any(|t| *t == k.target)
-            })
-        });
-    let status = if allowed {
-        StatusCode::OK
-    } else {
-        StatusCode::FORBIDDEN
-    };
+    let allowed = sim.catalog.repository_by_full_name(&repository).is_some_and(|repo| {
+        let project = repo.project.as_ref().and_then(|key| sim.catalog.project(&repo.workspace, key));
+        let targets = [Some(repo.target()), project.map(|p| p.target())];
+        let state = lock(&sim.state);
+        state.keys().any(|k| k.fingerprint == fingerprint && targets.iter().flatten().any(|t| *t == k.target))
+    });
+    let status = if allowed { StatusCode::OK } else { StatusCode::FORBIDDEN };
     SimResponse::json(status, &json!({ "allowed": allowed }))
 }
 
 /// authorized_keys lines for a fingerprint, for an sshd `AuthorizedKeysCommand`.
 fn authorized_keys(sim: &Simulator, query: Option<&str>) -> SimResponse {
     let Some(fingerprint) = QueryParams::parse(query).fingerprint else {
-        return SimResponse::text(
-            StatusCode::BAD_REQUEST,
-            "query parameter `fingerprint` is required\n",
-        );
+        return SimResponse::text(StatusCode::BAD_REQUEST, "query parameter `fingerprint` is required\n");
     };
     let state = lock(&sim.state);
     let mut lines: Vec<String> = Vec::new();
     for k in state.keys().filter(|k| k.fingerprint == fingerprint) {
         // The same key may sit on many targets; sshd wants it once.
-        if lines
-            .iter()
-            .any(|l| l.split(' ').take(2).eq(k.key.split(' ').take(2)))
-        {
+        if lines.iter().any(|l| l.split(' ').take(2).eq(k.key.split(' ').take(2))) {
             continue;
         }
-        let line = if k.comment.is_empty() {
-            k.key.clone()
-        } else {
-            format!("{} {}", k.key, k.comment)
-        };
+        let line = if k.comment.is_empty() { k.key.clone() } else { format!("{} {}", k.key, k.comment) };
         lines.push(line);
     }
     let mut body = lines.join("\n");
@@ -278,10 +253,7 @@ struct QueryParams {
 
 impl QueryParams {
     fn parse(query: Option<&str>) -> Self {
-        let mut out = Self {
-            fingerprint: None,
-            repository: None,
-        };
+        let mut out = Self { fingerprint: None, repository: None };
         for (name, value) in url::form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
             match name.as_ref() {
                 // An unencoded `+` in `SHA256:ab+c` arrives as a space; base64 has no
@@ -289,9 +261,7 @@ impl QueryParams {
                 "fingerprint" if out.fingerprint.is_none() => {
                     out.fingerprint = Some(value.replace(' ', "+"));
                 }
-                "repository" if out.repository.is_none() => {
-                    out.repository = Some(value.into_owned())
-                }
+                "repository" if out.repository.is_none() => out.repository = Some(value.into_owned()),
                 _ => {}
             }
         }

@@ -19,13 +19,9 @@ pub struct AcceptedKey {
 /// Why a key was refused; the message is what the API user reads.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum KeyRejection {
-    #[error(
-        "Invalid SSH public key: expected one OpenSSH authorized_keys line such as \"ssh-ed25519 AAAA... comment\"."
-    )]
+    #[error("Invalid SSH public key: expected one OpenSSH authorized_keys line such as \"ssh-ed25519 AAAA... comment\".")]
     Unparseable,
-    #[error(
-        "Unsupported key type {0}: use ssh-ed25519, ecdsa-sha2-nistp256/384/521, or ssh-rsa of at least 2048 bits."
-    )]
+    #[error("Unsupported key type {0}: use ssh-ed25519, ecdsa-sha2-nistp256/384/521, or ssh-rsa of at least 2048 bits.")]
     UnsupportedType(String),
     #[error("RSA keys must be at least {MIN_RSA_BITS} bits; this key has {0} bits.")]
     RsaTooShort(usize),
@@ -43,38 +39,22 @@ pub fn accept_public_key(input: &str) -> Result<AcceptedKey, KeyRejection> {
     let comment = parsed.comment().trim().to_owned();
     let bare = PublicKey::new(parsed.key_data().clone(), "");
     let key = bare.to_openssh().map_err(|_| KeyRejection::Unparseable)?;
-    Ok(AcceptedKey {
-        key,
-        comment,
-        fingerprint: parsed.fingerprint(HashAlg::Sha256).to_string(),
-    })
+    Ok(AcceptedKey { key, comment, fingerprint: parsed.fingerprint(HashAlg::Sha256).to_string() })
 }
 
 /// The fingerprint of a key line (with or without comment), or `None` if it is no key.
 pub fn fingerprint(line: &str) -> Option<String> {
-    PublicKey::from_openssh(line.trim())
-        .ok()
-        .map(|k| k.fingerprint(HashAlg::Sha256).to_string())
+    PublicKey::from_openssh(line.trim()).ok().map(|k| k.fingerprint(HashAlg::Sha256).to_string())
 }
 
 fn check_key_type(data: &KeyData) -> Result<(), KeyRejection> {
     match data {
         KeyData::Ed25519(_) | KeyData::Ecdsa(_) => Ok(()),
         KeyData::Rsa(rsa) => {
-            let bits = rsa
-                .n
-                .as_positive_bytes()
-                .map(bit_length)
-                .ok_or(KeyRejection::Unparseable)?;
-            if bits < MIN_RSA_BITS {
-                Err(KeyRejection::RsaTooShort(bits))
-            } else {
-                Ok(())
-            }
+            let bits = rsa.n.as_positive_bytes().map(bit_length).ok_or(KeyRejection::Unparseable)?;
+            if bits < MIN_RSA_BITS { Err(KeyRejection::RsaTooShort(bits)) } else { Ok(()) }
         }
-        other => Err(KeyRejection::UnsupportedType(
-            other.algorithm().as_str().to_owned(),
-        )),
+        other => Err(KeyRejection::UnsupportedType(other.algorithm().as_str().to_owned())),
     }
 }
 
@@ -94,8 +74,7 @@ mod tests {
     use proptest::prelude::*;
 
     // A real key from ssh-keygen, so the parser is checked against OpenSSH's format.
-    const ED25519: &str =
-        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIIazEu89wgQZ4bqs3d63QSMzYVa0MuJ2e2gKTKqu+UUO";
+    const ED25519: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIIazEu89wgQZ4bqs3d63QSMzYVa0MuJ2e2gKTKqu+UUO";
 
     #[test]
     fn comment_is_split_off() {
@@ -107,27 +86,15 @@ mod tests {
     #[test]
     fn fingerprint_matches_bitbuckets_published_host_key_fingerprint() {
         let key = accept_public_key(ED25519).expect("accepted");
-        assert_eq!(
-            key.fingerprint,
-            "SHA256:ybgmFkzwOSotHTHLJgHO0QN8L0xErw6vd0VhFA9m3SM"
-        );
-        assert_eq!(
-            fingerprint(ED25519).as_deref(),
-            Some(key.fingerprint.as_str())
-        );
+        assert_eq!(key.fingerprint, "SHA256:ybgmFkzwOSotHTHLJgHO0QN8L0xErw6vd0VhFA9m3SM");
+        assert_eq!(fingerprint(ED25519).as_deref(), Some(key.fingerprint.as_str()));
     }
 
     #[test]
     fn garbage_and_multi_line_input_are_refused() {
         assert_eq!(accept_public_key("hello"), Err(KeyRejection::Unparseable));
-        assert_eq!(
-            accept_public_key("ssh-ed25519 !!!notbase64"),
-            Err(KeyRejection::Unparseable)
-        );
-        assert_eq!(
-            accept_public_key(&format!("{ED25519}\n{ED25519}")),
-            Err(KeyRejection::Unparseable)
-        );
+        assert_eq!(accept_public_key("ssh-ed25519 !!!notbase64"), Err(KeyRejection::Unparseable));
+        assert_eq!(accept_public_key(&format!("{ED25519}\n{ED25519}")), Err(KeyRejection::Unparseable));
     }
 
     #[test]

@@ -37,8 +37,8 @@ mod variants;
 use std::path::PathBuf;
 
 pub use config::{
-    AccessTokenConfig, ApiTokenConfig, FaultConfig, OAuthConsumerConfig, ProjectConfig,
-    RateLimitConfig, RepositoryConfig, SimConfig, WorkspaceConfig,
+    AccessTokenConfig, ApiTokenConfig, FaultConfig, OAuthConsumerConfig, ProjectConfig, RateLimitConfig, RepositoryConfig, SimConfig,
+    WorkspaceConfig,
 };
 pub use http::{router, serve, serve_with_shutdown};
 pub use keys::{AcceptedKey, KeyRejection, accept_public_key};
@@ -48,19 +48,13 @@ pub use simulator::{SimRequest, Simulator};
 #[derive(Debug, thiserror::Error)]
 pub enum SimError {
     #[error("cannot read config file {path}: {source}")]
-    ReadConfig {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    ReadConfig { path: PathBuf, source: std::io::Error },
     #[error("invalid simulator config: {0}")]
     Config(String),
     #[error("cannot load state file {path}: {message}")]
     LoadState { path: PathBuf, message: String },
     #[error("cannot save state file {path}: {source}")]
-    SaveState {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    SaveState { path: PathBuf, source: std::io::Error },
     #[error("server error: {0}")]
     Io(#[from] std::io::Error),
 }

@@ -52,10 +52,7 @@ pub fn key_object(record: &KeyRecord, catalog: &Catalog, base: &str) -> Value {
     obj.insert("added_on".into(), Value::from(record.created_on.as_str()));
     obj.insert("created_on".into(), Value::from(record.created_on.as_str()));
     obj.insert("last_used".into(), Value::Null);
-    obj.insert(
-        "links".into(),
-        json!({ "self": { "href": format!("{base}{}", key_path(&record.target, record.id)) } }),
-    );
+    obj.insert("links".into(), json!({ "self": { "href": format!("{base}{}", key_path(&record.target, record.id)) } }));
     let account = serde_json::to_value(&record.added_by).unwrap_or(Value::Null);
     match (&record.target, catalog.describe(&record.target)) {
         (_, Some(TargetRef::Repository(repo))) => {
@@ -109,10 +106,7 @@ mod tests {
 
     #[test]
     fn error_body_has_optional_parts() {
-        assert_eq!(
-            error_body("m", None, None),
-            json!({"type": "error", "error": {"message": "m"}})
-        );
+        assert_eq!(error_body("m", None, None), json!({"type": "error", "error": {"message": "m"}}));
         let full = error_body("m", Some("d"), Some(json!({"key": ["bad"]})));
         assert_eq!(full["error"]["fields"]["key"][0], "bad");
         assert_eq!(full["error"]["detail"], "d");

@@ -17,27 +17,19 @@ pub const PUBLIC_CONSUMER: &str = "Cannot use client_credentials with a consumer
 
 /// RFC 6749 error answer, as Bitbucket sends it.
 pub fn oauth_error(error: &str, description: &str) -> SimResponse {
-    SimResponse::json(
-        StatusCode::BAD_REQUEST,
-        &json!({ "error": error, "error_description": description }),
-    )
+    SimResponse::json(StatusCode::BAD_REQUEST, &json!({ "error": error, "error_description": description }))
 }
 
 /// `grant_type` from a form-encoded body (first occurrence).
 pub fn grant_type(body: &[u8]) -> Option<String> {
-    url::form_urlencoded::parse(body)
-        .find(|(name, _)| name == "grant_type")
-        .map(|(_, value)| value.into_owned())
+    url::form_urlencoded::parse(body).find(|(name, _)| name == "grant_type").map(|(_, value)| value.into_owned())
 }
 
 /// Checks the grant: only client_credentials is simulated.
 pub fn check_grant(body: &[u8]) -> Result<(), SimResponse> {
     match grant_type(body).as_deref() {
         Some("client_credentials") => Ok(()),
-        Some(other) => Err(oauth_error(
-            "invalid_grant",
-            &format!("Unsupported grant type: {other}"),
-        )),
+        Some(other) => Err(oauth_error("invalid_grant", &format!("Unsupported grant type: {other}"))),
         None => Err(oauth_error("invalid_grant", "Unsupported grant type: None")),
     }
 }
@@ -59,11 +51,7 @@ pub fn mint(consumer: &OAuthConsumerConfig, now_ms: i64) -> (String, TokenRecord
 
 /// The success answer: no `refresh_token` for client_credentials, `scope` space-separated.
 pub fn token_response(consumer: &OAuthConsumerConfig, token: &str) -> SimResponse {
-    let scope_field = if consumer.legacy_scopes_field {
-        "scopes"
-    } else {
-        "scope"
-    };
+    let scope_field = if consumer.legacy_scopes_field { "scopes" } else { "scope" };
     let mut body = json!({
         "access_token": token,
         "expires_in": consumer.expires_in,
@@ -71,8 +59,7 @@ pub fn token_response(consumer: &OAuthConsumerConfig, token: &str) -> SimRespons
         "state": "client_credentials",
     });
     body[scope_field] = Value::from(consumer.scopes.join(" "));
-    SimResponse::json(StatusCode::OK, &body)
-        .with_header(CACHE_CONTROL, HeaderValue::from_static("no-store"))
+    SimResponse::json(StatusCode::OK, &body).with_header(CACHE_CONTROL, HeaderValue::from_static("no-store"))
 }
 
 #[cfg(test)]
@@ -86,10 +73,7 @@ mod tests {
         let refused = check_grant(b"grant_type=password&username=x").expect_err("refused");
         let body: Value = serde_json::from_slice(&refused.body).expect("json");
         assert_eq!(body["error"], "invalid_grant");
-        assert_eq!(
-            body["error_description"],
-            "Unsupported grant type: password"
-        );
+        assert_eq!(body["error_description"], "Unsupported grant type: password");
     }
 
     #[test]

@@ -50,12 +50,7 @@ fn parse_count(s: &str) -> Option<u64> {
 /// Builds the page of `items`, rendering only the items on it, or `None` when `page`
 /// lies past the last page (Bitbucket: 404 "Invalid page"). `self_url` is the absolute
 /// URL of the collection, without query.
-pub fn page<T>(
-    items: &[T],
-    request: PageRequest,
-    self_url: &str,
-    render: impl Fn(&T) -> Value,
-) -> Option<Value> {
+pub fn page<T>(items: &[T], request: PageRequest, self_url: &str, render: impl Fn(&T) -> Value) -> Option<Value> {
     let size = items.len() as u64;
     let pagelen = u64::from(request.pagelen);
     let start = request.page.saturating_sub(1).saturating_mul(pagelen);
@@ -63,12 +58,7 @@ pub fn page<T>(
         return None;
     }
     let start = usize::try_from(start).unwrap_or(usize::MAX);
-    let page_values: Vec<Value> = items
-        .iter()
-        .skip(start)
-        .take(request.pagelen as usize)
-        .map(render)
-        .collect();
+    let page_values: Vec<Value> = items.iter().skip(start).take(request.pagelen as usize).map(render).collect();
     let end = start.saturating_add(page_values.len()) as u64;
     let mut out = json!({
         "pagelen": request.pagelen,
@@ -77,11 +67,7 @@ pub fn page<T>(
         "size": size,
     });
     if end < size {
-        out["next"] = Value::from(format!(
-            "{self_url}?pagelen={}&page={}",
-            request.pagelen,
-            request.page.saturating_add(1)
-        ));
+        out["next"] = Value::from(format!("{self_url}?pagelen={}&page={}", request.pagelen, request.page.saturating_add(1)));
     }
     Some(out)
 }
@@ -103,28 +89,13 @@ mod tests {
         assert_eq!(last["values"].as_array().map(Vec::len), Some(5));
         assert!(last.get("next").is_none());
         assert!(page(&values, req(4), "http://h/x", render).is_none());
-        assert!(
-            page(&[], req(1), "http://h/x", render).is_some(),
-            "an empty list has a page 1"
-        );
+        assert!(page(&[], req(1), "http://h/x", render).is_some(), "an empty list has a page 1");
     }
 
     #[test]
     fn pagelen_is_clamped_and_garbage_refused() {
-        assert_eq!(
-            parse_page_query(Some("pagelen=1000000000000000000000000&page=2"), 10),
-            Ok(PageRequest {
-                page: 2,
-                pagelen: 100
-            })
-        );
-        assert_eq!(
-            parse_page_query(None, 10),
-            Ok(PageRequest {
-                page: 1,
-                pagelen: 10
-            })
-        );
+        assert_eq!(parse_page_query(Some("pagelen=1000000000000000000000000&page=2"), 10), Ok(PageRequest { page: 2, pagelen: 100 }));
+        assert_eq!(parse_page_query(None, 10), Ok(PageRequest { page: 1, pagelen: 10 }));
         assert!(parse_page_query(Some("page=abc"), 10).is_err());
         assert!(parse_page_query(Some("page=0"), 10).is_err());
         assert!(parse_page_query(Some("pagelen=-1"), 10).is_err());

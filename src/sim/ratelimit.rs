@@ -25,10 +25,7 @@ pub struct Usage {
 
 impl RateLimiter {
     pub fn new(config: RateLimitConfig) -> Self {
-        Self {
-            config,
-            admitted: HashMap::new(),
-        }
+        Self { config, admitted: HashMap::new() }
     }
 
     pub fn config(&self) -> RateLimitConfig {
@@ -69,11 +66,7 @@ impl RateLimiter {
             .map(|(credential, times)| {
                 prune(times, now, window);
                 let used = times.len() as u64;
-                Usage {
-                    credential: credential.clone(),
-                    used,
-                    remaining: budget.saturating_sub(used),
-                }
+                Usage { credential: credential.clone(), used, remaining: budget.saturating_sub(used) }
             })
             .collect();
         out.sort_by(|a, b| a.credential.cmp(&b.credential));
@@ -101,18 +94,12 @@ mod tests {
 
     #[test]
     fn budget_is_per_credential_and_rolls() {
-        let mut limiter = RateLimiter::new(RateLimitConfig {
-            requests_per_window: 2,
-            window_seconds: 10,
-        });
+        let mut limiter = RateLimiter::new(RateLimitConfig { requests_per_window: 2, window_seconds: 10 });
         let t0 = Instant::now();
         assert!(limiter.admit("a", t0));
         assert!(limiter.admit("a", t0 + Duration::from_secs(5)));
         assert!(!limiter.admit("a", t0 + Duration::from_secs(6)));
-        assert!(
-            limiter.admit("b", t0 + Duration::from_secs(6)),
-            "other credential unaffected"
-        );
+        assert!(limiter.admit("b", t0 + Duration::from_secs(6)), "other credential unaffected");
         // The first request leaves the window at t0+10: one slot frees up.
         assert!(limiter.admit("a", t0 + Duration::from_secs(10)));
         assert!(!limiter.admit("a", t0 + Duration::from_secs(11)));

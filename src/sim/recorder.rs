@@ -54,14 +54,8 @@ impl RequestLog {
         let credential = request.credential.as_deref().unwrap_or(ANONYMOUS);
         *self.by_credential.entry(credential.to_owned()).or_default() += 1;
         *self.by_method.entry(request.method.clone()).or_default() += 1;
-        *self
-            .by_endpoint
-            .entry(request.endpoint.to_owned())
-            .or_default() += 1;
-        *self
-            .by_status
-            .entry(request.status.to_string())
-            .or_default() += 1;
+        *self.by_endpoint.entry(request.endpoint.to_owned()).or_default() += 1;
+        *self.by_status.entry(request.status.to_string()).or_default() += 1;
         if self.capacity == 0 {
             return;
         }

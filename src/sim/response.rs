@@ -18,30 +18,18 @@ pub struct SimResponse {
 
 impl SimResponse {
     pub fn empty(status: StatusCode) -> Self {
-        Self {
-            status,
-            headers: Vec::new(),
-            body: Vec::new(),
-        }
+        Self { status, headers: Vec::new(), body: Vec::new() }
     }
 
     pub fn json(status: StatusCode, value: &Value) -> Self {
         // Serialising a `Value` cannot fail; an empty body is the harmless fallback anyway.
         let body = serde_json::to_vec(value).unwrap_or_default();
-        Self::empty(status)
-            .with_header(
-                CONTENT_TYPE,
-                HeaderValue::from_static("application/json; charset=utf-8"),
-            )
-            .with_body(body)
+        Self::empty(status).with_header(CONTENT_TYPE, HeaderValue::from_static("application/json; charset=utf-8")).with_body(body)
     }
 
     pub fn text(status: StatusCode, text: impl Into<String>) -> Self {
         Self::empty(status)
-            .with_header(
-                CONTENT_TYPE,
-                HeaderValue::from_static("text/plain; charset=utf-8"),
-            )
+            .with_header(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"))
             .with_body(text.into().into_bytes())
     }
 
@@ -54,10 +42,7 @@ impl SimResponse {
     /// validation errors do.
     pub fn field_error(field: &str, message: &str) -> Self {
         let fields = serde_json::json!({ field: [message] });
-        Self::json(
-            StatusCode::BAD_REQUEST,
-            &model::error_body(message, None, Some(fields)),
-        )
+        Self::json(StatusCode::BAD_REQUEST, &model::error_body(message, None, Some(fields)))
     }
 
     /// 429 exactly as Bitbucket sends it: plain text and no Retry-After.

@@ -8,28 +8,12 @@ use axum::http::Method;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Route {
-    RepoKeys {
-        workspace: String,
-        repo: String,
-    },
-    RepoKey {
-        workspace: String,
-        repo: String,
-        key_id: String,
-    },
-    ProjectKeys {
-        workspace: String,
-        project: String,
-    },
-    ProjectKey {
-        workspace: String,
-        project: String,
-        key_id: String,
-    },
+    RepoKeys { workspace: String, repo: String },
+    RepoKey { workspace: String, repo: String, key_id: String },
+    ProjectKeys { workspace: String, project: String },
+    ProjectKey { workspace: String, project: String, key_id: String },
     Token,
-    Workspace {
-        workspace: String,
-    },
+    Workspace { workspace: String },
     NotFound,
 }
 
@@ -93,36 +77,18 @@ pub fn parse_route(path: &str) -> Route {
     };
     let s: Vec<&str> = segments.iter().map(String::as_str).collect();
     match s.as_slice() {
-        ["2.0", "repositories", ws, repo, "deploy-keys"] => Route::RepoKeys {
-            workspace: (*ws).to_owned(),
-            repo: (*repo).to_owned(),
-        },
-        ["2.0", "repositories", ws, repo, "deploy-keys", id] => Route::RepoKey {
-            workspace: (*ws).to_owned(),
-            repo: (*repo).to_owned(),
-            key_id: (*id).to_owned(),
-        },
-        ["2.0", "workspaces", ws, "projects", project, "deploy-keys"] => Route::ProjectKeys {
-            workspace: (*ws).to_owned(),
-            project: (*project).to_owned(),
-        },
-        [
-            "2.0",
-            "workspaces",
-            ws,
-            "projects",
-            project,
-            "deploy-keys",
-            id,
-        ] => Route::ProjectKey {
-            workspace: (*ws).to_owned(),
-            project: (*project).to_owned(),
-            key_id: (*id).to_owned(),
-        },
+        ["2.0", "repositories", ws, repo, "deploy-keys"] => Route::RepoKeys { workspace: (*ws).to_owned(), repo: (*repo).to_owned() },
+        ["2.0", "repositories", ws, repo, "deploy-keys", id] => {
+            Route::RepoKey { workspace: (*ws).to_owned(), repo: (*repo).to_owned(), key_id: (*id).to_owned() }
+        }
+        ["2.0", "workspaces", ws, "projects", project, "deploy-keys"] => {
+            Route::ProjectKeys { workspace: (*ws).to_owned(), project: (*project).to_owned() }
+        }
+        ["2.0", "workspaces", ws, "projects", project, "deploy-keys", id] => {
+            Route::ProjectKey { workspace: (*ws).to_owned(), project: (*project).to_owned(), key_id: (*id).to_owned() }
+        }
         ["site", "oauth2", "access_token"] => Route::Token,
-        ["2.0", "workspaces", ws] => Route::Workspace {
-            workspace: (*ws).to_owned(),
-        },
+        ["2.0", "workspaces", ws] => Route::Workspace { workspace: (*ws).to_owned() },
         _ => Route::NotFound,
     }
 }
@@ -146,15 +112,11 @@ pub fn resolve(route: &Route, method: &Method) -> Resolved {
             return Resolved::MethodNotAllowed { allow: "GET, POST" };
         }
         (Route::RepoKey { .. }, _) => {
-            return Resolved::MethodNotAllowed {
-                allow: "GET, PUT, DELETE",
-            };
+            return Resolved::MethodNotAllowed { allow: "GET, PUT, DELETE" };
         }
         // Project keys have no PUT in Bitbucket: delete and add again.
         (Route::ProjectKey { .. }, _) => {
-            return Resolved::MethodNotAllowed {
-                allow: "GET, DELETE",
-            };
+            return Resolved::MethodNotAllowed { allow: "GET, DELETE" };
         }
         (Route::Token, _) => return Resolved::MethodNotAllowed { allow: "POST" },
     };
@@ -214,39 +176,21 @@ mod tests {
     fn deploy_key_paths_are_recognised() {
         assert_eq!(
             parse_route("/2.0/repositories/acme/api/deploy-keys/"),
-            Route::RepoKeys {
-                workspace: "acme".into(),
-                repo: "api".into()
-            }
+            Route::RepoKeys { workspace: "acme".into(), repo: "api".into() }
         );
         assert_eq!(
             parse_route("/2.0/workspaces/%7Bws%7D/projects/CORE/deploy-keys/12"),
-            Route::ProjectKey {
-                workspace: "{ws}".into(),
-                project: "CORE".into(),
-                key_id: "12".into()
-            }
+            Route::ProjectKey { workspace: "{ws}".into(), project: "CORE".into(), key_id: "12".into() }
         );
         assert_eq!(parse_route("/site/oauth2/access_token"), Route::Token);
-        assert_eq!(
-            parse_route("/2.0/repositories//api/deploy-keys"),
-            Route::NotFound
-        );
-        assert_eq!(
-            parse_route("/2.0/repositories/a/b/deploy-keys/%zz"),
-            Route::NotFound
-        );
+        assert_eq!(parse_route("/2.0/repositories//api/deploy-keys"), Route::NotFound);
+        assert_eq!(parse_route("/2.0/repositories/a/b/deploy-keys/%zz"), Route::NotFound);
     }
 
     #[test]
     fn project_keys_have_no_put() {
         let route = parse_route("/2.0/workspaces/acme/projects/CORE/deploy-keys/1");
-        assert_eq!(
-            resolve(&route, &Method::PUT),
-            Resolved::MethodNotAllowed {
-                allow: "GET, DELETE"
-            }
-        );
+        assert_eq!(resolve(&route, &Method::PUT), Resolved::MethodNotAllowed { allow: "GET, DELETE" });
     }
 
     #[test]

@@ -9,10 +9,7 @@ use axum::http::header::{HOST, WWW_AUTHENTICATE};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
 
 use super::SimError;
-use super::auth::{
-    AuthFailure, Credentials, authenticate_client, missing_scopes, parse_authorization,
-    required_scopes,
-};
+use super::auth::{AuthFailure, Credentials, authenticate_client, missing_scopes, parse_authorization, required_scopes};
 use super::catalog::Catalog;
 use super::config::{ErrorVariants, OAuthClientError, ScopeErrors, SimConfig};
 use super::deploy_keys::{self, Context};
@@ -62,21 +59,11 @@ impl Simulator {
     pub fn new(config: SimConfig) -> Result<Self, SimError> {
         config.validate()?;
         let seed = config.seed.unwrap_or_else(rand::random);
-        tracing::info!(
-            seed,
-            "fault injection seed (set `seed` in the config to replay)"
-        );
-        let state = State::load_or_new(
-            config.oauth_consumers.clone(),
-            config.state_path.clone(),
-            jiff::Timestamp::now().as_millisecond(),
-        )?;
+        tracing::info!(seed, "fault injection seed (set `seed` in the config to replay)");
+        let state = State::load_or_new(config.oauth_consumers.clone(), config.state_path.clone(), jiff::Timestamp::now().as_millisecond())?;
         Ok(Self {
             catalog: Catalog::from_config(&config),
-            credentials: Credentials {
-                api_tokens: config.api_tokens.clone(),
-                access_tokens: config.access_tokens.clone(),
-            },
+            credentials: Credentials { api_tokens: config.api_tokens.clone(), access_tokens: config.access_tokens.clone() },
             default_pagelen: config.pagelen(),
             state: Mutex::new(state),
             limiter: Mutex::new(RateLimiter::new(config.rate_limit)),
@@ -106,25 +93,15 @@ impl Simulator {
         }
         let route = parse_route(&request.path);
         let resolved = resolve(&route, &request.method);
-        let plan = if is_api_path(&request.path) {
-            lock(&self.faults).plan()
-        } else {
-            FaultPlan::default()
-        };
+        let plan = if is_api_path(&request.path) { lock(&self.faults).plan() } else { FaultPlan::default() };
         if !plan.latency.is_zero() {
             tokio::time::sleep(plan.latency).await;
         }
         let (response, credential) = if let Some(status) = plan.server_error {
             let message = status.canonical_reason().unwrap_or("Something went wrong");
-            (
-                SimResponse::bitbucket_error(status, message),
-                self.identify(&request, &resolved),
-            )
+            (SimResponse::bitbucket_error(status, message), self.identify(&request, &resolved))
         } else if plan.rate_limit_burst {
-            (
-                SimResponse::rate_limited(),
-                self.identify(&request, &resolved),
-            )
+            (SimResponse::rate_limited(), self.identify(&request, &resolved))
         } else {
             self.process(&request, &route, &resolved)
         };
@@ -165,25 +142,15 @@ impl Simulator {
         }
     }
 
-    fn process(
-        &self,
-        request: &SimRequest,
-        route: &Route,
-        resolved: &Resolved,
-    ) -> (SimResponse, Option<String>) {
+    fn process(&self, request: &SimRequest, route: &Route, resolved: &Resolved) -> (SimResponse, Option<String>) {
         let op = match resolved {
             Resolved::NotFound => {
-                return (
-                    SimResponse::bitbucket_error(StatusCode::NOT_FOUND, "Resource not found"),
-                    None,
-                );
+                return (SimResponse::bitbucket_error(StatusCode::NOT_FOUND, "Resource not found"), None);
             }
             Resolved::MethodNotAllowed { allow } => {
-                let response = SimResponse::bitbucket_error(
-                    StatusCode::METHOD_NOT_ALLOWED,
-                    &format!("Method {} not allowed", request.method),
-                )
-                .with_header(axum::http::header::ALLOW, HeaderValue::from_static(allow));
+                let response =
+                    SimResponse::bitbucket_error(StatusCode::METHOD_NOT_ALLOWED, &format!("Method {} not allowed", request.method))
+                        .with_header(axum::http::header::ALLOW, HeaderValue::from_static(allow));
                 return (response, None);
             }
             Resolved::Op(op) => *op,
@@ -204,27 +171,18 @@ impl Simulator {
             Ok(principal) => principal,
             Err(AuthFailure::Unauthorized(message)) => {
                 let response = SimResponse::bitbucket_error(StatusCode::UNAUTHORIZED, &message)
-                    .with_header(
-                        WWW_AUTHENTICATE,
-                        HeaderValue::from_static("Basic realm=\"Bitbucket.org HTTP\""),
-                    );
+                    .with_header(WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"Bitbucket.org HTTP\""));
                 return (response, None);
             }
             Err(AuthFailure::Forbidden(message)) => {
-                return (
-                    SimResponse::bitbucket_error(StatusCode::FORBIDDEN, &message),
-                    self.credentials.access_token_name(&authorization),
-                );
+                return (SimResponse::bitbucket_error(StatusCode::FORBIDDEN, &message), self.credentials.access_token_name(&authorization));
             }
         };
         let credential = principal.credential.id().to_owned();
         if !lock(&self.limiter).admit(&credential, Instant::now()) {
             return (SimResponse::rate_limited(), Some(credential));
         }
-        let missing = missing_scopes(
-            required_scopes(op, &principal.credential),
-            &principal.scopes,
-        );
+        let missing = missing_scopes(required_scopes(op, &principal.credential), &principal.scopes);
         if !missing.is_empty() && lock(&self.error_variants).scope_errors == ScopeErrors::Real {
             // FACTS.md: a generic message, the scopes in a structured `detail`.
             let body = serde_json::json!({"type": "error", "error": {
@@ -234,20 +192,11 @@ impl Simulator {
             return (SimResponse::json(StatusCode::FORBIDDEN, &body), Some(credential));
         }
         if !missing.is_empty() {
-            let message = format!(
-                "Your credentials lack one or more required privilege scopes: {}.",
-                missing.join(", ")
-            );
-            let detail = format!(
-                "Required: {}. Granted: {}.",
-                required_scopes(op, &principal.credential).join(", "),
-                principal.scopes.join(", ")
-            );
+            let message = format!("Your credentials lack one or more required privilege scopes: {}.", missing.join(", "));
+            let detail =
+                format!("Required: {}. Granted: {}.", required_scopes(op, &principal.credential).join(", "), principal.scopes.join(", "));
             let body = model::error_body(&message, Some(&detail), None);
-            return (
-                SimResponse::json(StatusCode::FORBIDDEN, &body),
-                Some(credential),
-            );
+            return (SimResponse::json(StatusCode::FORBIDDEN, &body), Some(credential));
         }
         if let Some(home) = self.consumer_home(&principal.credential)
             && route_workspace(route).is_some_and(|ws| ws != home)
@@ -336,28 +285,15 @@ impl Simulator {
         let authorization = parse_authorization(&request.headers);
         let state = lock(&self.state);
         if *resolved == Resolved::Op(Operation::Token) {
-            return authenticate_client(&authorization, state.consumers())
-                .ok()
-                .map(|c| c.key.clone());
+            return authenticate_client(&authorization, state.consumers()).ok().map(|c| c.key.clone());
         }
-        match self.credentials.authenticate(
-            &authorization,
-            false,
-            &state,
-            jiff::Timestamp::now().as_millisecond(),
-        ) {
+        match self.credentials.authenticate(&authorization, false, &state, jiff::Timestamp::now().as_millisecond()) {
             Ok(principal) => Some(principal.credential.id().to_owned()),
             Err(_) => self.credentials.access_token_name(&authorization),
         }
     }
 
-    fn record(
-        &self,
-        request: &SimRequest,
-        endpoint: &'static str,
-        status: StatusCode,
-        credential: Option<String>,
-    ) {
+    fn record(&self, request: &SimRequest, endpoint: &'static str, status: StatusCode, credential: Option<String>) {
         let entry = RecordedRequest {
             method: request.method.to_string(),
             path: request.path.clone(),
@@ -379,14 +315,8 @@ impl Simulator {
     /// `http://<Host>` as the client addressed us, so absolute URLs in answers work
     /// whatever name or port the client used.
     fn base_url(&self, headers: &HeaderMap) -> String {
-        let host = headers
-            .get(HOST)
-            .and_then(|h| h.to_str().ok())
-            .filter(|h| is_plausible_host(h));
-        let scheme = match headers
-            .get("x-forwarded-proto")
-            .and_then(|h| h.to_str().ok())
-        {
+        let host = headers.get(HOST).and_then(|h| h.to_str().ok()).filter(|h| is_plausible_host(h));
+        let scheme = match headers.get("x-forwarded-proto").and_then(|h| h.to_str().ok()) {
             Some("https") => "https",
             _ => "http",
         };
@@ -430,18 +360,14 @@ fn is_api_path(path: &str) -> bool {
 }
 
 fn token_in_query(query: Option<&str>) -> bool {
-    query.is_some_and(|q| {
-        url::form_urlencoded::parse(q.as_bytes()).any(|(name, _)| name == "access_token")
-    })
+    query.is_some_and(|q| url::form_urlencoded::parse(q.as_bytes()).any(|(name, _)| name == "access_token"))
 }
 
 /// A Host header we are willing to echo into URLs (no injection of paths or spaces).
 fn is_plausible_host(host: &str) -> bool {
     !host.is_empty()
         && host.len() <= 255
-        && host
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']' | '_'))
+        && host.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']' | '_'))
 }
 
 /// `/{workspace}/{repo}[.git]/info/refs`, the first request of a git clone over HTTP.
@@ -484,13 +410,7 @@ seed: 1
             Some((p, q)) => (p.to_owned(), Some(q.to_owned())),
             None => (path.to_owned(), None),
         };
-        SimRequest {
-            method,
-            path,
-            query,
-            headers,
-            body: Bytes::copy_from_slice(body),
-        }
+        SimRequest { method, path, query, headers, body: Bytes::copy_from_slice(body) }
     }
 
     fn admin() -> String {
@@ -499,10 +419,7 @@ seed: 1
     }
 
     fn runtime() -> tokio::runtime::Runtime {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .build()
-            .expect("runtime")
+        tokio::runtime::Builder::new_current_thread().enable_time().build().expect("runtime")
     }
 
     #[test]
@@ -510,24 +427,14 @@ seed: 1
         let sim = sim();
         let rt = runtime();
         let key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIIazEu89wgQZ4bqs3d63QSMzYVa0MuJ2e2gKTKqu+UUO me@host";
-        let body =
-            serde_json::to_vec(&serde_json::json!({"key": key, "label": "ci"})).unwrap_or_default();
-        let created = rt.block_on(sim.handle(request(
-            Method::POST,
-            "/2.0/repositories/acme/api/deploy-keys",
-            Some(&admin()),
-            &body,
-        )));
+        let body = serde_json::to_vec(&serde_json::json!({"key": key, "label": "ci"})).unwrap_or_default();
+        let created = rt.block_on(sim.handle(request(Method::POST, "/2.0/repositories/acme/api/deploy-keys", Some(&admin()), &body)));
         assert_eq!(created.status, StatusCode::OK);
         let value: serde_json::Value = serde_json::from_slice(&created.body).expect("json");
         assert_eq!(value["comment"], "me@host");
         let id = value["id"].as_u64().expect("id");
-        let deleted = rt.block_on(sim.handle(request(
-            Method::DELETE,
-            &format!("/2.0/repositories/acme/api/deploy-keys/{id}"),
-            Some(&admin()),
-            b"",
-        )));
+        let deleted =
+            rt.block_on(sim.handle(request(Method::DELETE, &format!("/2.0/repositories/acme/api/deploy-keys/{id}"), Some(&admin()), b"")));
         assert_eq!(deleted.status, StatusCode::NO_CONTENT);
         assert!(deleted.body.is_empty());
     }

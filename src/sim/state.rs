@@ -171,11 +171,7 @@ impl State {
     }
 
     /// In memory, or loaded from and persisted to `path` (created if missing).
-    pub fn load_or_new(
-        consumers: Vec<OAuthConsumerConfig>,
-        path: Option<PathBuf>,
-        now_ms: i64,
-    ) -> Result<Self, SimError> {
+    pub fn load_or_new(consumers: Vec<OAuthConsumerConfig>, path: Option<PathBuf>, now_ms: i64) -> Result<Self, SimError> {
         let mut state = Self::new(consumers);
         let Some(path) = path else {
             return Ok(state);
@@ -192,42 +188,28 @@ impl State {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(load_error(&journal_path, e.to_string())),
         }
-        let journal = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&journal_path)
-            .map_err(|e| save_error(&journal_path, e))?;
-        state.store = Some(Store {
-            path,
-            journal,
-            seq,
-            pending: 0,
-        });
+        let journal =
+            std::fs::OpenOptions::new().create(true).append(true).open(&journal_path).map_err(|e| save_error(&journal_path, e))?;
+        state.store = Some(Store { path, journal, seq, pending: 0 });
         // Start from a clean snapshot and an empty journal.
         state.compact(now_ms)?;
         Ok(state)
     }
 
     fn apply_snapshot(&mut self, path: &Path, text: &str) -> Result<u64, SimError> {
-        let persisted: Persisted =
-            serde_json::from_str(text).map_err(|e| load_error(path, e.to_string()))?;
+        let persisted: Persisted = serde_json::from_str(text).map_err(|e| load_error(path, e.to_string()))?;
         if persisted.version != STATE_VERSION {
-            return Err(load_error(
-                path,
-                format!("unsupported state version {}", persisted.version),
-            ));
+            return Err(load_error(path, format!("unsupported state version {}", persisted.version)));
         }
         self.next_id = persisted.next_id.max(1);
         for record in persisted.keys {
-            self.apply(Change::PutKey(Box::new(record)))
-                .map_err(|message| load_error(path, message))?;
+            self.apply(Change::PutKey(Box::new(record))).map_err(|message| load_error(path, message))?;
         }
         for token in persisted.tokens {
             self.tokens.insert(token.digest.clone(), token);
         }
         if let Some(consumers) = persisted.oauth_consumers {
-            self.apply(Change::Consumers(consumers))
-                .map_err(|message| load_error(path, message))?;
+            self.apply(Change::Consumers(consumers)).map_err(|message| load_error(path, message))?;
         }
         Ok(persisted.seq)
     }
@@ -246,8 +228,7 @@ impl State {
                 continue;
             }
             seq = entry.seq;
-            self.apply(entry.change)
-                .map_err(|message| load_error(path, format!("line {}: {message}", i + 1)))?;
+            self.apply(entry.change).map_err(|message| load_error(path, format!("line {}: {message}", i + 1)))?;
         }
         Ok(seq)
     }
@@ -257,8 +238,8 @@ impl State {
         match change {
             Change::PutKey(mut record) => {
                 // Derived, so recomputed rather than trusted from the file.
-                record.fingerprint = keys::fingerprint(&record.key)
-                    .ok_or_else(|| format!("key {} is not a valid public key", record.id))?;
+                record.fingerprint =
+                    keys::fingerprint(&record.key).ok_or_else(|| format!("key {} is not a valid public key", record.id))?;
                 // Never hand out an id twice, even if the file was edited by hand.
                 self.next_id = self.next_id.max(record.id.saturating_add(1));
                 if let Some(old) = self.keys.remove(&record.id) {
@@ -307,26 +288,16 @@ impl State {
         if let Change::PutKey(record) = &change
             && keys::fingerprint(&record.key).is_none()
         {
-            return Err(SimError::Config(format!(
-                "key {} is not a valid public key",
-                record.id
-            )));
+            return Err(SimError::Config(format!("key {} is not a valid public key", record.id)));
         }
         let Some(store) = &mut self.store else {
             return self.apply(change).map_err(SimError::Config);
         };
-        let entry = JournalEntry {
-            seq: store.seq + 1,
-            change,
-        };
-        let mut line = serde_json::to_vec(&entry)
-            .map_err(|e| save_error(&store.path, std::io::Error::other(e)))?;
+        let entry = JournalEntry { seq: store.seq + 1, change };
+        let mut line = serde_json::to_vec(&entry).map_err(|e| save_error(&store.path, std::io::Error::other(e)))?;
         line.push(b'\n');
         // One write call per line: a kill cannot leave half a line except at the end.
-        store
-            .journal
-            .write_all(&line)
-            .map_err(|e| save_error(&store.path, e))?;
+        store.journal.write_all(&line).map_err(|e| save_error(&store.path, e))?;
         store.seq += 1;
         store.pending += 1;
         let pending = store.pending;
@@ -350,17 +321,11 @@ impl State {
             seq: store.seq,
             next_id: self.next_id,
             keys: self.keys.values().cloned().collect(),
-            tokens: self
-                .tokens
-                .values()
-                .filter(|t| t.expires_at_ms > now_ms)
-                .cloned()
-                .collect(),
+            tokens: self.tokens.values().filter(|t| t.expires_at_ms > now_ms).cloned().collect(),
             oauth_consumers: self.consumers_replaced.then(|| self.consumers.clone()),
         };
         let path = store.path.clone();
-        let text = serde_json::to_vec(&persisted)
-            .map_err(|e| save_error(&path, std::io::Error::other(e)))?;
+        let text = serde_json::to_vec(&persisted).map_err(|e| save_error(&path, std::io::Error::other(e)))?;
         let mut tmp = path.as_os_str().to_owned();
         tmp.push(".tmp");
         let tmp = PathBuf::from(tmp);
@@ -368,10 +333,7 @@ impl State {
         std::fs::rename(&tmp, &path).map_err(|e| save_error(&path, e))?;
         // A kill between rename and truncation is harmless: replay skips entries whose
         // seq the snapshot already covers.
-        store
-            .journal
-            .set_len(0)
-            .map_err(|e| save_error(&journal_path(&path), e))?;
+        store.journal.set_len(0).map_err(|e| save_error(&journal_path(&path), e))?;
         store.pending = 0;
         Ok(())
     }
@@ -382,11 +344,7 @@ impl State {
 
     /// Keys on one target, oldest first (Bitbucket lists in creation order).
     pub fn keys_on<'a>(&'a self, target: &Target) -> impl Iterator<Item = &'a KeyRecord> {
-        self.by_target
-            .get(target)
-            .into_iter()
-            .flat_map(|index| index.ids.iter())
-            .filter_map(|id| self.keys.get(id))
+        self.by_target.get(target).into_iter().flat_map(|index| index.ids.iter()).filter_map(|id| self.keys.get(id))
     }
 
     pub fn key(&self, id: u64) -> Option<&KeyRecord> {
@@ -394,9 +352,7 @@ impl State {
     }
 
     pub fn has_key_material_on(&self, target: &Target, key: &str) -> bool {
-        self.by_target
-            .get(target)
-            .is_some_and(|index| index.materials.contains_key(key))
+        self.by_target.get(target).is_some_and(|index| index.materials.contains_key(key))
     }
 
     /// Allocates the next id. An id whose key then fails to persist may be handed out
@@ -434,11 +390,7 @@ impl State {
         &self.consumers
     }
 
-    pub fn replace_consumers(
-        &mut self,
-        consumers: Vec<OAuthConsumerConfig>,
-        now_ms: i64,
-    ) -> Result<(), SimError> {
+    pub fn replace_consumers(&mut self, consumers: Vec<OAuthConsumerConfig>, now_ms: i64) -> Result<(), SimError> {
         self.commit(Change::Consumers(consumers), now_ms)
     }
 }
@@ -450,44 +402,28 @@ fn journal_path(path: &Path) -> PathBuf {
 }
 
 fn load_error(path: &Path, message: String) -> SimError {
-    SimError::LoadState {
-        path: path.to_path_buf(),
-        message,
-    }
+    SimError::LoadState { path: path.to_path_buf(), message }
 }
 
 fn save_error(path: &Path, source: std::io::Error) -> SimError {
-    SimError::SaveState {
-        path: path.to_path_buf(),
-        source,
-    }
+    SimError::SaveState { path: path.to_path_buf(), source }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    const ED25519: &str =
-        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIIazEu89wgQZ4bqs3d63QSMzYVa0MuJ2e2gKTKqu+UUO";
+    const ED25519: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIIazEu89wgQZ4bqs3d63QSMzYVa0MuJ2e2gKTKqu+UUO";
 
     fn record(state: &mut State, n: u64) -> KeyRecord {
         KeyRecord {
             id: state.allocate_id(),
-            target: Target::Repository {
-                workspace: "acme".into(),
-                slug: format!("repo-{}", n % 7),
-            },
+            target: Target::Repository { workspace: "acme".into(), slug: format!("repo-{}", n % 7) },
             key: ED25519.into(),
             comment: format!("c{n}"),
             label: "l".into(),
             created_on: "2024-01-01T00:00:00.000000+00:00".into(),
-            added_by: Account {
-                kind: "user".into(),
-                display_name: "a".into(),
-                uuid: "{u}".into(),
-                account_id: None,
-                nickname: None,
-            },
+            added_by: Account { kind: "user".into(), display_name: "a".into(), uuid: "{u}".into(), account_id: None, nickname: None },
             fingerprint: keys::fingerprint(ED25519).unwrap_or_default(),
         }
     }
@@ -524,13 +460,8 @@ mod tests {
             }
         }
         let expected: Vec<KeyRecord> = state.keys().cloned().collect();
-        let journal_len = std::fs::metadata(journal_path(&path))
-            .map(|m| m.len())
-            .unwrap_or(0);
-        assert!(
-            journal_len < 2500 * 300,
-            "the journal was compacted ({journal_len} bytes)"
-        );
+        let journal_len = std::fs::metadata(journal_path(&path)).map(|m| m.len()).unwrap_or(0);
+        assert!(journal_len < 2500 * 300, "the journal was compacted ({journal_len} bytes)");
         drop(state);
         let reloaded = State::load_or_new(vec![], Some(path), 0).expect("load");
         assert_eq!(reloaded.keys().cloned().collect::<Vec<_>>(), expected);
@@ -548,8 +479,7 @@ mod tests {
         // Replaying the same entry twice (snapshot written, journal not yet truncated)
         // and a half-written line must both be harmless.
         State::load_or_new(vec![], Some(path.clone()), 0).expect("compacts");
-        std::fs::write(journal_path(&path), format!("{journal}{{\"seq\":99,\"chan"))
-            .expect("write");
+        std::fs::write(journal_path(&path), format!("{journal}{{\"seq\":99,\"chan")).expect("write");
         let reloaded = State::load_or_new(vec![], Some(path), 0).expect("load");
         assert_eq!(reloaded.keys().cloned().collect::<Vec<_>>(), vec![kept]);
     }

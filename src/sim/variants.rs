@@ -122,8 +122,7 @@ mod tests {
         assert!(!v.hides(&api, "ck"));
         assert!(!v.hides(&core, "admin@acme.test"));
         assert!(v.validate().is_ok());
-        let bad: DeployKeyVariants =
-            serde_json::from_value(serde_json::json!({"hidden": [{"credential": "x"}]})).unwrap();
+        let bad: DeployKeyVariants = serde_json::from_value(serde_json::json!({"hidden": [{"credential": "x"}]})).unwrap();
         assert!(bad.validate().is_err());
     }
 }

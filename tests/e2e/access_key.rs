@@ -5,8 +5,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::{DeleteParams, Patch, PatchParams};
 use kube::Api;
+use kube::api::{DeleteParams, Patch, PatchParams};
 use serde_json::{Value, json};
 
 use crate::support::{Env, eventually};
@@ -14,7 +14,9 @@ use crate::support::{Env, eventually};
 const READY: Duration = Duration::from_secs(60);
 
 fn access_key(name: &str, spec: &str) -> String {
-    format!("apiVersion: bitbucket.credentials.dev/v1alpha1\nkind: BitbucketAccessKey\nmetadata: {{name: {name}}}\nspec:\n  workspaceRef: {{name: acme}}\n{spec}")
+    format!(
+        "apiVersion: bitbucket.credentials.dev/v1alpha1\nkind: BitbucketAccessKey\nmetadata: {{name: {name}}}\nspec:\n  workspaceRef: {{name: acme}}\n{spec}"
+    )
 }
 
 fn target_name(k: &Value) -> String {
@@ -129,7 +131,11 @@ async fn rsa_and_ecdsa_keys_match_ssh_keygen() {
 
 async fn rotate(env: &Env, name: &str, value: &str) {
     env.api("bitbucketaccesskeys")
-        .patch(name, &PatchParams::default(), &Patch::Merge(json!({"metadata": {"annotations": {"bitbucket.credentials.dev/rotate": value}}})))
+        .patch(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"annotations": {"bitbucket.credentials.dev/rotate": value}}})),
+        )
         .await
         .unwrap();
 }
@@ -156,10 +162,7 @@ async fn rotation_keeps_the_old_key_until_the_grace_period_ends() {
     let o = env.get("bitbucketaccesskeys", "ci").await.unwrap();
     assert_eq!(o.data["status"]["retiringKeys"][0]["fingerprint"], old.as_str());
     // After the grace period only the new key remains.
-    eventually("the old key is removed", Duration::from_secs(40), || async {
-        targets_of(&env, &old).await.is_empty().then_some(())
-    })
-    .await;
+    eventually("the old key is removed", Duration::from_secs(40), || async { targets_of(&env, &old).await.is_empty().then_some(()) }).await;
     assert_eq!(targets_of(&env, &new).await, set(&["api", "CORE"]));
     assert_eq!(env.sim.keys().await.len(), 2);
     let o = env.wait_ready("bitbucketaccesskeys", "ci", READY).await;
@@ -176,14 +179,9 @@ async fn deleting_the_secret_restores_a_working_key() {
     Api::<Secret>::namespaced(env.client.clone(), &env.ns).delete("ci", &DeleteParams::default()).await.unwrap();
     let secret = eventually("the Secret is back", READY, || async { env.secret("ci").await }).await;
     let (_, fp) = ssh_keygen(&env, &data(&secret, "ssh-privatekey"));
-    eventually("the restored key is registered", READY, || async {
-        (targets_of(&env, &fp).await == set(&["api"])).then_some(())
-    })
-    .await;
-    eventually("the lost key is removed", Duration::from_secs(30), || async {
-        targets_of(&env, &old).await.is_empty().then_some(())
-    })
-    .await;
+    eventually("the restored key is registered", READY, || async { (targets_of(&env, &fp).await == set(&["api"])).then_some(()) }).await;
+    eventually("the lost key is removed", Duration::from_secs(30), || async { targets_of(&env, &old).await.is_empty().then_some(()) })
+        .await;
     let o = env.wait_ready("bitbucketaccesskeys", "ci", READY).await;
     assert_eq!(status_str(&o, "fingerprint"), fp);
 }
@@ -196,10 +194,7 @@ async fn a_secret_edited_by_hand_is_restored() {
     let o = env.wait_ready("bitbucketaccesskeys", "ci", READY).await;
     let fp = status_str(&o, "fingerprint");
     let secrets = Api::<Secret>::namespaced(env.client.clone(), &env.ns);
-    secrets
-        .patch("ci", &PatchParams::default(), &Patch::Merge(json!({"data": {"known_hosts": "ZXZpbAo="}})))
-        .await
-        .unwrap();
+    secrets.patch("ci", &PatchParams::default(), &Patch::Merge(json!({"data": {"known_hosts": "ZXZpbAo="}}))).await.unwrap();
     eventually("known_hosts restored", READY, || async {
         let s = env.secret("ci").await?;
         String::from_utf8(data(&s, "known_hosts")).ok()?.starts_with("git.acme.test").then_some(())
@@ -217,10 +212,8 @@ async fn removing_a_repository_from_the_spec_removes_its_key_and_adding_one_regi
     let o = env.wait_ready("bitbucketaccesskeys", "ci", READY).await;
     let fp = status_str(&o, "fingerprint");
     env.apply(&access_key("ci", "  repositories: [api, tools]\n  projects: [OPS]\n")).await;
-    eventually("targets follow the spec", READY, || async {
-        (targets_of(&env, &fp).await == set(&["api", "tools", "OPS"])).then_some(())
-    })
-    .await;
+    eventually("targets follow the spec", READY, || async { (targets_of(&env, &fp).await == set(&["api", "tools", "OPS"])).then_some(()) })
+        .await;
     env.wait_ready("bitbucketaccesskeys", "ci", READY).await;
     assert_eq!(env.sim.keys().await.len(), 3);
 }
@@ -272,10 +265,7 @@ async fn a_key_deleted_in_bitbucket_is_registered_again() {
     let fp = status_str(&o, "fingerprint");
     let victim = env.sim.keys().await.into_iter().find(|k| target_name(k) == "web").unwrap();
     env.sim.delete_key(victim["id"].as_i64().unwrap()).await;
-    eventually("the key is back on web", READY, || async {
-        (targets_of(&env, &fp).await == set(&["api", "web"])).then_some(())
-    })
-    .await;
+    eventually("the key is back on web", READY, || async { (targets_of(&env, &fp).await == set(&["api", "web"])).then_some(()) }).await;
 }
 
 #[tokio::test]
@@ -321,7 +311,10 @@ async fn a_repository_outside_allowed_repositories_is_refused() {
 async fn credentials_without_write_scope_are_reported_as_forbidden() {
     let env = Env::new("forbidden").await;
     env.workspace().await;
-    env.apply("apiVersion: v1\nkind: Secret\nmetadata: {name: bb-admin}\nstringData: {email: reader@acme.test, token: tok-reader-0123456789}\n").await;
+    env.apply(
+        "apiVersion: v1\nkind: Secret\nmetadata: {name: bb-admin}\nstringData: {email: reader@acme.test, token: tok-reader-0123456789}\n",
+    )
+    .await;
     env.apply(&access_key("ci", "  repositories: [api]\n")).await;
     let m = env.wait_reason("bitbucketaccesskeys", "ci", "Forbidden", READY).await;
     assert!(m.contains("api"), "{m}");

@@ -194,7 +194,9 @@ fn cases(ns: &str) -> Vec<Case> {
         ),
         case(
             "access-key-secret-taken",
-            good("ws-taken") + &secret("taken", "{mine: precious}") + &key("thief", "ws-taken", "  repositories: [api]\n  secret: {name: taken}\n"),
+            good("ws-taken")
+                + &secret("taken", "{mine: precious}")
+                + &key("thief", "ws-taken", "  repositories: [api]\n  secret: {name: taken}\n"),
             "bitbucketaccesskeys",
             "thief",
             "SecretConflict",
@@ -298,7 +300,11 @@ async fn run_time_refusals_name_their_cause_and_back_off() {
         let bound = MAX_REQUESTS_PER_OBJECT_PER_MINUTE * c.objects;
         table.push(format!("  {:<30} {:<20} {made:>3} requests (bound {bound})", c.id, c.reason));
         if made > bound {
-            failures.push(format!("{}: {made} Bitbucket requests in {window:?} (bound {bound}): {}", c.id, sim.requests().await["byEndpoint"]));
+            failures.push(format!(
+                "{}: {made} Bitbucket requests in {window:?} (bound {bound}): {}",
+                c.id,
+                sim.requests().await["byEndpoint"]
+            ));
         }
         let keys = sim.keys().await;
         if !keys.is_empty() {

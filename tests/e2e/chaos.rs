@@ -153,9 +153,7 @@ async fn violations(env: &Env, deleted_uids: &BTreeSet<String>, check_secrets: b
             continue;
         };
         match live.get(&uid) {
-            None if deleted_uids.contains(&uid) => {
-                v.push(format!("key {id} ({fp}) on {target} belongs to the deleted object uid={uid}"))
-            }
+            None if deleted_uids.contains(&uid) => v.push(format!("key {id} ({fp}) on {target} belongs to the deleted object uid={uid}")),
             None => v.push(format!("key {id} ({fp}) on {target} belongs to no live object (uid={uid}, label {})", k["label"])),
             Some(o) => {
                 let name = o.metadata.name.clone().unwrap_or_default();
@@ -216,15 +214,11 @@ async fn access_keys_converge_after_kills_faults_and_an_apiserver_restart() {
     let mut rng = StdRng::seed_from_u64(seed);
 
     let pc = PrivateCluster::start("chaos");
-    let args: Vec<String> = [
-        "--watch-namespaces=chaos",
-        "--cluster-resource-namespace=chaos",
-        "--cluster-name=chaos",
-        "--bitbucket-timeout=2s",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    let args: Vec<String> =
+        ["--watch-namespaces=chaos", "--cluster-resource-namespace=chaos", "--cluster-name=chaos", "--bitbucket-timeout=2s"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
     let mut env = Env::on_private(&pc, "chaos", NS, &chaos_sim_config(), &args).await;
     env.apply(&crate::support::workspace_yaml(&env.sim.url, "  requestsPerHour: 100000\n")).await;
     env.wait_ready("bitbucketworkspaces", "acme", Duration::from_secs(60)).await;
@@ -284,7 +278,12 @@ async fn access_keys_converge_after_kills_faults_and_an_apiserver_restart() {
                 let name = deleted[i].clone();
                 if matches!(keys.get_opt(&name).await, Ok(None)) && matches!(secrets.get_opt(&name).await, Ok(None)) {
                     let (repos, projects) = random_targets(&mut rng);
-                    if tolerant("recreate", || async { keys.patch(&name, &apply, &Patch::Apply(access_key(&name, &repos, &projects))).await }).await.is_some() {
+                    if tolerant("recreate", || async {
+                        keys.patch(&name, &apply, &Patch::Apply(access_key(&name, &repos, &projects))).await
+                    })
+                    .await
+                    .is_some()
+                    {
                         deleted.remove(i);
                         live.push(name);
                         recreated += 1;
@@ -338,13 +337,14 @@ async fn access_keys_converge_after_kills_faults_and_an_apiserver_restart() {
     let live_objects = env.api("bitbucketaccesskeys").list(&Default::default()).await.map(|l| l.items.len()).unwrap_or(0);
     let sim_keys = env.sim.keys().await.len();
     eprintln!("chaos figures:");
-    eprintln!("  objects: {OBJECTS} created, {} deleted, {recreated} re-created under a deleted name, {live_objects} live at the end", deleted_uids.len());
+    eprintln!(
+        "  objects: {OBJECTS} created, {} deleted, {recreated} re-created under a deleted name, {live_objects} live at the end",
+        deleted_uids.len()
+    );
     eprintln!("  changes: {rotations} rotations requested, {edits} target edits");
     eprintln!("  operator: {kills} SIGKILLs ({} starts)", env.operator.runs());
     eprintln!("  kube-apiserver restarts: 1, back after {apiserver_restart:?}");
-    eprintln!(
-        "  faults: {base_faults} for {chaos_took:?}, plus {bursts} bursts of rateLimitBurstRate 0.3 (one round each)"
-    );
+    eprintln!("  faults: {base_faults} for {chaos_took:?}, plus {bursts} bursts of rateLimitBurstRate 0.3 (one round each)");
     eprintln!(
         "  Bitbucket requests during chaos: {} (by status {}), in all: {} (by endpoint {})",
         during["total"], during["byStatus"], requests["total"], requests["byEndpoint"]
@@ -361,15 +361,8 @@ async fn access_keys_converge_after_kills_faults_and_an_apiserver_restart() {
         );
     }
     // Every key the simulator holds is accounted for by a live object's spec.
-    let want: usize = env
-        .api("bitbucketaccesskeys")
-        .list(&Default::default())
-        .await
-        .unwrap()
-        .items
-        .iter()
-        .map(|o| spec_targets(o).len())
-        .sum();
+    let want: usize =
+        env.api("bitbucketaccesskeys").list(&Default::default()).await.unwrap().items.iter().map(|o| spec_targets(o).len()).sum();
     assert_eq!(sim_keys, want, "one key per live target, nothing else");
     assert!(kills >= 20);
 }
@@ -469,7 +462,13 @@ rateLimit: {{requestsPerWindow: 1000000, windowSeconds: 3600}}
         delta("byStatus", "503"),
         tokens.iter().map(|(k, t)| (*k, t.len())).collect::<Vec<_>>()
     );
-    assert!(failures.is_empty(), "{} of {samples} samples failed:\n{}\n--- operator log tail ---\n{}", failures.len(), failures.join("\n"), tail(&env.operator.logs(), 40));
+    assert!(
+        failures.is_empty(),
+        "{} of {samples} samples failed:\n{}\n--- operator log tail ---\n{}",
+        failures.len(),
+        failures.join("\n"),
+        tail(&env.operator.logs(), 40)
+    );
     for (k, t) in &tokens {
         assert!(t.len() >= 4, "{k}: only {} tokens in a minute of 20 s tokens: renewals did not happen", t.len());
     }
@@ -488,7 +487,9 @@ rateLimit: {{requestsPerWindow: 1000000, windowSeconds: 3600}}
 // left behind for hours, or (for a target gone from the spec) forever.
 
 fn one_key(name: &str, spec: &str) -> String {
-    format!("apiVersion: bitbucket.credentials.dev/v1alpha1\nkind: BitbucketAccessKey\nmetadata: {{name: {name}}}\nspec:\n  workspaceRef: {{name: acme}}\n{spec}")
+    format!(
+        "apiVersion: bitbucket.credentials.dev/v1alpha1\nkind: BitbucketAccessKey\nmetadata: {{name: {name}}}\nspec:\n  workspaceRef: {{name: acme}}\n{spec}"
+    )
 }
 
 /// Simulator keys as (target, fingerprint, uid).
@@ -520,14 +521,15 @@ async fn a_rotation_interrupted_after_the_secret_switched_leaves_no_key_behind()
     env.operator.kill();
     env.operator.restart_with(&[("BCO_FAILPOINT", "secret-switched")]);
     env.api("bitbucketaccesskeys")
-        .patch("ci", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"annotations": {"bitbucket.credentials.dev/rotate": "1"}}})))
+        .patch(
+            "ci",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"annotations": {"bitbucket.credentials.dev/rotate": "1"}}})),
+        )
         .await
         .unwrap();
     assert!(env.operator.wait_exit(Duration::from_secs(60)), "the operator never reached secret-switched");
-    let switched = ssh_keygen_fingerprint(
-        &env.dir,
-        &env.secret("ci").await.unwrap().data.unwrap()["ssh-privatekey"].0,
-    );
+    let switched = ssh_keygen_fingerprint(&env.dir, &env.secret("ci").await.unwrap().data.unwrap()["ssh-privatekey"].0);
     env.operator.restart();
     let o = crate::support::eventually("rotated, Ready, grace period over", Duration::from_secs(60), || async {
         let o = env.get("bitbucketaccesskeys", "ci").await?;
@@ -600,7 +602,8 @@ async fn a_repository_dropped_before_its_registration_was_recorded_loses_its_key
 /// status recorded it: the Secret's record of where keys may be finds it.
 #[tokio::test]
 async fn an_object_deleted_before_its_registration_was_recorded_leaves_no_key() {
-    let (mut env, registered) = crashed_after_first_registration("crash-deleted-object", "  repositories: [api, web]\n  projects: [CORE]\n").await;
+    let (mut env, registered) =
+        crashed_after_first_registration("crash-deleted-object", "  repositories: [api, web]\n  projects: [CORE]\n").await;
     assert_eq!(registered.len(), 3, "{registered:?}");
     let status = env.get("bitbucketaccesskeys", "ci").await.unwrap().data["status"].clone();
     assert!(status["registrations"].as_array().is_none_or(|r| r.iter().all(|r| r["id"] == 0)), "status already knows the keys: {status}");

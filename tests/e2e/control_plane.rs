@@ -18,7 +18,13 @@ async fn crds_are_established_and_short_names_work() {
     for crd in ["bitbucketaccesskeys", "bitbucketoauthconsumers", "bitbucketworkspaces", "clusterbitbucketworkspaces"] {
         let out = kubectl(
             &c.kubeconfig,
-            &["get", "crd", &format!("{crd}.bitbucket.credentials.dev"), "-o", "jsonpath={.status.conditions[?(@.type=='Established')].status}"],
+            &[
+                "get",
+                "crd",
+                &format!("{crd}.bitbucket.credentials.dev"),
+                "-o",
+                "jsonpath={.status.conditions[?(@.type=='Established')].status}",
+            ],
         );
         assert_eq!(String::from_utf8_lossy(&out.stdout), "True", "{crd}");
     }

@@ -67,9 +67,7 @@ fn documents(yaml: &str) -> Option<Vec<serde_yaml::Value>> {
 }
 
 fn is_full_manifest(yaml: &str) -> bool {
-    documents(yaml).is_some_and(|docs| {
-        docs.iter().any(|d| ["apiVersion", "kind", "metadata"].iter().all(|k| d.get(k).is_some()))
-    })
+    documents(yaml).is_some_and(|docs| docs.iter().any(|d| ["apiVersion", "kind", "metadata"].iter().all(|k| d.get(k).is_some())))
 }
 
 /// The `<!-- apply -->` blocks of one Markdown file, the convention breaches found, and the
@@ -109,10 +107,7 @@ fn apply_blocks(file: &str, text: &str) -> (Vec<Block>, Vec<String>, Vec<String>
                 let index = blocks.len() + 1;
                 blocks.push(Block { file: file.to_string(), index, line: i + 1, yaml: body });
             } else if marker != OUTPUT && is_full_manifest(&body) {
-                unmarked.push(format!(
-                    "{file} line {}: a full manifest not marked {APPLY} (or {OUTPUT} if it only shows a result)",
-                    i + 1
-                ));
+                unmarked.push(format!("{file} line {}: a full manifest not marked {APPLY} (or {OUTPUT} if it only shows a result)", i + 1));
             }
         }
         i = end + 1;
@@ -217,10 +212,7 @@ fn every_documented_manifest_is_accepted_by_the_api_server() {
     let cache_dir = cache.path();
     cluster();
     install_ci_crds(cache_dir);
-    let ns = format!(
-        "docs-{}",
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() % 1_000_000_000
-    );
+    let ns = format!("docs-{}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() % 1_000_000_000);
     kubectl_ok(cache_dir, &["create", "namespace", &ns]);
 
     let mut failures = Vec::new();
@@ -263,6 +255,7 @@ fn apply_blocks_are_found_and_namespaces_stripped() {
     assert!(!stripped.contains("namespace: ci"), "{stripped}");
     assert_eq!(stripped.matches("namespace: keep").count(), 2, "{stripped}");
 
-    let (_, problems, unmarked) = apply_blocks("y.md", "```yaml\napiVersion: v1\nkind: Secret\nmetadata: {name: c}\n```\n<!-- apply -->\n\n```yaml\n```\n");
+    let (_, problems, unmarked) =
+        apply_blocks("y.md", "```yaml\napiVersion: v1\nkind: Secret\nmetadata: {name: c}\n```\n<!-- apply -->\n\n```yaml\n```\n");
     assert_eq!((problems.len(), unmarked.len()), (1, 1), "{problems:?} {unmarked:?}");
 }

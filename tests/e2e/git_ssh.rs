@@ -69,18 +69,16 @@ async fn setup(name: &str) -> (Env, GitEndpoint) {
     let ep = GitEndpoint::start(&env.dir, &env.sim, &["acme/api", "acme/web", "acme/tools", "acme/infra"]);
     env.workspace().await;
     env.api("bitbucketworkspaces")
-        .patch(
-            "acme",
-            &PatchParams::default(),
-            &Patch::Merge(json!({"spec": {"sshHost": ep.ssh_host(), "knownHosts": ep.known_hosts()}})),
-        )
+        .patch("acme", &PatchParams::default(), &Patch::Merge(json!({"spec": {"sshHost": ep.ssh_host(), "knownHosts": ep.known_hosts()}})))
         .await
         .unwrap();
     (env, ep)
 }
 
 fn access_key(name: &str, spec: &str) -> String {
-    format!("apiVersion: bitbucket.credentials.dev/v1alpha1\nkind: BitbucketAccessKey\nmetadata: {{name: {name}}}\nspec:\n  workspaceRef: {{name: acme}}\n{spec}")
+    format!(
+        "apiVersion: bitbucket.credentials.dev/v1alpha1\nkind: BitbucketAccessKey\nmetadata: {{name: {name}}}\nspec:\n  workspaceRef: {{name: acme}}\n{spec}"
+    )
 }
 
 #[tokio::test]
@@ -112,13 +110,19 @@ async fn after_rotation_the_new_key_clones_at_once_and_the_old_one_stops_after_t
     let old = mount(&env.dir, &env.secret("ci").await.unwrap(), "ssh-privatekey", "known_hosts");
     clone(&ep, &old, "acme/api").expect("old key before rotation");
     env.api("bitbucketaccesskeys")
-        .patch("ci", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"annotations": {"bitbucket.credentials.dev/rotate": "now"}}})))
+        .patch(
+            "ci",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"annotations": {"bitbucket.credentials.dev/rotate": "now"}}})),
+        )
         .await
         .unwrap();
     let secret = eventually("the Secret holds a new key", READY, || async {
         let o = env.get("bitbucketaccesskeys", "ci").await?;
         let fp = o.data["status"]["fingerprint"].as_str()?.to_string();
-        if fp == old_fp { return None; }
+        if fp == old_fp {
+            return None;
+        }
         env.secret("ci").await
     })
     .await;

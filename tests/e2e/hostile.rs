@@ -31,7 +31,12 @@ fn fingerprint(o: &DynamicObject) -> String {
 
 /// Keys in the simulator carrying the mark of the object with `uid`.
 async fn keys_of(env: &Env, uid: &str) -> usize {
-    env.sim.keys().await.iter().filter(|k| crate::support::marked_uid(k["comment"].as_str().unwrap_or_default()).as_deref() == Some(uid)).count()
+    env.sim
+        .keys()
+        .await
+        .iter()
+        .filter(|k| crate::support::marked_uid(k["comment"].as_str().unwrap_or_default()).as_deref() == Some(uid))
+        .count()
 }
 
 fn alive(env: &mut Env) -> bool {
@@ -84,8 +89,12 @@ async fn values_stored_before_the_limits_existed_neither_stop_the_operator_nor_m
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success(), "loosened CRDs: {}", String::from_utf8_lossy(&out.stderr));
     let ns = "hostile-bounds";
-    let args: Vec<String> =
-        vec![format!("--watch-namespaces={ns}"), format!("--cluster-resource-namespace={ns}"), "--cluster-name=hostile".into(), "--drift-check-interval=3s".into()];
+    let args: Vec<String> = vec![
+        format!("--watch-namespaces={ns}"),
+        format!("--cluster-resource-namespace={ns}"),
+        "--cluster-name=hostile".into(),
+        "--drift-check-interval=3s".into(),
+    ];
     let mut env = Env::on_private(&pc, "hostile-bounds", ns, SIM_CONFIG, &args).await;
     let apply = |yaml: String| {
         let (ok, out) = kubectl_apply(&pc.kubeconfig, ns, &yaml);
@@ -158,11 +167,17 @@ async fn a_tampered_targets_annotation_reaches_no_repository_the_spec_could_not_
     env.apply(&access_key("ci", "  repositories: [api]\n")).await;
     env.wait_ready("bitbucketaccesskeys", "ci", READY).await;
     let before = env.sim.requests().await["total"].as_u64().unwrap();
-    let mut targets: Vec<String> =
-        ["repository/api", "repository/web", "repository/infra", "repository/../../workspaces/other", "repository/x%2F..%2F..", "project/OPS"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
+    let mut targets: Vec<String> = [
+        "repository/api",
+        "repository/web",
+        "repository/infra",
+        "repository/../../workspaces/other",
+        "repository/x%2F..%2F..",
+        "project/OPS",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
     targets.extend((0..1000).map(|i| format!("repository/r{i}")));
     let secrets: Api<Secret> = Api::namespaced(env.client.clone(), &env.ns);
     let patch = json!({"metadata": {"annotations": {"bitbucket.credentials.dev/targets": targets.join(",")}}});
@@ -171,7 +186,8 @@ async fn a_tampered_targets_annotation_reaches_no_repository_the_spec_could_not_
     let log = env.sim.requests().await;
     let recent = log["recent"].as_array().cloned().unwrap_or_default();
     let paths: BTreeSet<String> = recent.iter().skip(before as usize).filter_map(|r| r["path"].as_str().map(String::from)).collect();
-    let strays: Vec<&String> = paths.iter().filter(|p| !(p.contains("/repositories/acme/api/") || p.contains("/repositories/acme/web/"))).collect();
+    let strays: Vec<&String> =
+        paths.iter().filter(|p| !(p.contains("/repositories/acme/api/") || p.contains("/repositories/acme/web/"))).collect();
     assert!(strays.is_empty(), "requests outside api and web: {strays:?}");
     let spent = log["total"].as_u64().unwrap() - before;
     assert!(spent < 40, "{spent} requests after the annotation was tampered with");
@@ -223,14 +239,20 @@ async fn narrowing_a_workspace_s_policy_removes_the_keys_it_no_longer_allows() {
         let (ok, out) = kubectl_apply(&pc.kubeconfig, ns, yaml);
         assert!(ok, "apply -n {ns}: {out}");
     };
-    apply(system, "apiVersion: v1\nkind: Secret\nmetadata: {name: bb-cluster}\nstringData: {email: admin@acme.test, token: tok-admin-0123456789}\n");
+    apply(
+        system,
+        "apiVersion: v1\nkind: Secret\nmetadata: {name: bb-cluster}\nstringData: {email: admin@acme.test, token: tok-admin-0123456789}\n",
+    );
     let cluster_ws = |names: &str| {
         format!(
             "apiVersion: bitbucket.credentials.dev/v1alpha1\nkind: ClusterBitbucketWorkspace\nmetadata: {{name: shared}}\nspec:\n  workspace: acme\n  apiURL: {url}/2.0\n  siteURL: {url}\n  auth: {{apiToken: {{secretRef: {{name: bb-cluster}}}}}}\n  allowedNamespaces: {{names: [{names}]}}\n"
         )
     };
     apply(team, &cluster_ws(team));
-    apply(team, "apiVersion: bitbucket.credentials.dev/v1alpha1\nkind: BitbucketAccessKey\nmetadata: {name: via-cluster}\nspec:\n  workspaceRef: {kind: ClusterBitbucketWorkspace, name: shared}\n  repositories: [web]\n");
+    apply(
+        team,
+        "apiVersion: bitbucket.credentials.dev/v1alpha1\nkind: BitbucketAccessKey\nmetadata: {name: via-cluster}\nspec:\n  workspaceRef: {kind: ClusterBitbucketWorkspace, name: shared}\n  repositories: [web]\n",
+    );
     apply(team, &workspace_yaml(&url, "  allowedRepositories: [api, infra]\n"));
     apply(team, &access_key("two-repos", "  repositories: [api, infra]\n"));
     let via_cluster = env.wait_ready("bitbucketaccesskeys", "via-cluster", READY).await;
@@ -242,18 +264,19 @@ async fn narrowing_a_workspace_s_policy_removes_the_keys_it_no_longer_allows() {
     apply(team, &cluster_ws(""));
     env.wait_reason("bitbucketaccesskeys", "via-cluster", "WorkspaceNotAllowed", READY).await;
     let u = uid(&via_cluster);
-    eventually("the key of a namespace no longer admitted is removed", READY, || async {
-        (keys_of(&env, &u).await == 0).then_some(())
-    })
-    .await;
+    eventually("the key of a namespace no longer admitted is removed", READY, || async { (keys_of(&env, &u).await == 0).then_some(()) })
+        .await;
     // The namespaced workspace stops allowing one repository: only that key goes.
     apply(team, &workspace_yaml(&url, "  allowedRepositories: [api]\n"));
     env.wait_reason("bitbucketaccesskeys", "two-repos", "RepositoryNotAllowed", READY).await;
     let u2 = uid(&two_repos);
     let left = eventually("the key on the repository no longer allowed is removed", READY, || async {
         let keys = env.sim.keys().await;
-        let ours: Vec<_> =
-            keys.iter().filter(|k| crate::support::marked_uid(k["comment"].as_str().unwrap_or_default()) == Some(u2.clone())).cloned().collect();
+        let ours: Vec<_> = keys
+            .iter()
+            .filter(|k| crate::support::marked_uid(k["comment"].as_str().unwrap_or_default()) == Some(u2.clone()))
+            .cloned()
+            .collect();
         (ours.len() == 1).then_some(ours)
     })
     .await;
@@ -324,7 +347,8 @@ async fn a_workspace_that_changed_its_secret_does_not_hold_up_its_namespace() {
     env.apply(&workspace_yaml(&env.sim.url, "").replace("bb-admin", "bb-admin-2")).await;
     eventually("the workspace reads its new Secret", Duration::from_secs(60), || async {
         let w = env.get("bitbucketworkspaces", "acme").await?;
-        (w.data["spec"]["auth"]["apiToken"]["secretRef"]["name"] == "bb-admin-2" && env.ready("bitbucketworkspaces", "acme").await?.0 == "True")
+        (w.data["spec"]["auth"]["apiToken"]["secretRef"]["name"] == "bb-admin-2"
+            && env.ready("bitbucketworkspaces", "acme").await?.0 == "True")
             .then_some(())
     })
     .await;

@@ -48,7 +48,10 @@ impl Listener {
                         let _ = r.acquire().await.map(|p| p.forget());
                     }
                     let (status, body) = if is_token && grant_tokens && hold {
-                        ("200 OK", r#"{"access_token":"token-from-b","scope":"repository:admin project:admin","expires_in":7200,"token_type":"bearer"}"#)
+                        (
+                            "200 OK",
+                            r#"{"access_token":"token-from-b","scope":"repository:admin project:admin","expires_in":7200,"token_type":"bearer"}"#,
+                        )
                     } else if is_token {
                         ("400 Bad Request", r#"{"error":"invalid_client","error_description":"Invalid OAuth client credentials"}"#)
                     } else {

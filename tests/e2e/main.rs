@@ -4,16 +4,16 @@
 mod support;
 
 mod access_key;
-mod oauth_consumer;
-mod control_plane;
-mod git_ssh;
-mod operations;
-mod validation;
-mod chaos;
 mod bad_input;
-mod tenancy;
+mod chaos;
+mod control_plane;
 mod docs;
+mod git_ssh;
 mod hostile;
 mod hostile_credentials;
-mod real_world;
+mod oauth_consumer;
+mod operations;
 mod real_errors;
+mod real_world;
+mod tenancy;
+mod validation;

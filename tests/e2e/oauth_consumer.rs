@@ -101,7 +101,10 @@ async fn a_rotated_consumer_secret_takes_effect_at_once_and_a_bad_one_is_reporte
     let m = env.wait_reason("bitbucketoauthconsumers", "ci", "InvalidClient", READY).await;
     assert!(m.contains("invalid_client"), "{m}");
     assert!(!text(&env.secret("ci").await.unwrap(), "token").is_empty(), "the last good token stays");
-    env.apply("apiVersion: v1\nkind: Secret\nmetadata: {name: ci-creds}\nstringData: {key: ck-main, secret: cs-rotated-secret-987654321}\n").await;
+    env.apply(
+        "apiVersion: v1\nkind: Secret\nmetadata: {name: ci-creds}\nstringData: {key: ck-main, secret: cs-rotated-secret-987654321}\n",
+    )
+    .await;
     env.wait_reason("bitbucketoauthconsumers", "ci", "TokenIssued", READY).await;
     let o = env.get("bitbucketoauthconsumers", "ci").await.unwrap();
     assert_eq!(o.data["status"]["scopes"], serde_json::json!(["repository:admin"]));
@@ -171,8 +174,7 @@ async fn real_git_sends_the_token_as_x_token_auth_from_the_git_credentials_file(
     // token as the password of x-token-auth, accepted as consumer ck-main's token.
     assert!(!out.status.success());
     let log = env.sim.requests().await;
-    let git: Vec<&serde_json::Value> =
-        log["recent"].as_array().unwrap().iter().filter(|r| r["endpoint"] == "git_info_refs").collect();
+    let git: Vec<&serde_json::Value> = log["recent"].as_array().unwrap().iter().filter(|r| r["endpoint"] == "git_info_refs").collect();
     assert!(git.iter().any(|r| r["status"] == 401 && r["credential"].is_null()), "{git:?}");
     assert!(
         git.iter().any(|r| r["status"] == 404 && r["credential"] == "ck-main"),

@@ -12,7 +12,9 @@ use crate::support::{Env, SIM_CONFIG, eventually, set_faults, set_variants};
 const READY: Duration = Duration::from_secs(60);
 
 fn access_key(name: &str, spec: &str) -> String {
-    format!("apiVersion: bitbucket.credentials.dev/v1alpha1\nkind: BitbucketAccessKey\nmetadata: {{name: {name}}}\nspec:\n  workspaceRef: {{name: acme}}\n{spec}")
+    format!(
+        "apiVersion: bitbucket.credentials.dev/v1alpha1\nkind: BitbucketAccessKey\nmetadata: {{name: {name}}}\nspec:\n  workspaceRef: {{name: acme}}\n{spec}"
+    )
 }
 
 fn creates(requests: &Value) -> u64 {
@@ -92,12 +94,17 @@ async fn a_retired_key_on_a_repository_that_is_not_visible_stays_until_it_can_be
     let o = env.wait_ready("bitbucketaccesskeys", "ci", READY).await;
     let old = o.data["status"]["fingerprint"].as_str().unwrap().to_string();
     env.api("bitbucketaccesskeys")
-        .patch("ci", &kube::api::PatchParams::default(), &kube::api::Patch::Merge(json!({"metadata": {"annotations": {"bitbucket.credentials.dev/rotate": "1"}}})))
+        .patch(
+            "ci",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(json!({"metadata": {"annotations": {"bitbucket.credentials.dev/rotate": "1"}}})),
+        )
         .await
         .unwrap();
     eventually("rotated", READY, || async {
         let o = env.get("bitbucketaccesskeys", "ci").await?;
-        (o.data["status"]["fingerprint"] != old.as_str() && o.data["status"]["retiringKeys"].as_array().is_some_and(|a| !a.is_empty())).then_some(())
+        (o.data["status"]["fingerprint"] != old.as_str() && o.data["status"]["retiringKeys"].as_array().is_some_and(|a| !a.is_empty()))
+            .then_some(())
     })
     .await;
     set_variants(&env.sim, hidden("acme/api")).await;
@@ -119,7 +126,11 @@ async fn a_retired_key_on_a_repository_that_is_not_visible_stays_until_it_can_be
 
 async fn rotate(env: &Env, value: &str) {
     env.api("bitbucketaccesskeys")
-        .patch("ci", &kube::api::PatchParams::default(), &kube::api::Patch::Merge(json!({"metadata": {"annotations": {"bitbucket.credentials.dev/rotate": value}}})))
+        .patch(
+            "ci",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(json!({"metadata": {"annotations": {"bitbucket.credentials.dev/rotate": value}}})),
+        )
         .await
         .unwrap();
 }
@@ -146,7 +157,10 @@ async fn keys_whose_comment_was_dropped_are_still_recognised_rotated_and_removed
     assert!(keys.iter().all(|k| k["comment"] == "" && k["label"] == "team-ci"), "{keys:?}");
     // Drift: a key deleted in Bitbucket comes back, once.
     env.sim.delete_key(keys[1]["id"].as_i64().unwrap()).await;
-    eventually("the deleted key is restored", READY, || async { (fingerprints(&env).await == vec![old.clone(), old.clone()]).then_some(()) }).await;
+    eventually("the deleted key is restored", READY, || async {
+        (fingerprints(&env).await == vec![old.clone(), old.clone()]).then_some(())
+    })
+    .await;
     rotate(&env, "1").await;
     let new = eventually("rotated, and the old key removed after its grace period", READY, || async {
         let o = env.get("bitbucketaccesskeys", "ci").await?;
@@ -207,10 +221,8 @@ async fn a_key_marked_by_an_earlier_version_is_still_recognised() {
     };
     let orphan = add(format!("bitbucket-credentials-operator cluster=test uid={uid}"), format!("test/{}/ci", env.ns)).await;
     let foreign = add("someone@laptop".into(), "deploy".into()).await;
-    eventually("the earlier version's orphan is removed", READY, || async {
-        (!fingerprints(&env).await.contains(&orphan)).then_some(())
-    })
-    .await;
+    eventually("the earlier version's orphan is removed", READY, || async { (!fingerprints(&env).await.contains(&orphan)).then_some(()) })
+        .await;
     let mut expected = vec![current, foreign];
     expected.sort();
     assert_eq!(fingerprints(&env).await, expected, "the object's key and the foreign key stay");

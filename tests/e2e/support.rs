@@ -274,10 +274,7 @@ impl Operator {
         let child = Command::new(env!("CARGO_BIN_EXE_bitbucket-credentials-operator"))
             .arg("run")
             .args(&self.args)
-            .args([
-                format!("--metrics-addr=127.0.0.1:{}", self.metrics_port),
-                format!("--health-addr=127.0.0.1:{}", self.health_port),
-            ])
+            .args([format!("--metrics-addr=127.0.0.1:{}", self.metrics_port), format!("--health-addr=127.0.0.1:{}", self.health_port)])
             .env("KUBECONFIG", &cluster().kubeconfig)
             .env("POD_NAMESPACE", namespace_of(&self.args))
             .env("RUST_LOG", std::env::var("BCO_OPERATOR_LOG").unwrap_or_else(|_| "info,bitbucket_credentials_operator=debug".into()))
@@ -389,17 +386,11 @@ impl Env {
     pub async fn ready(&self, plural: &str, name: &str) -> Option<(String, String, String)> {
         let o = self.get(plural, name).await?;
         let c = o.data["status"]["conditions"].as_array()?.iter().find(|c| c["type"] == "Ready")?.clone();
-        Some((
-            c["status"].as_str()?.to_string(),
-            c["reason"].as_str()?.to_string(),
-            c["message"].as_str().unwrap_or_default().to_string(),
-        ))
+        Some((c["status"].as_str()?.to_string(), c["reason"].as_str()?.to_string(), c["message"].as_str().unwrap_or_default().to_string()))
     }
 
     pub async fn wait_ready(&self, plural: &str, name: &str, timeout: Duration) -> DynamicObject {
-        let gen_ok = |o: &DynamicObject| {
-            o.data["status"]["observedGeneration"].as_i64() == o.metadata.generation
-        };
+        let gen_ok = |o: &DynamicObject| o.data["status"]["observedGeneration"].as_i64() == o.metadata.generation;
         let deadline = Instant::now() + timeout;
         loop {
             if let Some((s, _, _)) = self.ready(plural, name).await
@@ -576,7 +567,11 @@ impl GitEndpoint {
         let proc = Proc { child };
         let deadline = Instant::now() + Duration::from_secs(30);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "sshd did not start: {}", std::fs::read_to_string(dir.with_extension("err.log")).unwrap_or_default());
+            assert!(
+                Instant::now() < deadline,
+                "sshd did not start: {}",
+                std::fs::read_to_string(dir.with_extension("err.log")).unwrap_or_default()
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
         GitEndpoint { port, dir, _proc: proc }
@@ -718,10 +713,7 @@ impl Operator {
         let child = Command::new(env!("CARGO_BIN_EXE_bitbucket-credentials-operator"))
             .arg("run")
             .args(&self.args)
-            .args([
-                format!("--metrics-addr=127.0.0.1:{}", self.metrics_port),
-                format!("--health-addr=127.0.0.1:{}", self.health_port),
-            ])
+            .args([format!("--metrics-addr=127.0.0.1:{}", self.metrics_port), format!("--health-addr=127.0.0.1:{}", self.health_port)])
             .env("KUBECONFIG", kubeconfig)
             .env("POD_NAMESPACE", namespace_of(&self.args))
             .env("RUST_LOG", "info,bitbucket_credentials_operator=debug")

@@ -20,7 +20,6 @@ use crate::support::{Env, PrivateCluster, SECRET_VALUES, SIM_CONFIG, create_name
 const WAIT: Duration = Duration::from_secs(90);
 const OPERATOR_NS: &str = "bco-system";
 
-
 fn api_in(env: &Env, plural: &str, ns: Option<&str>) -> Api<DynamicObject> {
     match ns {
         Some(ns) => Api::namespaced_with(env.client.clone(), ns, &crate::support::resource(plural)),
@@ -92,7 +91,12 @@ fn cluster_workspace(name: &str, url: &str, secret: &str, allowed: &str) -> Stri
 /// Keys in the simulator carrying this object's UID.
 async fn keys_of(env: &Env, o: &DynamicObject) -> usize {
     let mark = uid(o);
-    env.sim.keys().await.iter().filter(|k| crate::support::marked_uid(k["comment"].as_str().unwrap_or_default()).as_deref() == Some(mark.as_str())).count()
+    env.sim
+        .keys()
+        .await
+        .iter()
+        .filter(|k| crate::support::marked_uid(k["comment"].as_str().unwrap_or_default()).as_deref() == Some(mark.as_str()))
+        .count()
 }
 
 #[tokio::test]
@@ -128,8 +132,16 @@ async fn tenants_cannot_reach_each_other_s_workspaces_secrets_or_keys() {
 
     // A cluster workspace admitting team-a by name and team-sel by label; its Secret in
     // the operator's namespace.
-    apply_in(&pc, OPERATOR_NS, "apiVersion: v1\nkind: Secret\nmetadata: {name: bb-cluster}\nstringData: {email: admin@acme.test, token: tok-admin-0123456789}\n");
-    apply_in(&pc, a, &cluster_workspace("shared", &url, "bb-cluster", "{names: [team-a], selector: {matchLabels: {bco-tenancy: allowed}}}"));
+    apply_in(
+        &pc,
+        OPERATOR_NS,
+        "apiVersion: v1\nkind: Secret\nmetadata: {name: bb-cluster}\nstringData: {email: admin@acme.test, token: tok-admin-0123456789}\n",
+    );
+    apply_in(
+        &pc,
+        a,
+        &cluster_workspace("shared", &url, "bb-cluster", "{names: [team-a], selector: {matchLabels: {bco-tenancy: allowed}}}"),
+    );
     apply_in(&pc, a, &access_key("by-name", "ClusterBitbucketWorkspace", "shared", "  repositories: [web]\n"));
     apply_in(&pc, sel, &access_key("by-label", "ClusterBitbucketWorkspace", "shared", "  repositories: [web]\n"));
     apply_in(&pc, out, &access_key("outsider", "ClusterBitbucketWorkspace", "shared", "  repositories: [web]\n"));
@@ -141,7 +153,13 @@ async fn tenants_cannot_reach_each_other_s_workspaces_secrets_or_keys() {
     );
 
     // A cluster workspace whose Secret exists only in a tenant namespace (valid there).
-    apply_in(&pc, a, &format!("apiVersion: v1\nkind: Secret\nmetadata: {{name: bb-tenant}}\nstringData: {{email: tenant@acme.test, token: {tenant_token}}}\n"));
+    apply_in(
+        &pc,
+        a,
+        &format!(
+            "apiVersion: v1\nkind: Secret\nmetadata: {{name: bb-tenant}}\nstringData: {{email: tenant@acme.test, token: {tenant_token}}}\n"
+        ),
+    );
     apply_in(&pc, a, &cluster_workspace("tenant-secret", &url, "bb-tenant", "{names: [team-a]}"));
     apply_in(&pc, a, &access_key("via-tenant-secret", "ClusterBitbucketWorkspace", "tenant-secret", "  repositories: [tools]\n"));
 
@@ -184,14 +202,24 @@ async fn tenants_cannot_reach_each_other_s_workspaces_secrets_or_keys() {
     let before = env_secret(&env, b, "ci-clone").await.expect("owner's Secret");
     let manual_before = env_secret(&env, b, "manual").await.expect("manual Secret");
     apply_in(&pc, b, &access_key("thief", "BitbucketWorkspace", "acme-b", "  repositories: [tools]\n  secret: {name: ci-clone}\n"));
-    apply_in(&pc, b, "apiVersion: bitbucket.credentials.dev/v1alpha1\nkind: BitbucketOAuthConsumer\nmetadata: {name: thief-oc}\nspec:\n  workspaceRef: {name: acme-b}\n  consumerSecretRef: {name: oc-creds}\n  secret: {name: manual}\n");
+    apply_in(
+        &pc,
+        b,
+        "apiVersion: bitbucket.credentials.dev/v1alpha1\nkind: BitbucketOAuthConsumer\nmetadata: {name: thief-oc}\nspec:\n  workspaceRef: {name: acme-b}\n  consumerSecretRef: {name: oc-creds}\n  secret: {name: manual}\n",
+    );
     apply_in(&pc, b, &access_key("thief-by-hand", "BitbucketWorkspace", "acme-b", "  repositories: [tools]\n  secret: {name: manual}\n"));
     for (kind, name, secret) in [(ak, "thief", "ci-clone"), (oc, "thief-oc", "manual"), (ak, "thief-by-hand", "manual")] {
         let m = wait_reason_in(&env, kind, Some(b), name, "SecretConflict").await;
         assert!(m.contains(&format!("{b}/{secret} exists and is not owned by this object")), "{m}");
     }
     // Meanwhile, the tenant's copy is still ignored; the operator's namespace gets one.
-    apply_in(&pc, OPERATOR_NS, &format!("apiVersion: v1\nkind: Secret\nmetadata: {{name: bb-tenant}}\nstringData: {{email: tenant@acme.test, token: {tenant_token}}}\n"));
+    apply_in(
+        &pc,
+        OPERATOR_NS,
+        &format!(
+            "apiVersion: v1\nkind: Secret\nmetadata: {{name: bb-tenant}}\nstringData: {{email: tenant@acme.test, token: {tenant_token}}}\n"
+        ),
+    );
     tokio::time::sleep(Duration::from_secs(5)).await;
     let after = env_secret(&env, b, "ci-clone").await.unwrap();
     assert_eq!(before.data, after.data, "the owner's Secret keeps the owner's key");
@@ -289,7 +317,11 @@ async fn wait_ready_in(env: &Env, ns: &str, name: &str) -> DynamicObject {
         {
             return o;
         }
-        assert!(std::time::Instant::now() < deadline, "{ns}/{name} not Ready: {:?}", ready_in(env, "bitbucketaccesskeys", Some(ns), name).await);
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{ns}/{name} not Ready: {:?}",
+            ready_in(env, "bitbucketaccesskeys", Some(ns), name).await
+        );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
