@@ -51,15 +51,18 @@ pub struct Protection {
 }
 
 impl Protection {
-    fn protected(&self) -> bool {
-        self.finalizers.iter().any(|f| f == IN_USE_FINALIZER) && self.secret_finalizers.iter().any(|f| f == IN_USE_FINALIZER)
+    /// Whether nothing is left to protect. A Secret the operator may only read (namespaced
+    /// mode, the cluster-resource namespace) is not asked for again on every reconcile.
+    fn protected(&self, settings: &super::Settings) -> bool {
+        let writable = settings.watch_namespaces.is_empty() || settings.watch_namespaces.iter().any(|n| *n == self.secret_namespace);
+        self.finalizers.iter().any(|f| f == IN_USE_FINALIZER) && (!writable || self.secret_finalizers.iter().any(|f| f == IN_USE_FINALIZER))
     }
 }
 
 /// Puts the in-use finalizer on the workspace and its auth Secret if either lacks it.
 /// Called before anything is registered through the workspace.
 pub async fn protect(ctx: &Context, p: &Protection) -> Result<()> {
-    if p.protected() {
+    if p.protected(&ctx.settings) {
         return Ok(());
     }
     if !p.secret_finalizers.iter().any(|f| f == IN_USE_FINALIZER) {
