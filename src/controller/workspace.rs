@@ -54,7 +54,7 @@ impl Protection {
     /// Whether nothing is left to protect. A Secret the operator may only read (namespaced
     /// mode, the cluster-resource namespace) is not asked for again on every reconcile.
     fn protected(&self, settings: &super::Settings) -> bool {
-        let writable = settings.watch_namespaces.is_empty() || settings.watch_namespaces.iter().any(|n| *n == self.secret_namespace);
+        let writable = settings.watch_namespaces.is_empty() || settings.watch_namespaces.contains(&self.secret_namespace);
         self.finalizers.iter().any(|f| f == IN_USE_FINALIZER) && (!writable || self.secret_finalizers.iter().any(|f| f == IN_USE_FINALIZER))
     }
 }
