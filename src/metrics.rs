@@ -46,6 +46,9 @@ pub struct Metrics {
     pub reconcile_duration: Family<ControllerLabels, Histogram>,
     pub reconcile_panics: Counter,
     pub rate_budget_remaining: Family<CredentialLabels, Gauge>,
+    pub rate_limited: Family<CredentialLabels, Counter>,
+    pub rate_limit_cooldown_until: Family<CredentialLabels, Gauge>,
+    pub drift_check_interval: Family<CredentialLabels, Gauge>,
     pub seconds_until_deadline: Family<ObjectLabels, Gauge>,
     registry: Mutex<Registry>,
 }
@@ -58,6 +61,9 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         reconcile_panics: Counter::default(),
         reconcile_duration: Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.005, 2.0, 14))),
         rate_budget_remaining: Family::default(),
+        rate_limited: Family::default(),
+        rate_limit_cooldown_until: Family::default(),
+        drift_check_interval: Family::default(),
         seconds_until_deadline: Family::default(),
         registry: Mutex::new(Registry::with_prefix("bitbucket_credentials_operator")),
     };
@@ -76,6 +82,17 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             "rate_budget_remaining",
             "Requests left in the operator's own hourly budget, per credential (label: kind and a short salted digest, never an account or key)",
             m.rate_budget_remaining.clone(),
+        );
+        r.register("bitbucket_rate_limited", "Bitbucket's 429 answers, per credential", m.rate_limited.clone());
+        r.register(
+            "rate_limit_cooldown_until_timestamp_seconds",
+            "Unix time until which a credential's requests pause after Bitbucket's 429 (in the past: no cool-down)",
+            m.rate_limit_cooldown_until.clone(),
+        );
+        r.register(
+            "drift_check_interval_seconds",
+            "How often the access keys of a credential are compared with Bitbucket, as its budget share allows",
+            m.drift_check_interval.clone(),
         );
         r.register(
             "seconds_until_deadline",

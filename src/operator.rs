@@ -21,7 +21,7 @@ use crate::api::{
     BitbucketAccessKey, BitbucketOAuthConsumer, BitbucketWorkspace, ClusterBitbucketWorkspace, MANAGED_BY_LABEL, MANAGED_BY_VALUE,
     WorkspaceKind,
 };
-use crate::bitbucket::{AllowedUrls, Bitbucket, ClientOptions};
+use crate::bitbucket::{AllowedUrls, Bitbucket, ClientOptions, DriftPace};
 use crate::controller::{Context, Settings, access_key, oauth_consumer, workspace};
 use crate::metrics::METRICS;
 use crate::telemetry::LogFormat;
@@ -47,9 +47,18 @@ pub struct Config {
     pub leader_elect: bool,
     #[arg(long, env = "BCO_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
-    /// How often a Ready access key is compared with Bitbucket (drift repair).
+    /// The longest time between two comparisons of a Ready access key with Bitbucket
+    /// (drift repair). Keys are compared as often as --drift-budget-share of their
+    /// credential's requestsPerHour allows, between --drift-check-min-interval and this;
+    /// when the share cannot cover every target this often, the share wins.
     #[arg(long, env = "BCO_DRIFT_CHECK_INTERVAL", default_value = "6h", value_parser = parse_go_duration)]
     pub drift_check_interval: Duration,
+    /// The shortest time between two comparisons of an access key with Bitbucket.
+    #[arg(long, env = "BCO_DRIFT_CHECK_MIN_INTERVAL", default_value = "2m", value_parser = parse_go_duration)]
+    pub drift_check_min_interval: Duration,
+    /// Percent of each credential's requestsPerHour that drift checks may spend on listings.
+    #[arg(long, env = "BCO_DRIFT_BUDGET_SHARE", default_value_t = 20, value_parser = clap::value_parser!(u8).range(1..=100))]
+    pub drift_budget_share: u8,
     /// Reconciles in flight at once, per controller.
     #[arg(long, env = "BCO_CONCURRENCY", default_value_t = 16)]
     pub concurrency: u16,
@@ -68,6 +77,10 @@ pub struct Config {
     /// a shorter window exists for tests and benchmarks that scale the hour down.
     #[arg(long, env = "BCO_RATE_WINDOW", default_value = "1h", value_parser = parse_go_duration, hide = true)]
     pub rate_window: Duration,
+    /// The first cool-down after Bitbucket's 429 (doubling while 429s continue, up to 15
+    /// times it); shorter only in tests.
+    #[arg(long, env = "BCO_RATE_LIMIT_COOLDOWN", default_value = "1m", value_parser = parse_go_duration, hide = true)]
+    pub rate_limit_cooldown: Duration,
     /// Comma-separated Bitbucket URLs (API and site) that workspaces may use; a
     /// workspace's apiURL and siteURL must each lie under one of them (same scheme, host,
     /// port, and path prefix). http only where an http URL is listed.
@@ -133,7 +146,11 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     let settings = Settings {
         cluster_name: config.cluster_name.clone(),
         cluster_resource_namespace,
-        drift_check_interval: config.drift_check_interval,
+        drift: DriftPace {
+            share_percent: config.drift_budget_share,
+            floor: config.drift_check_min_interval.min(config.drift_check_interval),
+            ceiling: config.drift_check_interval,
+        },
         reconcile_timeout: config.reconcile_timeout,
         watch_namespaces: config.watch_namespaces.clone(),
         per_workspace_concurrency: usize::from(config.per_workspace_concurrency.unwrap_or(config.concurrency.saturating_mul(3) / 4).max(1)),
@@ -143,6 +160,8 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     let bitbucket = Arc::new(Bitbucket::new(ClientOptions {
         timeout: config.bitbucket_timeout,
         budget_window: config.rate_window,
+        cooldown: config.rate_limit_cooldown,
+        cooldown_max: config.rate_limit_cooldown.saturating_mul(15),
         allowed_urls,
         ..Default::default()
     })?);

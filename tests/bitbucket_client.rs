@@ -161,7 +161,7 @@ async fn rate_limits_server_errors_and_timeouts_are_transient() {
     let _ = c.list_keys(&api).await;
     let _ = c.list_keys(&api).await;
     let limited = c.list_keys(&api).await.unwrap_err();
-    assert_eq!(limited, Error::RateLimited);
+    assert!(matches!(limited, Error::RateLimited { .. }), "{limited:?}");
     assert!(limited.is_transient());
 
     let url = sim(&format!("{CONFIG}faults: {{errorRate: 1.0}}\n")).await;
@@ -174,6 +174,43 @@ async fn rate_limits_server_errors_and_timeouts_are_transient() {
 
     let e = client("http://127.0.0.1:9", admin(), fast()).list_keys(&api).await.unwrap_err();
     assert!(matches!(e, Error::Transport(_)) && e.is_transient(), "{e:?}");
+}
+
+/// How many requests the simulator has seen.
+async fn requests_seen(url: &str) -> u64 {
+    let log: serde_json::Value = reqwest::get(format!("{url}/_sim/requests")).await.unwrap().json().await.unwrap();
+    log["total"].as_u64().unwrap()
+}
+
+#[tokio::test]
+async fn a_429_pauses_the_whole_credential_without_quick_retries() {
+    let url = sim(&format!("{CONFIG}faults: {{rateLimitBurstRate: 1.0}}\n")).await;
+    let options = ClientOptions { cooldown: Duration::from_millis(400), cooldown_max: Duration::from_secs(2), ..fast() };
+    let bb = Arc::new(Bitbucket::new(allowing(&url, options)).unwrap());
+    let one = bb.workspace("acme", bb.credential(&format!("{url}/2.0"), &url, &admin(), 100_000).unwrap());
+    let other = bb.workspace("acme", bb.credential(&format!("{url}/2.0"), &url, &admin(), 100_000).unwrap());
+    let api = Target::Repository("api".into());
+
+    let e = one.list_keys(&api).await.unwrap_err();
+    let Error::RateLimited { retry_after } = e else { panic!("{e:?}") };
+    assert!(retry_after >= Duration::from_millis(300), "{retry_after:?}");
+    assert_eq!(requests_seen(&url).await, 1, "a 429 is not retried within the call");
+    // Every user of the credential waits, without sending anything.
+    let e = other.create_key(&api, key().public_key(), "x").await.unwrap_err();
+    assert!(matches!(e, Error::RateLimited { .. }), "{e:?}");
+    assert_eq!(requests_seen(&url).await, 1, "nothing is sent during the cool-down");
+    // Another credential is not held up.
+    let reader = Auth::ApiToken { email: "reader@acme.test".into(), token: SecretString::new("tok-reader") };
+    let _ = bb.workspace("acme", bb.credential(&format!("{url}/2.0"), &url, &reader, 100_000).unwrap()).list_keys(&api).await;
+    assert_eq!(requests_seen(&url).await, 2);
+
+    // The next 429 after the cool-down doubles it; a normal answer ends the episode.
+    tokio::time::sleep(retry_after).await;
+    let Error::RateLimited { retry_after: second } = one.list_keys(&api).await.unwrap_err() else { panic!() };
+    assert!(second >= Duration::from_millis(600), "doubled: {second:?}");
+    reqwest::Client::new().put(format!("{url}/_sim/faults")).body("{}").send().await.unwrap().error_for_status().unwrap();
+    tokio::time::sleep(second).await;
+    one.list_keys(&api).await.expect("Bitbucket answers again");
 }
 
 #[tokio::test]

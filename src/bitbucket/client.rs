@@ -7,7 +7,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::json;
 
 use super::allowed::{AllowedUrls, Location};
-use super::credential::{Auth, Credential, CredentialKey, MAX_TOKEN_LIFETIME, Token};
+use super::credential::{Auth, Credential, CredentialKey, Limits, MAX_TOKEN_LIFETIME, Token};
 use super::types::{DeployKey, ErrorBody, OAuthErrorBody, Page, Target, TokenBody};
 use super::{Error, Result};
 use crate::metrics::METRICS;
@@ -24,6 +24,10 @@ pub struct ClientOptions {
     pub backoff_max: Duration,
     /// The window `requestsPerHour` applies to (an hour; scaled down only for tests).
     pub budget_window: Duration,
+    /// The cool-down after Bitbucket's 429 (shared by everything using the credential),
+    /// doubling while 429s continue, up to `cooldown_max`.
+    pub cooldown: Duration,
+    pub cooldown_max: Duration,
     /// The Bitbucket URLs workspaces may use (`--allowed-bitbucket-urls`).
     pub allowed_urls: AllowedUrls,
 }
@@ -36,6 +40,8 @@ impl Default for ClientOptions {
             backoff_base: Duration::from_millis(500),
             backoff_max: Duration::from_secs(8),
             budget_window: super::credential::HOUR,
+            cooldown: super::credential::COOLDOWN,
+            cooldown_max: super::credential::COOLDOWN_MAX,
             allowed_urls: AllowedUrls::default(),
         }
     }
@@ -94,7 +100,12 @@ impl Bitbucket {
             .map
             .entry(key)
             .or_insert_with_key(|key| {
-                Arc::new(Credential::new(key, (api_url, site_url), auth.clone(), requests_per_hour, self.options.budget_window))
+                let limits = Limits {
+                    window: self.options.budget_window,
+                    cooldown: self.options.cooldown,
+                    cooldown_max: self.options.cooldown_max.max(self.options.cooldown),
+                };
+                Arc::new(Credential::new(key, (api_url, site_url), auth.clone(), requests_per_hour, limits))
             })
             .clone();
         cred.touch();
@@ -153,14 +164,20 @@ impl Bitbucket {
                     let status = resp.status();
                     METRICS.request("token", status.as_str());
                     let body = resp.bytes().await.map_err(|e| transport_error(&e, self.options.timeout))?;
-                    decode_token(status, &body)
+                    if status == StatusCode::TOO_MANY_REQUESTS {
+                        Err(Error::RateLimited { retry_after: credential.rate_limited() })
+                    } else {
+                        credential.answered();
+                        decode_token(status, &body)
+                    }
                 }
             };
             if let Err(e) = &result {
                 if matches!(e, Error::Transport(_) | Error::Timeout(_)) {
                     METRICS.request("token", "error");
                 }
-                if e.is_transient() && attempt < self.options.max_attempts {
+                // A 429 is not retried here: the credential's cool-down decides when.
+                if e.is_transient() && !e.is_rate_limit() && attempt < self.options.max_attempts {
                     tokio::time::sleep(self.backoff(attempt)).await;
                     continue;
                 }
@@ -188,9 +205,6 @@ fn decode_token(status: StatusCode, body: &[u8]) -> Result<Token> {
             expires_in: lifetime(t.expires_in.as_ref()),
             obtained: Instant::now(),
         });
-    }
-    if status == StatusCode::TOO_MANY_REQUESTS {
-        return Err(Error::RateLimited);
     }
     if status.is_server_error() {
         return Err(Error::Server { status: status.as_u16() });
@@ -386,7 +400,7 @@ impl WorkspaceClient {
         let mut url = format!("{}?pagelen=100", self.keys_url(target));
         let mut keys = Vec::new();
         let op = Self::op(target, "list");
-        for _ in 0..1000 {
+        for pages in 1..=1000 {
             let body = self.call(&op, Method::GET, &url, None, Subject::Target(target)).await?;
             let page: Page<DeployKey> = serde_json::from_slice(&body).map_err(|e| Error::Decode(format!("deploy key page: {e}")))?;
             keys.extend(page.values);
@@ -402,7 +416,10 @@ impl WorkspaceClient {
                     }
                     url = next
                 }
-                _ => return Ok(keys),
+                _ => {
+                    self.credential.listed(&self.listing_key(target), pages);
+                    return Ok(keys);
+                }
             }
         }
         Err(Error::Decode("more than 1000 pages of deploy keys".into()))
@@ -524,8 +541,15 @@ impl WorkspaceClient {
                     METRICS.request(op, status.as_str());
                     match resp.bytes().await {
                         Err(e) => Err(transport_error(&e, self.bb.options.timeout)),
-                        Ok(bytes) if status.is_success() => return Ok(bytes),
+                        Ok(_) if status == StatusCode::TOO_MANY_REQUESTS => {
+                            Err(Error::RateLimited { retry_after: self.credential.rate_limited() })
+                        }
+                        Ok(bytes) if status.is_success() => {
+                            self.credential.answered();
+                            return Ok(bytes);
+                        }
                         Ok(bytes) => {
+                            self.credential.answered();
                             // What the OAuth token was granted tells a scope problem from
                             // a consumer that cannot reach this workspace.
                             let granted = match (&bearer, status) {
@@ -544,7 +568,8 @@ impl WorkspaceClient {
                 self.bearer(true).await?;
                 continue;
             }
-            if e.is_transient() && attempt < self.bb.options.max_attempts {
+            // A 429 is not retried here: the credential's cool-down decides when.
+            if e.is_transient() && !e.is_rate_limit() && attempt < self.bb.options.max_attempts {
                 tokio::time::sleep(self.bb.backoff(attempt)).await;
                 continue;
             }
@@ -574,7 +599,8 @@ impl WorkspaceClient {
             400 if lower.contains("already added") => Error::DuplicateKey(message),
             400 if lower.contains("key") => Error::InvalidKey(message),
             400 => Error::BadRequest(message),
-            429 => Error::RateLimited,
+            // `call` starts the cool-down before it gets here.
+            429 => Error::RateLimited { retry_after: self.credential.cooling_down().unwrap_or(self.bb.options.cooldown) },
             s if s >= 500 => Error::Server { status: s },
             s => Error::Decode(format!("HTTP {s}: {message}")),
         }

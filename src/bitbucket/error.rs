@@ -47,8 +47,13 @@ pub enum Error {
     InvalidKey(String),
     #[error("Bitbucket rejected the request (400): {0}")]
     BadRequest(String),
-    #[error("Bitbucket rate limit reached (429)")]
-    RateLimited,
+    /// Bitbucket answered 429 to this credential (now or a moment ago): no request with it
+    /// goes out for `retry_after`.
+    #[error(
+        "Bitbucket answered 429 (rate limit) to this credential: every request with it pauses for {}s (a cool-down of 1 min, doubling up to 15 min while 429s continue). Lower requestsPerHour if this repeats",
+        retry_after.as_secs().max(1)
+    )]
+    RateLimited { retry_after: Duration },
     /// The operator's own budget for the credential (`requestsPerHour`) is spent: nothing
     /// was sent. Retry no sooner than `retry_after`.
     #[error("the operator's own request budget for this credential (requestsPerHour) is spent; the next request may go in {}s", retry_after.as_secs().max(1))]
@@ -85,7 +90,7 @@ impl Error {
     pub fn is_transient(&self) -> bool {
         matches!(
             self,
-            Error::RateLimited
+            Error::RateLimited { .. }
                 | Error::BudgetExhausted { .. }
                 | Error::Server { .. }
                 | Error::Timeout(_)
@@ -95,12 +100,18 @@ impl Error {
     }
 
     /// How long to wait before the same call can be made, when that is known (the
-    /// operator's own budget knows; Bitbucket's 429 carries no Retry-After).
+    /// operator's own budget knows; after Bitbucket's 429, which carries no Retry-After,
+    /// the credential's cool-down).
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
-            Error::BudgetExhausted { retry_after } => Some(*retry_after),
+            Error::BudgetExhausted { retry_after } | Error::RateLimited { retry_after } => Some(*retry_after),
             _ => None,
         }
+    }
+
+    /// A 429, or the operator's own budget: waiting, not retrying, is the answer.
+    pub fn is_rate_limit(&self) -> bool {
+        matches!(self, Error::RateLimited { .. } | Error::BudgetExhausted { .. })
     }
 
     /// The condition reason and metric label for this error.
@@ -119,7 +130,7 @@ impl Error {
             Error::DuplicateKey(_) => "DuplicateKey",
             Error::InvalidKey(_) => "InvalidKey",
             Error::BadRequest(_) => "BadRequest",
-            Error::RateLimited | Error::BudgetExhausted { .. } => "RateLimited",
+            Error::RateLimited { .. } | Error::BudgetExhausted { .. } => "RateLimited",
             Error::UrlNotAllowed { .. } => "URLNotAllowed",
             Error::Server { .. } => "BitbucketUnavailable",
             Error::Timeout(_) => "BitbucketTimeout",

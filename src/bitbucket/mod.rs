@@ -9,7 +9,7 @@ mod types;
 
 pub use allowed::{AllowedUrls, BITBUCKET_CLOUD};
 pub use client::{Bitbucket, ClientOptions, WorkspaceClient};
-pub use credential::{Auth, Credential, MAX_TOKEN_LIFETIME, Token};
+pub use credential::{Auth, Credential, DriftPace, MAX_TOKEN_LIFETIME, Token, paced_interval};
 pub use error::Error;
 pub use types::{DeployKey, Target, key_body};
 

@@ -247,9 +247,39 @@ enum Lookup {
     Shared,
 }
 
-/// How old a shared listing may be: a tenth of the drift check interval, at most 5 min.
-fn shared_listing_age(ctx: &Context) -> Duration {
-    (ctx.settings.drift_check_interval / 10).min(Duration::from_secs(300))
+/// How old a shared listing may be: longer than the spread of the objects that come due
+/// on one slot (`slot_spread`), so that one listing serves them all.
+fn shared_listing_age(interval: Duration) -> Duration {
+    (interval / 4).min(Duration::from_secs(60))
+}
+
+/// How far apart the objects due on one slot arrive.
+fn slot_spread(interval: Duration) -> Duration {
+    (interval / 20).min(Duration::from_secs(10))
+}
+
+/// When an object verified at `last` (Unix seconds) is next compared with Bitbucket: on
+/// the first slot of its first target's schedule at least half an interval later. Slots
+/// repeat every `interval` from a phase that `target` decides; every object whose first
+/// target is the same comes due together (one listing serves them all), while the
+/// targets themselves are spread over the interval. A restart keeps the schedule: it
+/// depends on the recorded time and the target alone.
+fn drift_due_at(last: f64, interval: Duration, target: &str) -> f64 {
+    let period = interval.as_secs_f64().max(1.0);
+    // FNV-1a: the same phase in every process.
+    let hash = target.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3));
+    let phase = (hash % 1_000_000) as f64 / 1_000_000.0 * period;
+    let earliest = last + period / 2.0;
+    let slots = ((earliest - phase) / period).ceil();
+    phase + slots * period
+}
+
+fn unix_now() -> f64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
+}
+
+fn unix(t: &k8s_openapi::apimachinery::pkg::apis::meta::v1::Time) -> f64 {
+    t.0.as_millisecond() as f64 / 1000.0
 }
 
 /// Everything one reconcile needs to act, resolved once.
@@ -265,6 +295,8 @@ struct Run<'a> {
     /// Keys created in Bitbucket by this reconcile (fingerprint, target), announced in
     /// one event once status records them.
     created: std::sync::Mutex<Vec<(String, String)>>,
+    /// How old a listing shared with other objects' drift checks may be.
+    listing_age: Duration,
 }
 
 impl Run<'_> {
@@ -341,8 +373,8 @@ impl Run<'_> {
                         Lookup::Create => None,
                         Lookup::Fresh => Some(Arc::new(client.list_keys(&target).await.map_err(wrap)?)),
                         Lookup::Shared => {
-                            let age = shared_listing_age(self.ctx);
-                            let shared = self.ctx.caches.listing(client.listing_key(&target), age, || client.list_keys(&target)).await;
+                            let shared =
+                                self.ctx.caches.listing(client.listing_key(&target), self.listing_age, || client.list_keys(&target)).await;
                             let shared = shared.map_err(wrap)?;
                             // A key missing from a shared listing may be newer than it: look again.
                             if shared.iter().any(|k| k.key_body() == key.public_key_body()) {
@@ -568,7 +600,26 @@ async fn apply(obj: &BitbucketAccessKey, ctx: &Context, inputs: Inputs) -> Resul
     let original = obj.status.clone().unwrap_or_default();
     let mut st = original.clone();
     let fingerprints = known_fingerprints(&original, current.iter().chain(pending.iter()));
-    let run = Run { obj, ctx, ws, uid: uid.clone(), fingerprints, secret_name: secret_name.clone(), secrets, created: Default::default() };
+    // Drift checks are paced by a share of the credential's budget, and fall due on the
+    // slot of the object's first target.
+    let pace = ctx.settings.drift;
+    let credential = ws.client.credential().clone();
+    let listing_keys: Vec<String> = targets.iter().map(|t| ws.client.listing_key(t)).collect();
+    credential.note_drift_targets(listing_keys.iter().map(String::as_str), &pace);
+    let interval = credential.drift_interval(&pace);
+    let phase_key = listing_keys.iter().min().cloned().unwrap_or_default();
+    let listing_age = shared_listing_age(interval);
+    let run = Run {
+        obj,
+        ctx,
+        ws,
+        uid: uid.clone(),
+        fingerprints,
+        secret_name: secret_name.clone(),
+        secrets,
+        created: Default::default(),
+        listing_age,
+    };
     let grace = grace_period(&obj.spec);
     let key_spec = KeySpec::new(obj.spec.key_type, obj.spec.rsa_bits, obj.spec.ecdsa_curve);
     let mut secret_state = existing;
@@ -600,8 +651,20 @@ async fn apply(obj: &BitbucketAccessKey, ctx: &Context, inputs: Inputs) -> Resul
     // A new object's first registration creates directly (a 400 is followed by a
     // listing, and a key that is already there adopted); listing every target's keys waits for the first
     // drift check, so creating N objects on one repository costs N creates, not N lists.
-    let drift_due = st.last_verified_time.as_ref().is_some_and(|t| has_passed(t, ctx.settings.drift_check_interval));
     let spec_changed = original.observed_generation.is_some() && original.observed_generation != generation;
+    let mut drift_due = st.last_verified_time.as_ref().is_some_and(|t| drift_due_at(unix(t), interval, &phase_key) <= unix_now());
+    // However the interval's estimate errs (just after a start few targets are known),
+    // drift checks spend no more than their share: past it, the check waits, the object
+    // stays as it is.
+    let mut deferred = None;
+    if drift_due && !spec_changed {
+        let fetches = listing_keys.iter().filter(|k| !ctx.caches.has_listing(k, listing_age)).count();
+        if let Err(wait) = credential.drift_permit(u32::try_from(fetches).unwrap_or(u32::MAX), &pace) {
+            tracing::debug!(object = %super::display_name(obj), wait_s = wait.as_secs(), "drift check waits for its share of the budget");
+            drift_due = false;
+            deferred = Some(wait);
+        }
+    }
     let mut list = drift_due || spec_changed;
 
     // First key, or the private key is gone (Secret deleted): a new key, persisted first.
@@ -771,7 +834,14 @@ async fn apply(obj: &BitbucketAccessKey, ctx: &Context, inputs: Inputs) -> Resul
     }
 
     // Wake up for the next thing that is due.
-    let mut next = jitter(ctx.settings.drift_check_interval);
+    let mut next = match (deferred, &st.last_verified_time) {
+        (Some(wait), _) => wait + random_up_to(interval / 2),
+        (None, Some(t)) => {
+            Duration::try_from_secs_f64((drift_due_at(unix(t), interval, &phase_key) - unix_now()).max(0.0)).unwrap_or(interval)
+                + random_up_to(slot_spread(interval))
+        }
+        (None, None) => jitter(interval),
+    };
     if let Some(t) = &st.next_rotation_time {
         METRICS
             .seconds_until_deadline
@@ -783,6 +853,11 @@ async fn apply(obj: &BitbucketAccessKey, ctx: &Context, inputs: Inputs) -> Resul
         next = next.min(Duration::from_secs(super::seconds_until(&k.remove_after).max(1).unsigned_abs()));
     }
     Ok(super::requeue(next))
+}
+
+fn random_up_to(d: Duration) -> Duration {
+    use rand::Rng;
+    Duration::from_millis(rand::thread_rng().gen_range(0..=u64::try_from(d.as_millis()).unwrap_or(u64::MAX)))
 }
 
 /// Deletion: with `Delete`, every key carrying this object's mark goes from every target it
@@ -994,6 +1069,43 @@ mod tests {
             prop::collection::vec(part, 1..4).prop_map(|p| p.concat()),
             prop::sample::select(vec!["1h".to_string(), "87600h".into(), "720h".into(), "0s".into(), "0h".into(), "1ns".into()]),
         ]
+    }
+
+    #[test]
+    fn objects_on_one_target_come_due_together_and_targets_spread_out() {
+        let interval = Duration::from_secs(120);
+        let t0 = 1_800_000_000.0;
+        // Verified at different moments, the objects of one target meet on one slot.
+        let a = drift_due_at(t0, interval, "repo-a");
+        let b = drift_due_at(t0 + 37.0, interval, "repo-a");
+        assert!(a == b || (a - b).abs() == 120.0, "{a} {b}");
+        for last in [t0, t0 + 1.0, t0 + 59.0, t0 + 119.0] {
+            let due = drift_due_at(last, interval, "repo-a");
+            assert!(due - last >= 60.0 && due - last <= 180.0, "due {}s after the check", due - last);
+            // Checked on the slot, the next one is one interval later.
+            assert!((drift_due_at(due, interval, "repo-a") - due - 120.0).abs() < 1e-6);
+        }
+        // Different targets are spread over the interval.
+        let phases: BTreeSet<i64> = (0..50).map(|i| (drift_due_at(t0, interval, &format!("repo-{i}")) % 120.0) as i64).collect();
+        assert!(phases.len() > 25, "{phases:?}");
+    }
+
+    #[test]
+    fn the_budget_share_decides_the_interval_within_its_bounds() {
+        use crate::bitbucket::{DriftPace, paced_interval};
+        let pace = DriftPace { share_percent: 20, floor: Duration::from_secs(120), ceiling: Duration::from_secs(6 * 3600) };
+        let hour = Duration::from_secs(3600);
+        // 20 % of 900 is 180 listings an hour.
+        assert_eq!(paced_interval(4, 900, &pace, hour), Duration::from_secs(120), "the floor");
+        assert_eq!(paced_interval(30, 900, &pace, hour), Duration::from_secs(600));
+        assert_eq!(paced_interval(0, 900, &pace, hour), Duration::from_secs(120));
+        // 10,000 targets cannot all be checked every 6 h on 180 an hour: the share wins.
+        let many = paced_interval(10_000, 900, &pace, hour);
+        assert!((many.as_secs_f64() - 10_000.0 / 180.0 * 3600.0).abs() < 1.0, "{many:?}");
+        assert!(paced_interval(1000, 900, &pace, hour) < pace.ceiling);
+        // Extremes never panic.
+        let _ = paced_interval(u64::MAX, 0, &DriftPace { share_percent: 0, ..pace }, Duration::MAX);
+        let _ = paced_interval(u64::MAX, u32::MAX, &DriftPace { share_percent: 255, ..pace }, Duration::ZERO);
     }
 
     proptest::proptest! {

@@ -73,6 +73,11 @@ impl Caches {
         Ok(keys.clone())
     }
 
+    /// Whether a listing under `key` younger than `max_age` is there to share.
+    pub fn has_listing(&self, key: &str, max_age: Duration) -> bool {
+        lock(&self.listings).get(key).and_then(|c| c.get()).is_some_and(|(at, _)| at.elapsed() < max_age)
+    }
+
     /// Marks a Secret as being written: its watch event may arrive before the write's
     /// answer does, and is that write's echo.
     pub fn writing(&self, namespace: &str, name: &str) {

@@ -32,8 +32,9 @@ pub const FIELD_MANAGER: &str = "bitbucket-credentials-operator";
 pub struct Settings {
     pub cluster_name: String,
     pub cluster_resource_namespace: String,
-    /// How often a Ready access key is compared with Bitbucket.
-    pub drift_check_interval: Duration,
+    /// How often a Ready access key is compared with Bitbucket: from a share of its
+    /// credential's budget, within bounds.
+    pub drift: crate::bitbucket::DriftPace,
     /// The longest one reconcile may take; past it, it is stopped and retried later.
     pub reconcile_timeout: Duration,
     /// Reconciles in flight at once that use one workspace object (the others go on).
@@ -157,10 +158,9 @@ impl Context {
             // Someone has to change something: look again now and then, not in a loop.
             (Duration::from_secs(30), Duration::from_secs(900))
         };
-        let base =
-            if matches!(error, Error::Bitbucket { source: bitbucket::Error::RateLimited, .. }) { Duration::from_secs(60) } else { base };
         let delay = base.saturating_mul(1 << (*n - 1).min(10)).min(max);
-        // The operator's own budget says exactly when the next request may go.
+        // The operator's own budget, or the credential's cool-down after a 429, says
+        // exactly when the next request may go.
         match error.retry_after() {
             Some(at) => jitter(at.max(Duration::from_secs(1))).max(at).min(MAX_REQUEUE),
             None => jitter(delay),

@@ -367,6 +367,43 @@ async fn a_crash_between_any_two_steps_loses_nothing_and_orphans_nothing() {
     }
 }
 
+/// At the operator's defaults (drift checks from 20 % of a 900 requests/hour budget, at
+/// most every 2 min), a small install gets a key deleted in Bitbucket back within minutes,
+/// and its drift checks stay within their share.
+#[tokio::test]
+async fn a_key_deleted_in_bitbucket_is_restored_within_five_minutes_at_default_settings() {
+    let env = Env::with("drift-default", crate::support::SIM_CONFIG, &[]).await;
+    env.workspace().await;
+    let repos = ["api", "web", "tools", "infra"];
+    let names: Vec<String> = (0..20).map(|i| format!("ci-{i}")).collect();
+    for (i, n) in names.iter().enumerate() {
+        env.apply(&access_key(n, &format!("  repositories: [{}]\n", repos[i % repos.len()]))).await;
+    }
+    let mut victim = None;
+    for n in &names {
+        let o = env.wait_ready("bitbucketaccesskeys", n, READY).await;
+        if n == "ci-6" {
+            victim = Some((status_str(&o, "fingerprint"), o.data["status"]["registrations"][0]["id"].as_i64().unwrap()));
+        }
+    }
+    let (fp, id) = victim.unwrap();
+    let lists = |v: &Value| v["byEndpoint"]["repo_keys_list"].as_u64().unwrap_or(0);
+    let before = lists(&env.sim.requests().await);
+    env.sim.delete_key(id).await;
+    let started = std::time::Instant::now();
+    eventually("the deleted key is registered again", Duration::from_secs(300), || async {
+        (targets_of(&env, &fp).await == set(&["tools"])).then_some(())
+    })
+    .await;
+    let restored = started.elapsed();
+    let listed = lists(&env.sim.requests().await) - before;
+    // 20 % of 900 an hour is 3 listings a minute.
+    let allowed = (restored.as_secs_f64() / 60.0 * 3.0).ceil() as u64 + 2;
+    assert!(listed <= allowed, "{listed} listings in {restored:?}: more than the drift share ({allowed})");
+    assert_eq!(env.sim.keys().await.len(), 20, "every key there, once");
+    eprintln!("restored after {restored:?} with {listed} listings of the 4 repositories");
+}
+
 /// Drift checks of objects on the same repository read its keys once between them, not
 /// once each, and still find every key.
 #[tokio::test]
@@ -384,7 +421,8 @@ async fn drift_checks_on_one_repository_share_its_listing() {
     }
     let lists = |v: &Value| v["byEndpoint"]["repo_keys_list"].as_u64().unwrap_or(0);
     let before = lists(&env.sim.requests().await);
-    // Each object's first drift check comes 20-48 s after it was verified.
+    // Each object's first drift check comes on its repository's slot 10-30 s after it was
+    // verified (plus a spread of 1 s).
     tokio::time::sleep(Duration::from_secs(50)).await;
     let listed = lists(&env.sim.requests().await) - before;
     let mut checked = 0;

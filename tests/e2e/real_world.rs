@@ -227,3 +227,51 @@ async fn a_key_marked_by_an_earlier_version_is_still_recognised() {
     expected.sort();
     assert_eq!(fingerprints(&env).await, expected, "the object's key and the foreign key stay");
 }
+
+fn rate_limited(requests: &Value) -> u64 {
+    requests["byStatus"]["429"].as_u64().unwrap_or(0)
+}
+
+/// Bitbucket's 429 pauses the whole credential: no reconcile retries it at once, none of
+/// the others sends anything until the cool-down is over, and each says why it waits.
+#[tokio::test]
+async fn a_429_pauses_every_reconcile_that_uses_the_credential() {
+    let env = Env::with("rw-429", SIM_CONFIG, &["--drift-check-interval=1h"]).await;
+    env.workspace().await;
+    let names: Vec<String> = (0..6).map(|i| format!("burst-{i}")).collect();
+    for name in &names {
+        env.apply(&access_key(name, "  repositories: [api]\n")).await;
+    }
+    for name in &names {
+        env.wait_ready("bitbucketaccesskeys", name, READY).await;
+    }
+    set_faults(&env.sim, json!({"rateLimitBurstRate": 1.0})).await;
+    let before = rate_limited(&env.sim.requests().await);
+    for name in &names {
+        env.apply(&format!(
+            "apiVersion: bitbucket.credentials.dev/v1alpha1\nkind: BitbucketAccessKey\nmetadata: {{name: {name}, annotations: {{bitbucket.credentials.dev/rotate: now}}}}\nspec:\n  workspaceRef: {{name: acme}}\n  repositories: [api]\n"
+        ))
+        .await;
+    }
+    let message = env.wait_reason("bitbucketaccesskeys", "burst-3", "RateLimited", READY).await;
+    assert!(message.contains("429") && message.contains("pauses"), "{message}");
+    // Long enough for three quick retries of every reconcile, well within the cool-down.
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    let answered = rate_limited(&env.sim.requests().await) - before;
+    assert!((1..=names.len() as u64).contains(&answered), "{answered} 429s: at most one per reconcile that was already on its way");
+    let metrics = env.operator.metrics().await;
+    let until = metrics
+        .lines()
+        .find(|l| l.starts_with("bitbucket_credentials_operator_rate_limit_cooldown_until_timestamp_seconds{"))
+        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .unwrap_or_else(|| panic!("no cool-down metric:\n{metrics}"));
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
+    assert!(until > now, "the cool-down is still on: {until} <= {now}");
+    assert!(metrics.contains("bitbucket_credentials_operator_bitbucket_rate_limited_total{"), "{metrics}");
+    // Once Bitbucket answers again, everything converges after the cool-down.
+    set_faults(&env.sim, json!({})).await;
+    for name in &names {
+        let o = env.wait_ready("bitbucketaccesskeys", name, Duration::from_secs(150)).await;
+        assert_eq!(o.data["status"]["rotateRequest"], "now", "{name} rotated");
+    }
+}
