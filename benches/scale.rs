@@ -3,7 +3,9 @@
 //! (the machine is shared and noisy), printed as a table and written to
 //! target/bench/results.json. Sizes: BENCH_OBJECTS (comma-separated, default
 //! "1000,10000"; memory and restart use the last), BENCH_UNRELATED_SECRETS (default
-//! 50000), BENCH_LATENCY_SAMPLES (default 50), BENCH_RATE_OBJECTS (default 500).
+//! 50000), BENCH_LATENCY_SAMPLES (default 50), BENCH_RATE_OBJECTS (default 500),
+//! BENCH_DRIFT_TARGETS (default 10000; 0 leaves the drift figure out). BENCH_ONLY=drift
+//! measures the drift figure alone.
 
 #[path = "../tests/e2e/support.rs"]
 #[allow(dead_code)]
@@ -221,6 +223,88 @@ async fn all_to_ready(env: &Env, prefix: &str, n: usize, concurrency: usize) -> 
     (took, before, requests(env).await)
 }
 
+/// 7. Drift pacing: `targets` repositories, ten per object, on one credential with a
+/// budget of 20,000 requests per scaled hour (60 s). The drift listings per window,
+/// measured at steady state, against the 20 % share the operator may spend on them.
+async fn drift_pacing(targets: usize, concurrency: usize, rows: &mut Vec<Row>, raw: &mut BTreeMap<String, Value>) {
+    let per_object = 10;
+    let objects = targets.div_ceil(per_object);
+    let (window, budget, share) = (60u64, 20_000u64, 0.2);
+    let repos: Vec<String> = (0..objects * per_object).map(|i| format!("r{i}")).collect();
+    let listed_repos = repos.iter().map(|r| format!("{{slug: {r}}}")).collect::<Vec<_>>().join(", ");
+    let sim = SIM_CONFIG
+        .replace(
+            "repositories: [{slug: api, project: CORE}, {slug: web, project: CORE}, {slug: tools}, {slug: infra}]",
+            &format!("repositories: [{listed_repos}]"),
+        )
+        .replace("requestsPerWindow: 100000", "requestsPerWindow: 100000000");
+    let env = Env::with(
+        "bench-drift",
+        &sim,
+        &["--concurrency=16", &format!("--rate-window={window}s"), "--drift-check-interval=10m", "--drift-check-min-interval=1s"],
+    )
+    .await;
+    env.workspace().await;
+    env.api("bitbucketworkspaces")
+        .patch("acme", &PatchParams::default(), &Patch::Merge(json!({"spec": {"requestsPerHour": budget}})))
+        .await
+        .unwrap();
+    let api = access_keys(&env.client, &env.ns);
+    futures::stream::iter(0..objects)
+        .map(|i| {
+            let api = api.clone();
+            let mine: Vec<&String> = repos[i * per_object..(i + 1) * per_object].iter().collect();
+            async move { apply_key(&api, &format!("d{i}"), mine[0], json!({"repositories": mine})).await }
+        })
+        .buffer_unordered(concurrency)
+        .collect::<Vec<_>>()
+        .await;
+    wait_all_ready(&env.client, &env.ns, objects, Duration::from_secs(3600)).await;
+    // Until the first round of drift checks is past, the objects that were verified first
+    // still carry intervals from when few targets were known.
+    tokio::time::sleep(Duration::from_secs(90)).await;
+    let lists = |v: &Value| count(v, "byEndpoint", &["repo_keys_list"]);
+    let before = lists(&requests(&env).await);
+    let measured = Duration::from_secs(180);
+    tokio::time::sleep(measured).await;
+    let listed = lists(&requests(&env).await) - before;
+    let per_window = listed as f64 / (measured.as_secs_f64() / window as f64);
+    let allowed = budget as f64 * share;
+    let metrics = env.operator.metrics().await;
+    let interval = metrics
+        .lines()
+        .find(|l| l.starts_with("bitbucket_credentials_operator_drift_check_interval_seconds{"))
+        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .unwrap_or(f64::NAN);
+    rows.push(Row {
+        name: format!("drift: listings per scaled hour ({window}s) at {} targets vs 20 % of a {budget} budget", objects * per_object),
+        value: per_window,
+        baseline: allowed,
+        unit: "listings",
+        // The share's limiter admits a burst of a tenth of it on top within one window.
+        target: "ratio <= 1.1".into(),
+        met: per_window <= allowed * 1.1,
+    });
+    raw.insert("drift_listings_measured".into(), json!(listed));
+    raw.insert("drift_measured_seconds".into(), json!(measured.as_secs()));
+    raw.insert("drift_interval_seconds".into(), json!(interval));
+    raw.insert("drift_expected_interval_seconds".into(), json!(window as f64 * (objects * per_object) as f64 / allowed));
+    // What the same targets get at the defaults (900 an hour, 20 %, floor 2 min, 6 h):
+    // the share wins over the ceiling.
+    let default_pace = bitbucket_credentials_operator::bitbucket::DriftPace {
+        share_percent: 20,
+        floor: Duration::from_secs(120),
+        ceiling: Duration::from_secs(6 * 3600),
+    };
+    let at_defaults = bitbucket_credentials_operator::bitbucket::paced_interval(
+        (objects * per_object) as u64,
+        900,
+        &default_pace,
+        Duration::from_secs(3600),
+    );
+    raw.insert("drift_interval_at_default_budget_hours".into(), json!(at_defaults.as_secs_f64() / 3600.0));
+}
+
 async fn requests(env: &Env) -> Value {
     env.sim.requests().await
 }
@@ -253,6 +337,12 @@ async fn main() {
     let concurrency = 16;
     let mut rows: Vec<Row> = Vec::new();
     let mut raw: BTreeMap<String, Value> = BTreeMap::new();
+    let drift_targets = env_usize("BENCH_DRIFT_TARGETS", 10000);
+    if std::env::var("BENCH_ONLY").as_deref() == Ok("drift") {
+        drift_pacing(drift_targets.max(10), concurrency, &mut rows, &mut raw).await;
+        write_results(&rows, json!({"driftTargets": drift_targets, "rows": [], "raw": raw}));
+        return;
+    }
 
     // 6. RSA key generation: the operator's code against ssh-keygen, same machine.
     let n_rsa = 3;
@@ -307,6 +397,10 @@ async fn main() {
         });
         raw.insert("rate_requests".into(), json!(total));
         raw.insert("rate_429s".into(), json!(throttled));
+    }
+
+    if drift_targets > 0 {
+        drift_pacing(drift_targets, concurrency, &mut rows, &mut raw).await;
     }
 
     // 1. Throughput, for each size; the last environment stays for the rest.
@@ -475,10 +569,15 @@ async fn main() {
     });
     raw.insert("latency_during_rsa_ms".into(), json!(during));
 
-    // The table and the JSON.
+    let doc = json!({"sizes": sizes, "unrelatedSecrets": unrelated, "latencySamples": samples, "driftTargets": drift_targets, "rows": [], "raw": raw});
+    write_results(&rows, doc);
+}
+
+/// The table, and the JSON (`doc` with its `rows` filled in).
+fn write_results(rows: &[Row], mut doc: Value) {
     println!("\n{:<100} {:>10} {:>10} {:>8}  {:<32} met", "figure", "value", "baseline", "ratio", "target");
     let mut json_rows = Vec::new();
-    for r in &rows {
+    for r in rows {
         let ratio = if r.baseline > 0.0 { r.value / r.baseline } else { f64::NAN };
         println!(
             "{:<100} {:>10.2} {:>10.2} {:>8.2}  {:<32} {}",
@@ -491,9 +590,9 @@ async fn main() {
         );
         json_rows.push(json!({"figure": r.name, "value": r.value, "baseline": r.baseline, "ratio": ratio, "unit": r.unit, "target": r.target, "met": r.met}));
     }
+    doc["rows"] = json!(json_rows);
     let out = support::root().join("target/bench");
     std::fs::create_dir_all(&out).unwrap();
-    let doc = json!({"sizes": sizes, "unrelatedSecrets": unrelated, "latencySamples": samples, "rows": json_rows, "raw": raw});
     std::fs::write(out.join("results.json"), serde_json::to_string_pretty(&doc).unwrap()).unwrap();
     println!("\nwritten to {}", out.join("results.json").display());
 }

@@ -13,6 +13,7 @@ mod hostile;
 mod hostile_credentials;
 mod oauth_consumer;
 mod operations;
+mod profiles;
 mod real_errors;
 mod real_world;
 mod tenancy;
