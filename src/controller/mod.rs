@@ -5,6 +5,7 @@ pub mod access_key;
 pub mod cache;
 pub(crate) mod marker;
 pub mod oauth_consumer;
+pub mod reasons;
 pub mod workspace;
 
 use std::collections::HashMap;
