@@ -91,7 +91,7 @@ KC
   done
 
   "$bin/kube-controller-manager" --kubeconfig="$dir/kubeconfig" --leader-elect=false --secure-port=0 \
-    --controllers=garbage-collector-controller,namespace-controller \
+    --controllers=garbage-collector-controller,namespace-controller,clusterrole-aggregation-controller \
     --use-service-account-credentials=false >"$dir/logs/kube-controller-manager.log" 2>&1 &
   pids+=($!)
 

@@ -145,8 +145,18 @@ def cmd_check_render(path, mode, release_ns, cr_ns, *watch):
         for s in d.get("subjects", []) or []:
             if s.get("kind") == "ServiceAccount" and (s.get("name"), s.get("namespace")) != (sa, release_ns):
                 errors.append(f"{d['kind']}/{d['metadata']['name']} binds {s}")
-    cr = find(docs, "ClusterRole")
+    # The operator's own ClusterRoles; the tenant roles aggregated into edit/view are
+    # checked for what they grant on their own.
+    def aggregated(c):
+        return any(k.startswith("rbac.authorization.k8s.io/aggregate-to-") for k in (c["metadata"].get("labels") or {}))
+    tenant = [c for c in find(docs, "ClusterRole") if aggregated(c)]
+    cr = [c for c in find(docs, "ClusterRole") if not aggregated(c)]
     cluster_rules = [r for c in cr for r in c["rules"]]
+    if len(tenant) != 2: errors.append(f"want the two tenant ClusterRoles (edit, view), got {len(tenant)}")
+    for c in tenant:
+        for r in c["rules"]:
+            if r.get("apiGroups") != ["bitbucket.credentials.dev"] or any("/" in x or x.startswith("cluster") for x in r.get("resources", [])):
+                errors.append(f"tenant ClusterRole {c['metadata']['name']} grants more than the namespaced custom resources: {r}")
     G = "bitbucket.credentials.dev"
     for res in ("clusterbitbucketworkspaces", "clusterbitbucketworkspaces/status"):
         if not grants(cluster_rules, G, res, "patch"): errors.append(f"ClusterRole cannot patch {res}")
@@ -698,6 +708,42 @@ rbac_cluster_cannot() {
 }
 check "RBAC cluster-wide: the ServiceAccount cannot do more (no update, no core events)" rbac_cluster_cannot
 
+tenant_roles() {
+  # Kubernetes' own roles, bound in one namespace, carry the custom resources there once
+  # the aggregation controller has folded the chart's ClusterRoles into them.
+  kubectl -n "$ns" create rolebinding "$rel-tenant-edit" --clusterrole=edit --user=tenant-editor >/dev/null &&
+    kubectl -n "$ns" create rolebinding "$rel-tenant-view" --clusterrole=view --user=tenant-viewer >/dev/null || return 1
+  local got
+  for _ in $(seq 100); do
+    got=$(kubectl auth can-i create "bitbucketaccesskeys.$G" -n "$ns" --as=tenant-editor 2>/dev/null </dev/null)
+    [ "$got" = yes ] && break
+    sleep 0.2
+  done
+  local rc=0 row who want verb res where
+  while read -r who want verb res where; do
+    [ -z "$who" ] && continue
+    local args=("$verb" "$res" "--as=$who")
+    [ "$where" = - ] || args+=(-n "$where")
+    got=$(kubectl auth can-i "${args[@]}" 2>/dev/null </dev/null)
+    [ -z "$got" ] && got=no
+    row="$who: $verb $res ${where/#-/(cluster)}"
+    if [ "$got" = "$want" ]; then echo "  $want: $row"; else echo "  WRONG: $row -> $got, want $want"; rc=1; fi
+  done <<ROWS
+tenant-editor yes create bitbucketaccesskeys.$G $ns
+tenant-editor yes delete bitbucketoauthconsumers.$G $ns
+tenant-editor yes patch bitbucketworkspaces.$G $ns
+tenant-editor no create bitbucketaccesskeys.$G default
+tenant-editor no create clusterbitbucketworkspaces.$G -
+tenant-viewer yes list bitbucketaccesskeys.$G $ns
+tenant-viewer yes get bitbucketworkspaces.$G $ns
+tenant-viewer no create bitbucketaccesskeys.$G $ns
+tenant-viewer no delete bitbucketoauthconsumers.$G $ns
+ROWS
+  kubectl -n "$ns" delete rolebinding "$rel-tenant-edit" "$rel-tenant-view" >/dev/null
+  return $rc
+}
+check "tenant RBAC: edit and view in a namespace carry the custom resources, nothing more" tenant_roles
+
 upgrade_namespaced() {
   local spec
   kubectl create namespace "$team_a" && kubectl create namespace "$team_b" &&
@@ -736,7 +782,8 @@ check "RBAC namespaced: the ServiceAccount cannot do more (e.g. Secrets in kube-
 uninstall() {
   "$HELM" uninstall "$rel" -n "$ns" && installed="" || return 1
   local left
-  left=$(kubectl get "clusterrole/$fullname" "clusterrolebinding/$fullname" --ignore-not-found -o name
+  left=$(kubectl get "clusterrole/$fullname" "clusterrolebinding/$fullname" "clusterrole/$fullname-edit" "clusterrole/$fullname-view" \
+    --ignore-not-found -o name
     kubectl -n "$team_a" get "role/$fullname" --ignore-not-found -o name
     kubectl -n default get "role/$fullname-cluster-events" --ignore-not-found -o name
     kubectl -n "$ns" get "deployment/$fullname" "serviceaccount/$sa" --ignore-not-found -o name)
