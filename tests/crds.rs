@@ -100,3 +100,25 @@ fn every_list_map_and_string_of_a_spec_is_bounded() {
     assert!(checked > 50, "the walk saw only {checked} schemas");
     assert!(unbounded.is_empty(), "unbounded fields:\n{}", unbounded.join("\n"));
 }
+
+/// `kubectl explain` says something for every kind and every field (list items and map
+/// values excepted: their list says it).
+#[test]
+fn every_kind_and_field_is_described() {
+    let mut missing = Vec::new();
+    for (file, schema) in schemas() {
+        let top = schema["description"].as_str().unwrap_or_default();
+        if top.is_empty() || top.starts_with("Auto-generated") {
+            missing.push(format!("{file}: the kind ({top:?})"));
+        }
+        for part in ["spec", "status"] {
+            walk(part, &schema["properties"][part], &mut |path, obj| {
+                let described = obj.get("description").and_then(|d| d.as_str()).is_some_and(|d| !d.trim().is_empty());
+                if !described && !path.ends_with("[]") && !path.contains("[].") {
+                    missing.push(format!("{file}: {path}"));
+                }
+            });
+        }
+    }
+    assert!(missing.is_empty(), "no description: {missing:#?}");
+}

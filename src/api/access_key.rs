@@ -17,6 +17,7 @@ pub const DURATION_PATTERN: &str = r"^([0-9]+(\.[0-9]+)?(ns|us|ms|s|m|h))+$";
     group = "bitbucket.credentials.dev",
     version = "v1alpha1",
     kind = "BitbucketAccessKey",
+    doc = "A read-only SSH access key (deploy key) that the operator generates, registers on Bitbucket repositories and projects, writes to a Secret for CI pods, rotates and removes again.",
     namespaced,
     shortname = "bbak",
     category = "bitbucket",
@@ -158,10 +159,13 @@ pub enum DeletionPolicy {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Registration {
+    /// The repository slug the key is registered on (or `project`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub repository: Option<String>,
+    /// The project key the key is registered on (or `repository`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub project: Option<String>,
+    /// Bitbucket's id of the access key there.
     pub id: i64,
 }
 
@@ -169,33 +173,47 @@ pub struct Registration {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RetiringKey {
+    /// SHA256 fingerprint of the previous key.
     pub fingerprint: String,
+    /// Where the previous key is still registered.
     #[serde(default)]
     pub registrations: Vec<Registration>,
+    /// When the previous key is removed from Bitbucket (end of the grace period).
     pub remove_after: Time,
 }
 
+/// What the operator did: the current key, where it is registered, and the condition.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AccessKeyStatus {
+    /// `Ready` with a reason (docs/troubleshooting.md lists every reason and what to do).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
+    /// The generation of the spec the status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+    /// The type of the current key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_type: Option<KeyType>,
+    /// SHA256 fingerprint of the current key (as `ssh-keygen -lf` prints it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fingerprint: Option<String>,
+    /// The current public key, in authorized_keys format.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub public_key: Option<String>,
+    /// Where the current key is registered.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub registrations: Vec<Registration>,
+    /// Previous keys still registered during their grace period.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub retiring_keys: Vec<RetiringKey>,
+    /// The Secret that holds the private key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret_name: Option<String>,
+    /// When the current key was made.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_rotation_time: Option<Time>,
+    /// When the key is rotated next (with `rotation.period`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_rotation_time: Option<Time>,
     /// The value of the rotate annotation last acted on.

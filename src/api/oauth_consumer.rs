@@ -18,6 +18,7 @@ fn default_refresh_before() -> String {
     group = "bitbucket.credentials.dev",
     version = "v1alpha1",
     kind = "BitbucketOAuthConsumer",
+    doc = "A short-lived Bitbucket access token minted with an OAuth consumer's client_credentials and kept fresh in a Secret for CI pods (git over HTTPS, API calls).",
     namespaced,
     shortname = "bboc",
     category = "bitbucket",
@@ -79,19 +80,26 @@ pub enum TokenFormat {
     GitCredentials,
 }
 
+/// What the operator did: the token in the Secret, when it expires, and the condition.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct OAuthConsumerStatus {
+    /// `Ready` with a reason (docs/troubleshooting.md lists every reason and what to do).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
+    /// The generation of the spec the status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+    /// When the token in the Secret expires.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<Time>,
+    /// When the token is renewed (`refreshBefore` ahead of its expiry).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub renewal_time: Option<Time>,
+    /// The scopes Bitbucket granted the token.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub scopes: Vec<String>,
+    /// The Secret that holds the token.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret_name: Option<String>,
     /// Hash of the consumer Secret's content the token was minted with (no secret material).

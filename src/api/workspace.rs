@@ -112,6 +112,7 @@ workspace_spec!(
         group = "bitbucket.credentials.dev",
         version = "v1alpha1",
         kind = "BitbucketWorkspace",
+        doc = "How the operator reaches one Bitbucket workspace (URLs, SSH host, credentials) for the objects of its own namespace.",
         namespaced,
         shortname = "bbws",
         category = "bitbucket",
@@ -131,6 +132,7 @@ workspace_spec!(
         group = "bitbucket.credentials.dev",
         version = "v1alpha1",
         kind = "ClusterBitbucketWorkspace",
+        doc = "How the operator reaches one Bitbucket workspace (URLs, SSH host, credentials) for the namespaces it admits; its Secret lives in the operator's namespace.",
         shortname = "cbbws",
         category = "bitbucket",
         status = "WorkspaceStatus",
@@ -210,11 +212,14 @@ pub fn glob_match(pattern: &str, text: &str) -> bool {
     p[pi..].iter().all(|c| *c == '*')
 }
 
+/// Whether the workspace's credentials work.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct WorkspaceStatus {
+    /// `Ready` once the credentials are verified, else its reason (docs/troubleshooting.md).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
+    /// The generation of the spec the status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
 }
