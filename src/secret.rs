@@ -177,9 +177,57 @@ pub fn up_to_date(actual: &Secret, desired: &Secret) -> bool {
             .all(|o| actual.metadata.owner_references.iter().flatten().any(|a| a.uid == o.uid))
 }
 
+/// Whether `actual` carries a label or annotation that `manager` applied before and
+/// `desired` no longer has (one removed from `spec.secret`): an apply removes it, so the
+/// Secret needs one although `up_to_date` says it holds everything.
+pub fn has_stale_fields(actual: &Secret, desired: &Secret, manager: &str) -> bool {
+    let owned = |field: &str| -> Vec<String> {
+        actual
+            .metadata
+            .managed_fields
+            .iter()
+            .flatten()
+            .filter(|m| m.manager.as_deref() == Some(manager) && m.operation.as_deref() == Some("Apply"))
+            .filter_map(|m| m.fields_v1.as_ref()?.0.get("f:metadata")?.get(field)?.as_object().cloned())
+            .flat_map(|fields| fields.into_iter().filter_map(|(k, _)| k.strip_prefix("f:").map(String::from)))
+            .collect()
+    };
+    let stale = |field: &str, want: &Option<BTreeMap<String, String>>, have: &Option<BTreeMap<String, String>>| {
+        owned(field).iter().any(|k| have.as_ref().is_some_and(|h| h.contains_key(k)) && !want.as_ref().is_some_and(|w| w.contains_key(k)))
+    };
+    stale("f:labels", &desired.metadata.labels, &actual.metadata.labels)
+        || stale("f:annotations", &desired.metadata.annotations, &actual.metadata.annotations)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_label_the_operator_applied_and_no_longer_wants_is_stale() {
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::{FieldsV1, ManagedFieldsEntry};
+        let mut actual = Secret::default();
+        actual.metadata.labels = Some([("team".to_string(), "a".to_string()), ("theirs".to_string(), "x".to_string())].into());
+        actual.metadata.managed_fields = Some(vec![
+            ManagedFieldsEntry {
+                manager: Some("op".into()),
+                operation: Some("Apply".into()),
+                fields_v1: Some(FieldsV1(serde_json::json!({"f:metadata": {"f:labels": {"f:team": {}}}}))),
+                ..Default::default()
+            },
+            ManagedFieldsEntry {
+                manager: Some("kubectl".into()),
+                operation: Some("Update".into()),
+                fields_v1: Some(FieldsV1(serde_json::json!({"f:metadata": {"f:labels": {"f:theirs": {}}}}))),
+                ..Default::default()
+            },
+        ]);
+        let mut desired = Secret::default();
+        assert!(has_stale_fields(&actual, &desired, "op"), "team was ours and is no longer wanted");
+        desired.metadata.labels = Some([("team".to_string(), "b".to_string())].into());
+        assert!(!has_stale_fields(&actual, &desired, "op"), "still wanted (its value is up_to_date's business)");
+        assert!(!has_stale_fields(&actual, &Secret::default(), "other"), "another manager's fields are not ours to drop");
+    }
 
     #[test]
     fn known_hosts_use_brackets_for_a_port() {

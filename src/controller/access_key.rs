@@ -28,7 +28,7 @@ use crate::api::{
 use crate::bitbucket::{self, DeployKey, Target};
 use crate::keys::{KeyPair, KeySpec, fingerprint_of_public};
 use crate::metrics::{ControllerLabels, ErrorLabels, METRICS, ObjectLabels};
-use crate::secret::{PENDING_KEY, Placement, SshTarget, access_key_secret, up_to_date};
+use crate::secret::{PENDING_KEY, Placement, SshTarget, access_key_secret, has_stale_fields, up_to_date};
 
 const CONTROLLER: &str = "accesskey";
 pub const DEFAULT_GRACE_PERIOD: Duration = Duration::from_secs(600);
@@ -797,7 +797,7 @@ async fn apply(obj: &BitbucketAccessKey, ctx: &Context, inputs: Inputs) -> Resul
 
     // The Secret as it should be (restores a hand edit).
     let desired = run.desired_secret(&current, None, &may_hold_keys(&st, &targets));
-    if !secret_state.as_ref().is_some_and(|s| up_to_date(s, &desired)) {
+    if !secret_state.as_ref().is_some_and(|s| up_to_date(s, &desired) && !has_stale_fields(s, &desired, FIELD_MANAGER)) {
         run.write_secret(&desired).await?;
         let mut edited = desired.clone();
         edited.metadata.annotations.get_or_insert_default().remove(TARGETS_ANNOTATION);

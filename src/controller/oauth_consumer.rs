@@ -21,7 +21,7 @@ use super::{Context, Error, FIELD_MANAGER, Result, condition, set_condition};
 use crate::api::{BitbucketOAuthConsumer, OAuthConsumerStatus};
 use crate::bitbucket::Auth;
 use crate::metrics::{ControllerLabels, ErrorLabels, METRICS, ObjectLabels};
-use crate::secret::{Placement, TOKEN_USERNAME, token_secret, up_to_date};
+use crate::secret::{Placement, TOKEN_USERNAME, has_stale_fields, token_secret, up_to_date};
 use crate::sensitive::SecretString;
 
 const CONTROLLER: &str = "oauthconsumer";
@@ -225,7 +225,7 @@ async fn apply(obj: &BitbucketOAuthConsumer, ctx: &Context) -> Result<Action> {
         }
     };
     let desired = render(token.expose());
-    if !existing.as_ref().is_some_and(|s| up_to_date(s, &desired)) {
+    if !existing.as_ref().is_some_and(|s| up_to_date(s, &desired) && !has_stale_fields(s, &desired, FIELD_MANAGER)) {
         let mut body = serde_json::to_value(&desired).map_err(|e| Error::Finalizer(e.to_string()))?;
         body["apiVersion"] = json!("v1");
         body["kind"] = json!("Secret");

@@ -437,3 +437,29 @@ async fn drift_checks_on_one_repository_share_its_listing() {
     assert_eq!(env.sim.keys().await.len(), 12, "every key is still there, once");
     eprintln!("{checked} drift checks, {listed} listings of the repository");
 }
+
+/// A label or annotation removed from `spec.secret` goes from the Secret too; one that
+/// somebody else put on the Secret stays.
+#[tokio::test]
+async fn a_label_removed_from_the_spec_goes_from_the_secret() {
+    let env = Env::new("label-removed").await;
+    env.workspace().await;
+    env.apply(&access_key(
+        "ci",
+        "  repositories: [api]\n  secret:\n    labels: {team: platform, tier: ci}\n    annotations: {note: hello}\n",
+    ))
+    .await;
+    env.wait_ready("bitbucketaccesskeys", "ci", READY).await;
+    let secrets: Api<Secret> = Api::namespaced(env.client.clone(), &env.ns);
+    secrets.patch("ci", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"labels": {"theirs": "kept"}}}))).await.unwrap();
+    env.apply(&access_key("ci", "  repositories: [api]\n  secret:\n    labels: {team: platform}\n")).await;
+    let labels = eventually("tier and note are gone from the Secret", READY, || async {
+        let s = env.secret("ci").await?;
+        let labels = s.metadata.labels.clone().unwrap_or_default();
+        let annotations = s.metadata.annotations.clone().unwrap_or_default();
+        (!labels.contains_key("tier") && !annotations.contains_key("note")).then_some(labels)
+    })
+    .await;
+    assert_eq!(labels.get("team").map(String::as_str), Some("platform"));
+    assert_eq!(labels.get("theirs").map(String::as_str), Some("kept"), "a label the operator did not set stays");
+}
