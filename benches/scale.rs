@@ -223,7 +223,7 @@ async fn all_to_ready(env: &Env, prefix: &str, n: usize, concurrency: usize) -> 
     (took, before, requests(env).await)
 }
 
-/// 7. Drift pacing: `targets` repositories, ten per object, on one credential with a
+/// Drift pacing (figure 7): `targets` repositories, ten per object, on one credential with a
 /// budget of 20,000 requests per scaled hour (60 s). The drift listings per window,
 /// measured at steady state, against the 20 % share the operator may spend on them.
 async fn drift_pacing(targets: usize, concurrency: usize, rows: &mut Vec<Row>, raw: &mut BTreeMap<String, Value>) {

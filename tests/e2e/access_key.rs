@@ -13,13 +13,13 @@ use crate::support::{Env, eventually};
 
 const READY: Duration = Duration::from_secs(60);
 
-fn access_key(name: &str, spec: &str) -> String {
+pub(crate) fn access_key(name: &str, spec: &str) -> String {
     format!(
         "apiVersion: bitbucket.credentials.dev/v1alpha1\nkind: BitbucketAccessKey\nmetadata: {{name: {name}}}\nspec:\n  workspaceRef: {{name: acme}}\n{spec}"
     )
 }
 
-fn target_name(k: &Value) -> String {
+pub(crate) fn target_name(k: &Value) -> String {
     let t = &k["target"];
     t["repository"].as_str().or(t["project"].as_str()).unwrap_or_default().rsplit('/').next().unwrap_or_default().to_string()
 }

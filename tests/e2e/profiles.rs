@@ -7,8 +7,9 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use kube::api::{DeleteParams, Patch, PatchParams};
-use serde_json::{Value, json};
+use serde_json::json;
 
+use crate::access_key::{access_key, target_name};
 use crate::support::{Env, SIM_CONFIG, eventually, ssh_keygen_fingerprint};
 
 const READY: Duration = Duration::from_secs(60);
@@ -35,17 +36,6 @@ impl Profile {
             Profile::RealWorld => "real-world",
         }
     }
-}
-
-fn access_key(name: &str, spec: &str) -> String {
-    format!(
-        "apiVersion: bitbucket.credentials.dev/v1alpha1\nkind: BitbucketAccessKey\nmetadata: {{name: {name}}}\nspec:\n  workspaceRef: {{name: acme}}\n{spec}"
-    )
-}
-
-fn target_name(k: &Value) -> String {
-    let t = &k["target"];
-    t["repository"].as_str().or(t["project"].as_str()).unwrap_or_default().rsplit('/').next().unwrap_or_default().to_string()
 }
 
 /// The simulator's keys as (target, fingerprint).
