@@ -33,6 +33,11 @@ pub struct CredentialLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BuildLabels {
+    pub version: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ObjectLabels {
     pub kind: String,
     pub namespace: String,
@@ -50,6 +55,10 @@ pub struct Metrics {
     pub rate_limit_cooldown_until: Family<CredentialLabels, Gauge>,
     pub drift_check_interval: Family<CredentialLabels, Gauge>,
     pub seconds_until_deadline: Family<ObjectLabels, Gauge>,
+    pub ready_status: Family<ObjectLabels, Gauge>,
+    pub last_success_timestamp: Family<ObjectLabels, Gauge>,
+    pub next_rotation_timestamp: Family<ObjectLabels, Gauge>,
+    pub expiration_timestamp: Family<ObjectLabels, Gauge>,
     registry: Mutex<Registry>,
 }
 
@@ -65,6 +74,10 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         rate_limit_cooldown_until: Family::default(),
         drift_check_interval: Family::default(),
         seconds_until_deadline: Family::default(),
+        ready_status: Family::default(),
+        last_success_timestamp: Family::default(),
+        next_rotation_timestamp: Family::default(),
+        expiration_timestamp: Family::default(),
         registry: Mutex::new(Registry::with_prefix("bitbucket_credentials_operator")),
     };
     {
@@ -99,6 +112,27 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             "Seconds until the next key rotation (BitbucketAccessKey) or token expiry (BitbucketOAuthConsumer)",
             m.seconds_until_deadline.clone(),
         );
+        // Absolute times stay true while the operator is stuck (a countdown only moves
+        // when the object is reconciled): alert on `x - time()`.
+        r.register("ready_status", "1 while the object's Ready condition is True, 0 while it is False", m.ready_status.clone());
+        r.register(
+            "last_success_timestamp_seconds",
+            "Unix time of the object's last successful reconcile",
+            m.last_success_timestamp.clone(),
+        );
+        r.register(
+            "next_rotation_timestamp_seconds",
+            "Unix time of a BitbucketAccessKey's next scheduled rotation",
+            m.next_rotation_timestamp.clone(),
+        );
+        r.register(
+            "expiration_timestamp_seconds",
+            "Unix time at which the token in a BitbucketOAuthConsumer's Secret expires",
+            m.expiration_timestamp.clone(),
+        );
+        let build: Family<BuildLabels, Gauge> = Family::default();
+        build.get_or_create(&BuildLabels { version: env!("CARGO_PKG_VERSION").into() }).set(1);
+        r.register("build_info", "The operator's version (always 1)", build);
     }
     m
 });
@@ -115,4 +149,41 @@ impl Metrics {
     pub fn request(&self, operation: &str, status: &str) {
         self.bitbucket_requests.get_or_create(&RequestLabels { operation: operation.into(), status: status.into() }).inc();
     }
+}
+
+impl Metrics {
+    /// The object reconciled (`ok`) or failed; an object being deleted loses its series.
+    pub fn object_outcome(&self, labels: &ObjectLabels, ok: bool, deleting: bool) {
+        if deleting {
+            self.forget_object(labels);
+            return;
+        }
+        self.ready_status.get_or_create(labels).set(i64::from(ok));
+        if ok {
+            self.last_success_timestamp.get_or_create(labels).set(unix_now());
+        }
+    }
+
+    /// Every per-object series of an object that is gone.
+    pub fn forget_object(&self, labels: &ObjectLabels) {
+        for f in [
+            &self.ready_status,
+            &self.last_success_timestamp,
+            &self.next_rotation_timestamp,
+            &self.expiration_timestamp,
+            &self.seconds_until_deadline,
+        ] {
+            f.remove(labels);
+        }
+    }
+}
+
+/// Seconds since the Unix epoch.
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+/// A timestamp as Unix seconds.
+pub fn unix(t: &k8s_openapi::apimachinery::pkg::apis::meta::v1::Time) -> i64 {
+    t.0.as_second()
 }

@@ -27,7 +27,7 @@ use crate::api::{
 };
 use crate::bitbucket::{self, DeployKey, Target};
 use crate::keys::{KeyPair, KeySpec, fingerprint_of_public};
-use crate::metrics::{ControllerLabels, ErrorLabels, METRICS, ObjectLabels};
+use crate::metrics::{ControllerLabels, ErrorLabels, METRICS};
 use crate::secret::{PENDING_KEY, Placement, SshTarget, access_key_secret, has_stale_fields, up_to_date};
 
 const CONTROLLER: &str = "accesskey";
@@ -843,10 +843,9 @@ async fn apply(obj: &BitbucketAccessKey, ctx: &Context, inputs: Inputs) -> Resul
         (None, None) => jitter(interval),
     };
     if let Some(t) = &st.next_rotation_time {
-        METRICS
-            .seconds_until_deadline
-            .get_or_create(&ObjectLabels { kind: "BitbucketAccessKey".into(), namespace: ns.clone(), name: obj.name_any() })
-            .set(super::seconds_until(t));
+        let labels = super::object_labels(obj);
+        METRICS.seconds_until_deadline.get_or_create(&labels).set(super::seconds_until(t));
+        METRICS.next_rotation_timestamp.get_or_create(&labels).set(crate::metrics::unix(t));
         next = next.min(Duration::from_secs(super::seconds_until(t).max(1).unsigned_abs()));
     }
     for k in &st.retiring_keys {
@@ -863,11 +862,7 @@ fn random_up_to(d: Duration) -> Duration {
 /// Deletion: with `Delete`, every key carrying this object's mark goes from every target it
 /// may be on; with `Retain`, the keys stay.
 async fn cleanup(obj: &BitbucketAccessKey, ctx: &Context) -> Result<Action> {
-    METRICS.seconds_until_deadline.remove(&ObjectLabels {
-        kind: "BitbucketAccessKey".into(),
-        namespace: obj.namespace().unwrap_or_default(),
-        name: obj.name_any(),
-    });
+    METRICS.forget_object(&super::object_labels(obj));
     // The failure count stays: a cleanup that keeps failing backs off like anything else
     // (the reconcile clears it once cleanup succeeds).
     if obj.spec.deletion_policy == DeletionPolicy::Retain {

@@ -149,6 +149,7 @@ impl Context {
     /// The delay before retrying after `error`, growing with consecutive failures of the
     /// same object, with jitter so that many failing objects do not retry in step.
     pub fn backoff<K: Resource<DynamicType = ()>>(&self, obj: &K, error: &Error) -> Duration {
+        METRICS.object_outcome(&object_labels(obj), false, obj.meta().deletion_timestamp.is_some());
         let key = ObjectRef::from_obj(obj).to_string();
         let mut failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
         let n = failures.entry(key).or_insert(0);
@@ -172,6 +173,16 @@ impl Context {
     pub fn succeeded<K: Resource<DynamicType = ()>>(&self, obj: &K) {
         let key = ObjectRef::from_obj(obj).to_string();
         self.failures.lock().unwrap_or_else(|e| e.into_inner()).remove(&key);
+        METRICS.object_outcome(&object_labels(obj), true, obj.meta().deletion_timestamp.is_some());
+    }
+}
+
+/// The labels of an object's own series.
+pub fn object_labels<K: Resource<DynamicType = ()>>(obj: &K) -> crate::metrics::ObjectLabels {
+    crate::metrics::ObjectLabels {
+        kind: K::kind(&()).to_string(),
+        namespace: obj.meta().namespace.clone().unwrap_or_default(),
+        name: obj.meta().name.clone().unwrap_or_default(),
     }
 }
 

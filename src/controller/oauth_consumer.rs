@@ -32,7 +32,7 @@ const KEYS: &str = "`key` and `secret`";
 
 pub async fn reconcile(obj: Arc<BitbucketOAuthConsumer>, ctx: Arc<Context>) -> Result<Action> {
     if obj.meta().deletion_timestamp.is_some() {
-        METRICS.seconds_until_deadline.remove(&object_labels(&obj));
+        METRICS.forget_object(&object_labels(&obj));
         ctx.succeeded(&*obj);
         return Ok(Action::await_change());
     }
@@ -258,6 +258,7 @@ async fn apply(obj: &BitbucketOAuthConsumer, ctx: &Context) -> Result<Action> {
     }
     if let Some(t) = &st.expires_at {
         METRICS.seconds_until_deadline.get_or_create(&object_labels(obj)).set(super::seconds_until(t));
+        METRICS.expiration_timestamp.get_or_create(&object_labels(obj)).set(crate::metrics::unix(t));
     }
     let next = st.renewal_time.as_ref().map(|t: &Time| super::seconds_until(t).max(1).unsigned_abs()).unwrap_or(60);
     Ok(super::requeue(Duration::from_secs(next)))

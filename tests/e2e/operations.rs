@@ -62,3 +62,47 @@ async fn a_second_replica_takes_over_when_the_leader_dies() {
     })
     .await;
 }
+
+/// The value of the first series of `metrics` that starts with `prefix`.
+fn series(metrics: &str, prefix: &str) -> Option<f64> {
+    metrics.lines().find(|l| l.starts_with(prefix)).and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+/// Per-object series that stay true while nothing is reconciled: absolute times and a
+/// ready gauge; they go with the object.
+#[tokio::test]
+async fn each_object_has_a_ready_gauge_and_absolute_timestamps() {
+    let env = Env::new("ops-object-metrics").await;
+    env.workspace().await;
+    env.apply("apiVersion: bitbucket.credentials.dev/v1alpha1\nkind: BitbucketAccessKey\nmetadata: {name: ci}\nspec:\n  workspaceRef: {name: acme}\n  repositories: [api]\n  rotation: {period: 24h}\n").await;
+    env.apply("apiVersion: bitbucket.credentials.dev/v1alpha1\nkind: BitbucketAccessKey\nmetadata: {name: broken}\nspec:\n  workspaceRef: {name: acme}\n  repositories: [does-not-exist]\n").await;
+    env.apply("apiVersion: v1\nkind: Secret\nmetadata: {name: tok-creds}\nstringData: {key: ck-main, secret: cs-main-secret-0123456789}\n---\napiVersion: bitbucket.credentials.dev/v1alpha1\nkind: BitbucketOAuthConsumer\nmetadata: {name: tok}\nspec:\n  workspaceRef: {name: acme}\n  consumerSecretRef: {name: tok-creds}\n").await;
+    env.wait_ready("bitbucketaccesskeys", "ci", Duration::from_secs(60)).await;
+    env.wait_ready("bitbucketoauthconsumers", "tok", Duration::from_secs(60)).await;
+    env.wait_reason("bitbucketaccesskeys", "broken", "RepositoryNotFound", Duration::from_secs(60)).await;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
+    let m = env.operator.metrics().await;
+    let ns = &env.ns;
+    let p = "bitbucket_credentials_operator_";
+    let key = format!("{{kind=\"BitbucketAccessKey\",namespace=\"{ns}\",name=\"ci\"}}");
+    let broken = format!("{{kind=\"BitbucketAccessKey\",namespace=\"{ns}\",name=\"broken\"}}");
+    let tok = format!("{{kind=\"BitbucketOAuthConsumer\",namespace=\"{ns}\",name=\"tok\"}}");
+    assert_eq!(series(&m, &format!("{p}ready_status{key}")), Some(1.0), "{m}");
+    assert_eq!(series(&m, &format!("{p}ready_status{broken}")), Some(0.0), "{m}");
+    assert_eq!(series(&m, &format!("{p}ready_status{tok}")), Some(1.0), "{m}");
+    let success = series(&m, &format!("{p}last_success_timestamp_seconds{key}")).expect("last success");
+    assert!((now - success).abs() < 120.0, "{success} vs {now}");
+    let rotation = series(&m, &format!("{p}next_rotation_timestamp_seconds{key}")).expect("next rotation");
+    assert!((rotation - (now + 86400.0)).abs() < 120.0, "in 24 h: {rotation} vs {now}");
+    let expiry = series(&m, &format!("{p}expiration_timestamp_seconds{tok}")).expect("token expiry");
+    assert!(expiry > now + 3000.0 && expiry < now + 7300.0, "the simulator's tokens live 2 h: {expiry} vs {now}");
+    assert!(series(&m, &format!("{p}last_success_timestamp_seconds{broken}")).is_none(), "never succeeded");
+    assert!(m.contains(&format!("{p}build_info{{version=\"")), "{m}");
+    // Gone with the object.
+    env.api("bitbucketaccesskeys").delete("ci", &Default::default()).await.unwrap();
+    eventually("the object's series are gone", Duration::from_secs(60), || async {
+        let m = env.operator.metrics().await;
+        (!m.contains(&format!("{p}ready_status{key}")) && !m.contains(&format!("{p}next_rotation_timestamp_seconds{key}"))).then_some(())
+    })
+    .await;
+}
