@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
-# Builds etcd, kube-apiserver, kube-controller-manager and helm from the published Go
-# modules into a cache keyed by version, once. Later runs find the binaries and exit.
+# Builds etcd, kube-apiserver, kube-controller-manager, helm and promtool (which checks
+# the chart's alerting rules) from the published Go modules into a cache keyed by
+# version, once. Later runs find the binaries and exit.
 # Prints the bin directory on its last line.
 set -euo pipefail
 
 K8S_VERSION="${K8S_VERSION:-v1.35.4}"
 ETCD_VERSION="${ETCD_VERSION:-v3.6.16}"
 HELM_VERSION="${HELM_VERSION:-v3.22.0}"
+# Prometheus v3.16's Go module version.
+PROMETHEUS_VERSION="${PROMETHEUS_VERSION:-v0.316.0}"
 CACHE="${BCO_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/bitbucket-credentials-operator}"
 BIN="$CACHE/k8s-$K8S_VERSION-etcd-$ETCD_VERSION-helm-$HELM_VERSION/bin"
 mkdir -p "$BIN"
@@ -61,10 +64,19 @@ build_helm() {
     "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
 }
 
+build_promtool() {
+  [ -x "$BIN/promtool-$PROMETHEUS_VERSION" ] && return
+  log "building promtool $PROMETHEUS_VERSION (a few minutes cold)"
+  local w; w=$(mktemp -d)
+  GOBIN="$w" go install -trimpath -ldflags "-s -w" "github.com/prometheus/prometheus/cmd/promtool@$PROMETHEUS_VERSION"
+  mv "$w/promtool" "$BIN/promtool-$PROMETHEUS_VERSION"; rm -rf "$w"
+}
+
 case "${1:-all}" in
   etcd) build_etcd ;;
   kube) build_kube ;;
   helm) build_helm ;;
-  all) build_etcd; build_kube; build_helm ;;
+  promtool) build_promtool ;;
+  all) build_etcd; build_kube; build_helm; build_promtool ;;
 esac
 echo "$BIN"

@@ -243,6 +243,37 @@ def cmd_check_crds(d):
         print("  " + e)
     sys.exit(1 if errors else 0)
 
+def cmd_alert_rules(path, out_dir, metrics_rs):
+    """The PrometheusRule's groups as a rules file for promtool, and the metric names its
+    alerts and the dashboard use, checked against those the operator registers."""
+    import re
+    docs = load(path)
+    errors = []
+    rules = find(docs, "PrometheusRule")
+    if len(rules) != 1: errors.append(f"want one PrometheusRule, got {len(rules)}")
+    os.makedirs(out_dir, exist_ok=True)
+    groups = rules[0]["spec"]["groups"] if rules else []
+    with open(os.path.join(out_dir, "rules.yaml"), "w") as f:
+        json.dump({"groups": groups}, f)
+    src = open(metrics_rs).read()
+    registered = set(re.findall(r'r\.register\(\s*"([a-z_]+)"', src))
+    counters = {"bitbucket_requests", "reconciles", "reconcile_errors", "reconcile_panics", "bitbucket_rate_limited"}
+    known = {"bitbucket_credentials_operator_" + n for n in registered}
+    known |= {"bitbucket_credentials_operator_" + n + "_total" for n in counters & registered}
+    exprs = [r["expr"] for g in groups for r in g["rules"]]
+    dashboards = [d for d in find(docs, "ConfigMap") if d["metadata"]["name"].endswith("-dashboard")]
+    if len(dashboards) != 1: errors.append(f"want one dashboard ConfigMap, got {len(dashboards)}")
+    for d in dashboards:
+        for key, text in d["data"].items():
+            board = json.loads(text)
+            for p in board["panels"]:
+                exprs += [t["expr"] for t in p.get("targets", [])]
+    for e in exprs:
+        for name in re.findall(r"bitbucket_credentials_operator_[a-z_]+", e):
+            if name not in known: errors.append(f"{name} (in {e!r}) is not a metric the operator serves")
+    for e in errors: print("      " + e)
+    sys.exit(1 if errors else 0)
+
 def cmd_print_rules(path, title):
     docs = load(path)
     print(f"# RBAC granted ({title}):")
@@ -641,6 +672,18 @@ render_optional() {
     grep -q "image: \"ghcr.io/.*@sha256:0000" "$work/optional.yaml"
 }
 check "helm template renders: ServiceMonitor, PodDisruptionBudget, 2 replicas, image digest" render_optional
+
+alerts() {
+  local promtool
+  promtool=$(ls "$("$here/build-control-plane.sh" promtool | tail -1)"/promtool-* | tail -1) &&
+    template "$work/alerts.yaml" "$rel" "$ns" --set metrics.prometheusRule.enabled=true --set metrics.dashboard.enabled=true &&
+    to_json "$work/alerts.yaml" "$work/alerts.json" &&
+    py alert-rules "$work/alerts.json" "$work/alerts" "$root/src/metrics.rs" &&
+    cp "$here/alerts-test.yaml" "$work/alerts/" &&
+    "$promtool" check rules "$work/alerts/rules.yaml" &&
+    "$promtool" test rules "$work/alerts/alerts-test.yaml"
+}
+check "alerting rules and dashboard: real metric names, promtool check rules and its unit tests (hack/alerts-test.yaml)" alerts
 
 rejects() { # helm template must fail with these values
   if template "$work/bad.yaml" "$rel" "$ns" "$@" 2>"$work/bad.err"; then
