@@ -271,11 +271,7 @@ async fn drift_pacing(targets: usize, concurrency: usize, rows: &mut Vec<Row>, r
     let per_window = listed as f64 / (measured.as_secs_f64() / window as f64);
     let allowed = budget as f64 * share;
     let metrics = env.operator.metrics().await;
-    let interval = metrics
-        .lines()
-        .find(|l| l.starts_with("bitbucket_credentials_operator_drift_check_interval_seconds{"))
-        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .unwrap_or(f64::NAN);
+    let interval = support::series(&metrics, "bitbucket_credentials_operator_drift_check_interval_seconds{").unwrap_or(f64::NAN);
     rows.push(Row {
         name: format!("drift: listings per scaled hour ({window}s) at {} targets vs 20 % of a {budget} budget", objects * per_object),
         value: per_window,

@@ -160,7 +160,7 @@ impl Metrics {
         }
         self.ready_status.get_or_create(labels).set(i64::from(ok));
         if ok {
-            self.last_success_timestamp.get_or_create(labels).set(unix_now());
+            self.last_success_timestamp.get_or_create(labels).set(unix_now() as i64);
         }
     }
 
@@ -179,11 +179,11 @@ impl Metrics {
 }
 
 /// Seconds since the Unix epoch.
-pub fn unix_now() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+pub fn unix_now() -> f64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
 }
 
 /// A timestamp as Unix seconds.
-pub fn unix(t: &k8s_openapi::apimachinery::pkg::apis::meta::v1::Time) -> i64 {
-    t.0.as_second()
+pub fn unix(t: &k8s_openapi::apimachinery::pkg::apis::meta::v1::Time) -> f64 {
+    t.0.as_millisecond() as f64 / 1000.0
 }

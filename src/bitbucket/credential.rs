@@ -141,11 +141,25 @@ pub struct DriftPace {
 
 /// What the drift checks of a credential's objects cost: the targets they are on (each
 /// listed once per interval, its pages counted), and the limiter of their share.
-#[derive(Default)]
 struct Drift {
     /// Listing key -> (last time an object named it, pages of its last listing).
     targets: HashMap<String, (Instant, u32)>,
+    /// The sum of the pages in `targets`.
+    cost: u64,
+    /// When targets nobody names any more were last dropped.
+    pruned: Instant,
     limiter: Option<(u32, Arc<DefaultDirectRateLimiter>)>,
+}
+
+impl Default for Drift {
+    fn default() -> Self {
+        Drift { targets: HashMap::new(), cost: 0, pruned: Instant::now(), limiter: None }
+    }
+}
+
+/// Listings per window that `pace`'s share of `budget` allows (at least one).
+fn share_per_window(budget: u32, pace: &DriftPace) -> u64 {
+    (u64::from(budget) * u64::from(pace.share_percent.clamp(1, 100)) / 100).max(1)
 }
 
 /// The interval at which `cost` listings (pages) fit into `share_percent` of `budget`
@@ -153,8 +167,7 @@ struct Drift {
 /// ceiling: a credential with too many targets for its budget is checked more seldom
 /// rather than spending more.
 pub fn paced_interval(cost: u64, budget: u32, pace: &DriftPace, window: Duration) -> Duration {
-    let per_window = (u64::from(budget) * u64::from(pace.share_percent.clamp(1, 100)) / 100).max(1);
-    let secs = window.as_secs_f64() * cost.max(1) as f64 / per_window as f64;
+    let secs = window.as_secs_f64() * cost.max(1) as f64 / share_per_window(budget, pace) as f64;
     let budgeted = Duration::try_from_secs_f64(secs).unwrap_or(Duration::MAX);
     if budgeted > pace.ceiling { budgeted } else { budgeted.max(pace.floor) }
 }
@@ -314,8 +327,7 @@ impl Credential {
             .min(self.limits.cooldown_max)
             .max(Duration::from_millis(1));
         c.until = now.checked_add(wait);
-        let until_unix = std::time::SystemTime::now().checked_add(wait).and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok());
-        METRICS.rate_limit_cooldown_until.get_or_create(&labels).set(until_unix.map_or(0, |d| d.as_secs() as i64));
+        METRICS.rate_limit_cooldown_until.get_or_create(&labels).set((crate::metrics::unix_now() + wait.as_secs_f64()) as i64);
         tracing::warn!(credential = %self.label, seconds = wait.as_secs(), "Bitbucket answered 429: this credential's requests pause");
         wait
     }
@@ -340,19 +352,25 @@ impl Credential {
                 Some(entry) => entry.0 = now,
                 None => {
                     d.targets.insert(k.to_string(), (now, 1));
+                    d.cost += 1;
                 }
             }
         }
+        // A pass over every target now and then, not on every reconcile.
         let forget = pace.ceiling.max(self.drift_interval_locked(&d, pace)).saturating_mul(2);
-        d.targets.retain(|_, (seen, _)| now.duration_since(*seen) <= forget);
+        if now.duration_since(d.pruned) > forget / 20 {
+            d.pruned = now;
+            d.targets.retain(|_, (seen, _)| now.duration_since(*seen) <= forget);
+            d.cost = d.targets.values().map(|(_, pages)| u64::from(*pages)).sum();
+        }
     }
 
     /// A target was listed in `pages` pages.
     pub(crate) fn listed(&self, key: &str, pages: u32) {
         let mut d = self.drift.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(entry) = d.targets.get_mut(key) {
-            entry.1 = pages.max(1);
-        }
+        let Some(entry) = d.targets.get_mut(key) else { return };
+        let before = std::mem::replace(&mut entry.1, pages.max(1));
+        d.cost = d.cost.saturating_sub(u64::from(before)) + u64::from(pages.max(1));
     }
 
     /// How often each object of this credential is compared with Bitbucket.
@@ -367,8 +385,7 @@ impl Credential {
     }
 
     fn drift_interval_locked(&self, d: &Drift, pace: &DriftPace) -> Duration {
-        let cost: u64 = d.targets.values().map(|(_, pages)| u64::from(*pages)).sum();
-        paced_interval(cost, self.limiter_budget(), pace, self.limits.window)
+        paced_interval(d.cost, self.limiter_budget(), pace, self.limits.window)
     }
 
     /// Takes `listings` from the drift checks' share, or says when there is room again.
@@ -378,8 +395,7 @@ impl Credential {
         if listings == 0 {
             return Ok(());
         }
-        let per_window = (u64::from(self.limiter_budget()) * u64::from(pace.share_percent.clamp(1, 100)) / 100).max(1);
-        let per_window = u32::try_from(per_window).unwrap_or(u32::MAX);
+        let per_window = u32::try_from(share_per_window(self.limiter_budget(), pace)).unwrap_or(u32::MAX);
         let limiter = {
             let mut d = self.drift.lock().unwrap_or_else(|e| e.into_inner());
             match &d.limiter {

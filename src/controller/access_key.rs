@@ -27,7 +27,7 @@ use crate::api::{
 };
 use crate::bitbucket::{self, DeployKey, Target};
 use crate::keys::{KeyPair, KeySpec, fingerprint_of_public};
-use crate::metrics::{ControllerLabels, ErrorLabels, METRICS};
+use crate::metrics::{ControllerLabels, ErrorLabels, METRICS, unix, unix_now};
 use crate::secret::{PENDING_KEY, Placement, SshTarget, access_key_secret, has_stale_fields, up_to_date};
 
 const CONTROLLER: &str = "accesskey";
@@ -272,14 +272,6 @@ fn drift_due_at(last: f64, interval: Duration, target: &str) -> f64 {
     let earliest = last + period / 2.0;
     let slots = ((earliest - phase) / period).ceil();
     phase + slots * period
-}
-
-fn unix_now() -> f64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
-}
-
-fn unix(t: &k8s_openapi::apimachinery::pkg::apis::meta::v1::Time) -> f64 {
-    t.0.as_millisecond() as f64 / 1000.0
 }
 
 /// Everything one reconcile needs to act, resolved once.
@@ -845,7 +837,7 @@ async fn apply(obj: &BitbucketAccessKey, ctx: &Context, inputs: Inputs) -> Resul
     if let Some(t) = &st.next_rotation_time {
         let labels = super::object_labels(obj);
         METRICS.seconds_until_deadline.get_or_create(&labels).set(super::seconds_until(t));
-        METRICS.next_rotation_timestamp.get_or_create(&labels).set(crate::metrics::unix(t));
+        METRICS.next_rotation_timestamp.get_or_create(&labels).set(unix(t) as i64);
         next = next.min(Duration::from_secs(super::seconds_until(t).max(1).unsigned_abs()));
     }
     for k in &st.retiring_keys {

@@ -258,7 +258,7 @@ async fn apply(obj: &BitbucketOAuthConsumer, ctx: &Context) -> Result<Action> {
     }
     if let Some(t) = &st.expires_at {
         METRICS.seconds_until_deadline.get_or_create(&object_labels(obj)).set(super::seconds_until(t));
-        METRICS.expiration_timestamp.get_or_create(&object_labels(obj)).set(crate::metrics::unix(t));
+        METRICS.expiration_timestamp.get_or_create(&object_labels(obj)).set(crate::metrics::unix(t) as i64);
     }
     let next = st.renewal_time.as_ref().map(|t: &Time| super::seconds_until(t).max(1).unsigned_abs()).unwrap_or(60);
     Ok(super::requeue(Duration::from_secs(next)))

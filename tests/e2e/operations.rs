@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::support::{Env, Operator, allowing, eventually};
+use crate::support::{Env, Operator, allowing, eventually, series};
 
 #[tokio::test]
 async fn metrics_and_readiness_are_served() {
@@ -61,11 +61,6 @@ async fn a_second_replica_takes_over_when_the_leader_dies() {
         async move { l.contains("acquired leadership").then_some(()) }
     })
     .await;
-}
-
-/// The value of the first series of `metrics` that starts with `prefix`.
-fn series(metrics: &str, prefix: &str) -> Option<f64> {
-    metrics.lines().find(|l| l.starts_with(prefix)).and_then(|l| l.rsplit(' ').next()?.parse().ok())
 }
 
 /// Per-object series that stay true while nothing is reconciled: absolute times and a

@@ -260,10 +260,7 @@ async fn a_429_pauses_every_reconcile_that_uses_the_credential() {
     let answered = rate_limited(&env.sim.requests().await) - before;
     assert!((1..=names.len() as u64).contains(&answered), "{answered} 429s: at most one per reconcile that was already on its way");
     let metrics = env.operator.metrics().await;
-    let until = metrics
-        .lines()
-        .find(|l| l.starts_with("bitbucket_credentials_operator_rate_limit_cooldown_until_timestamp_seconds{"))
-        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+    let until = crate::support::series(&metrics, "bitbucket_credentials_operator_rate_limit_cooldown_until_timestamp_seconds{")
         .unwrap_or_else(|| panic!("no cool-down metric:\n{metrics}"));
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
     assert!(until > now, "the cool-down is still on: {until} <= {now}");

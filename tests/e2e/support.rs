@@ -790,3 +790,8 @@ pub fn marked_uid(text: &str) -> Option<String> {
             .map(String::from)
     })
 }
+
+/// The value of the first series of Prometheus text `metrics` that starts with `prefix`.
+pub fn series(metrics: &str, prefix: &str) -> Option<f64> {
+    metrics.lines().find(|l| l.starts_with(prefix)).and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
