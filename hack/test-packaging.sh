@@ -203,6 +203,17 @@ def cmd_check_render(path, mode, release_ns, cr_ns, *watch):
         print("  " + e)
     sys.exit(1 if errors else 0)
 
+def cmd_check_strategy(path, surge, unavailable, host_network):
+    dep = find(load(path), "Deployment")[0]
+    strategy, pod = dep["spec"].get("strategy", {}), dep["spec"]["template"]["spec"]
+    want = {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": int(surge), "maxUnavailable": int(unavailable)}}
+    errors = [] if strategy == want else [f"strategy {strategy}, want {want}"]
+    if pod.get("hostNetwork", False) != (host_network == "true"):
+        errors.append(f"hostNetwork {pod.get('hostNetwork')}, want {host_network}")
+    for e in errors:
+        print("  " + e)
+    sys.exit(1 if errors else 0)
+
 def cmd_check_optional(path, want_replicas):
     docs, errors = load(path), []
     check_workloads(docs, errors)
@@ -672,6 +683,14 @@ render_optional() {
     grep -q "image: \"ghcr.io/.*@sha256:0000" "$work/optional.yaml"
 }
 check "helm template renders: ServiceMonitor, PodDisruptionBudget, 2 replicas, image digest" render_optional
+
+render_strategy() { # a surge Pod by default; with hostNetwork two Pods would clash on their ports
+  py check-strategy "$work/optional.json" 1 0 false &&
+    template "$work/hostnet.yaml" "$rel" "$ns" --set hostNetwork=true --set listenAddress=127.0.0.1 &&
+    to_json "$work/hostnet.yaml" "$work/hostnet.json" && py check-strategy "$work/hostnet.json" 0 1 true &&
+    grep -q -- '--health-addr=127.0.0.1:' "$work/hostnet.yaml"
+}
+check "helm template renders: RollingUpdate without a gap (maxUnavailable 0), hostNetwork without a port clash (maxSurge 0)" render_strategy
 
 alerts() {
   local promtool

@@ -109,10 +109,26 @@ pub enum RunError {
     Config(String),
 }
 
-/// Ready once the watched kinds can be listed.
+/// What `/readyz` answers. A standby replica is Ready: it serves health and metrics and
+/// is ready to take over, so that `replicas: 2` and rolling updates trip no alert.
 #[derive(Default)]
 struct Health {
-    ready: AtomicBool,
+    /// Holds the lease (or runs without leader election) and every watched kind can be listed.
+    synced: AtomicBool,
+    /// Reached the API server and reads the leader Lease, waiting for it.
+    standby: AtomicBool,
+}
+
+impl Health {
+    fn readyz(&self) -> (StatusCode, &'static str) {
+        if self.synced.load(Ordering::Relaxed) {
+            (StatusCode::OK, "ready")
+        } else if self.standby.load(Ordering::Relaxed) {
+            (StatusCode::OK, "ready: standby, waiting for the leader lease")
+        } else {
+            (StatusCode::SERVICE_UNAVAILABLE, "watches not synced")
+        }
+    }
 }
 
 async fn serve(addr: SocketAddr, router: Router) -> Result<(), RunError> {
@@ -175,16 +191,19 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         Router::new().route("/healthz", get(|| async { "ok" })).route(
             "/readyz",
             get(move || {
-                let ready = h.ready.load(Ordering::Relaxed);
-                async move { if ready { (StatusCode::OK, "ready") } else { (StatusCode::SERVICE_UNAVAILABLE, "watches not synced") } }
+                let answer = h.readyz();
+                async move { answer }
             }),
         ),
     )
     .await?;
 
-    if config.leader_elect {
-        crate::leader::wait_for_leadership(&client).await?;
-    }
+    let leadership = if config.leader_elect {
+        let h = health.clone();
+        Some(crate::leader::wait_for_leadership(&client, move || h.standby.store(true, Ordering::Relaxed)).await?)
+    } else {
+        None
+    };
     tracing::info!(cluster = %config.cluster_name, namespaces = ?config.watch_namespaces, "starting controllers");
 
     let shutdown = async {
@@ -308,11 +327,14 @@ pub async fn run(config: Config) -> Result<(), RunError> {
             }
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
-        h.ready.store(true, Ordering::Relaxed);
+        h.synced.store(true, Ordering::Relaxed);
         tracing::info!("watches synced; ready");
     });
     futures::future::join_all(tasks).await;
     tracing::info!("controllers stopped");
+    if let Some(leadership) = leadership {
+        leadership.release().await;
+    }
     Ok(())
 }
 

@@ -63,6 +63,51 @@ async fn a_second_replica_takes_over_when_the_leader_dies() {
     .await;
 }
 
+/// A standby replica is Ready (so that `replicas: 2` and rolling updates trip no alert),
+/// and a leader that is stopped the way the kubelet stops a pod gives the lease up: the
+/// standby leads within seconds, not after the 15 s lease expires.
+#[tokio::test]
+async fn a_standby_is_ready_and_a_stopped_leader_hands_over_at_once() {
+    let mut env = Env::new("ops-handover").await;
+    env.workspace().await;
+    env.operator.kill();
+    let args = ["--leader-elect"];
+    let mut a = Operator::start(&env.dir.join("a"), &env.ns, &args, allowing(&[&env.sim.url]));
+    let mut b = Operator::start(&env.dir.join("b"), &env.ns, &args, allowing(&[&env.sim.url]));
+    let a_leads = eventually("one replica leads", Duration::from_secs(40), || {
+        let (la, lb) = (a.logs(), b.logs());
+        async move { (la.contains("acquired leadership") != lb.contains("acquired leadership")).then_some(la.contains("acquired leadership")) }
+    })
+    .await;
+    let (leader, standby) = if a_leads { (&mut a, &mut b) } else { (&mut b, &mut a) };
+    let readyz = |port: u16| async move {
+        let r = reqwest::get(format!("http://127.0.0.1:{port}/readyz")).await.ok()?;
+        Some((r.status().as_u16(), r.text().await.unwrap_or_default()))
+    };
+    let (status, body) =
+        eventually("the standby answers /readyz", Duration::from_secs(20), || readyz(standby.health_port)).await;
+    assert_eq!(status, 200, "a standby replica must be Ready: {body}");
+    assert!(body.contains("standby"), "{body}");
+    eventually("the leader is Ready", Duration::from_secs(30), || async {
+        readyz(leader.health_port).await.filter(|(s, _)| *s == 200).map(|_| ())
+    })
+    .await;
+    let stopped = std::time::Instant::now();
+    assert!(leader.terminate(Duration::from_secs(30)), "the leader must exit on SIGTERM");
+    assert!(leader.logs().contains("released leadership"), "{}", crate::support::tail(&leader.logs(), 20));
+    eventually("the standby takes over", Duration::from_secs(30), || {
+        let l = standby.logs();
+        async move { l.contains("acquired leadership").then_some(()) }
+    })
+    .await;
+    let handover = stopped.elapsed();
+    eprintln!("handover after SIGTERM: {handover:?}");
+    assert!(handover < Duration::from_secs(10), "the lease was not released: the standby waited {handover:?}");
+    // And the new leader reconciles.
+    env.apply("apiVersion: bitbucket.credentials.dev/v1alpha1\nkind: BitbucketAccessKey\nmetadata: {name: after}\nspec:\n  workspaceRef: {name: acme}\n  repositories: [api]\n").await;
+    env.wait_ready("bitbucketaccesskeys", "after", Duration::from_secs(60)).await;
+}
+
 /// Per-object series that stay true while nothing is reconciled: absolute times and a
 /// ready gauge; they go with the object.
 #[tokio::test]

@@ -296,6 +296,14 @@ impl Operator {
         self.proc = None;
     }
 
+    /// SIGTERM, as the kubelet stops a pod; waits for the exit (up to `timeout`).
+    pub fn terminate(&mut self, timeout: Duration) -> bool {
+        if let Some(p) = &self.proc {
+            let _ = Command::new("kill").args(["-TERM", &p.child.id().to_string()]).status();
+        }
+        self.wait_exit(timeout)
+    }
+
     pub fn logs(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
