@@ -74,18 +74,20 @@ async fn a_standby_is_ready_and_a_stopped_leader_hands_over_at_once() {
     let args = ["--leader-elect"];
     let mut a = Operator::start(&env.dir.join("a"), &env.ns, &args, allowing(&[&env.sim.url]));
     let mut b = Operator::start(&env.dir.join("b"), &env.ns, &args, allowing(&[&env.sim.url]));
-    let a_leads = eventually("one replica leads", Duration::from_secs(40), || {
-        let (la, lb) = (a.logs(), b.logs());
-        async move { (la.contains("acquired leadership") != lb.contains("acquired leadership")).then_some(la.contains("acquired leadership")) }
-    })
-    .await;
+    let a_leads =
+        eventually("one replica leads", Duration::from_secs(40), || {
+            let (la, lb) = (a.logs(), b.logs());
+            async move {
+                (la.contains("acquired leadership") != lb.contains("acquired leadership")).then_some(la.contains("acquired leadership"))
+            }
+        })
+        .await;
     let (leader, standby) = if a_leads { (&mut a, &mut b) } else { (&mut b, &mut a) };
     let readyz = |port: u16| async move {
         let r = reqwest::get(format!("http://127.0.0.1:{port}/readyz")).await.ok()?;
         Some((r.status().as_u16(), r.text().await.unwrap_or_default()))
     };
-    let (status, body) =
-        eventually("the standby answers /readyz", Duration::from_secs(20), || readyz(standby.health_port)).await;
+    let (status, body) = eventually("the standby answers /readyz", Duration::from_secs(20), || readyz(standby.health_port)).await;
     assert_eq!(status, 200, "a standby replica must be Ready: {body}");
     assert!(body.contains("standby"), "{body}");
     eventually("the leader is Ready", Duration::from_secs(30), || async {
