@@ -3,12 +3,16 @@ SHELL := /bin/bash
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: all build control-plane test test-fresh test-unit test-e2e test-packaging cluster-up cluster-down crds demo demo-down bench fuzz lint
+.PHONY: all build image control-plane test test-fresh test-unit test-e2e test-packaging test-node cluster-up cluster-down node node-up node-down crds demo demo-down bench fuzz lint
 
 all: build
 
 build:
 	$(CARGO) build --bins
+
+## The operator's container image, offline: target/images/operator.tar (hack/build-images.sh).
+image:
+	bash hack/build-images.sh operator
 
 ## The real control plane and Helm, built once from the published Go modules into a cache.
 control-plane:
@@ -23,7 +27,7 @@ test: control-plane
 	$(CARGO) fmt --check
 	$(CARGO) build --bins --tests
 	$(CARGO) test --no-fail-fast -- --test-threads=4
-	$(MAKE) test-packaging
+	$(MAKE) -j2 -O test-packaging test-node
 
 ## .ci/run from a clean clone with empty CARGO_HOME, Go caches and cache folder (a fresh machine).
 test-fresh:
@@ -38,10 +42,26 @@ test-e2e: control-plane
 test-packaging: control-plane
 	bash hack/with-cluster.sh bash -c 'kubectl apply --server-side -f crds/ >/dev/null && kubectl wait --for=condition=Established crd --all --timeout=60s >/dev/null && bash hack/test-packaging.sh'
 
+## The operator as a Pod from its image under Helm on a real node, and CI Pods cloning with
+## its Secrets. The image is made from BCO_OPERATOR_BIN (default: the debug build that
+## `make test` has just built; `make image` is the release image).
+test-node: control-plane node
+	BCO_NODE=1 bash hack/with-cluster.sh bash -c 'kubectl apply --server-side -f crds/ >/dev/null && kubectl wait --for=condition=Established crd --all --timeout=60s >/dev/null && BCO_OPERATOR_BIN=$${BCO_OPERATOR_BIN:-$(CURDIR)/target/debug/bitbucket-credentials-operator} bash hack/test-node.sh'
+
 cluster-up: control-plane
 	bash hack/cluster.sh up
 
 cluster-down:
+	bash hack/cluster.sh down
+
+## A real node (kubelet, containerd, runc, scheduler; shared/NODE.md) for the control plane.
+node:
+	bash hack/build-control-plane.sh node
+
+node-up: control-plane node
+	BCO_NODE=1 bash hack/cluster.sh up
+
+node-down:
 	bash hack/cluster.sh down
 
 demo:

@@ -6,6 +6,9 @@
 #                        --stdin-lifeline is given)
 #   cluster.sh up        start in the background for people: .local/kubeconfig
 #   cluster.sh down      stop what `up` started
+# With BCO_NODE=1 a real node (hack/node.sh: scheduler, more controllers, containerd,
+# kubelet; Node 127.0.0.1) starts after the control plane, the ServiceAccount admission
+# plugin stays on (pods get their token), and the node is torn down before the rest.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/.." && pwd)
@@ -30,8 +33,11 @@ run() {
   mkdir -p "$dir/pki" "$dir/logs"
   local bin; bin=$("$here/build-control-plane.sh" all | tail -1)
   pids=()
+  node=${BCO_NODE:-}
+  [ "$node" = 0 ] && node=
   cleanup() {
     trap - EXIT TERM INT
+    if [ -n "$node" ] && [ -d "$dir/node" ]; then bash "$here/node.sh" stop "$dir" || true; fi
     for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
     wait 2>/dev/null || true
     rm -f "$dir/ready"
@@ -55,11 +61,13 @@ run() {
   openssl rsa -in "$dir/sa.key" -pubout -out "$dir/sa.pub" 2>/dev/null
   echo "$ap" >"$dir/apiserver-port"
   echo "$ep" >"$dir/etcd-port"
+  local admission=--disable-admission-plugins=ServiceAccount
+  [ -n "$node" ] && admission=--enable-admission-plugins=ServiceAccount
   start_apiserver() {
     "$bin/kube-apiserver" --etcd-servers="http://127.0.0.1:$ep" --cert-dir="$dir/pki" \
       --bind-address=127.0.0.1 --secure-port="$ap" --advertise-address=127.0.0.1 \
       --endpoint-reconciler-type=none --service-cluster-ip-range=10.0.0.0/24 --allow-privileged=true \
-      --authorization-mode=RBAC --disable-admission-plugins=ServiceAccount \
+      --authorization-mode=RBAC "$admission" \
       --service-account-issuer="https://127.0.0.1:$ap/" --service-account-key-file="$dir/sa.pub" \
       --service-account-signing-key-file="$dir/sa.key" --token-auth-file="$dir/tokens.csv" \
       >>"$dir/logs/kube-apiserver.log" 2>&1 &
@@ -94,6 +102,7 @@ KC
     --controllers=garbage-collector-controller,namespace-controller,clusterrole-aggregation-controller \
     --use-service-account-credentials=false >"$dir/logs/kube-controller-manager.log" 2>&1 &
   pids+=($!)
+  if [ -n "$node" ]; then bash "$here/node.sh" start "$dir"; fi
 
   local version; version=$(kubectl --kubeconfig "$dir/kubeconfig" version -o json 2>/dev/null \
     | python3 -c 'import json,sys; print(json.load(sys.stdin)["serverVersion"]["gitVersion"])')
@@ -153,7 +162,8 @@ case "${1:-}" in
   down)
     if [ -f "$root/.local/cluster.pid" ]; then
       kill "$(cat "$root/.local/cluster.pid")" 2>/dev/null || true
-      for _ in $(seq 50); do kill -0 "$(cat "$root/.local/cluster.pid")" 2>/dev/null || break; sleep 0.2; done
+      # Up to a minute: with BCO_NODE=1 the node drains its pods first.
+      for _ in $(seq 300); do kill -0 "$(cat "$root/.local/cluster.pid")" 2>/dev/null || break; sleep 0.2; done
       rm -f "$root/.local/cluster.pid" "$root/.local/kubeconfig"
     fi
     echo "control plane stopped"

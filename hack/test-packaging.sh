@@ -360,6 +360,105 @@ def cmd_docker_context(root):
         print("  " + e)
     sys.exit(1 if errors else 0)
 
+def cmd_operator_image(root, image_json, rootfs, binary, ldd_out):
+    # The offline image (hack/build-images.sh operator) against the Dockerfile's runtime stage.
+    import filecmp, shlex, tomllib
+    errors = []
+    img = json.load(open(image_json))
+    cfg = img["config"]
+    lines, cur = [], ""
+    for raw in open(os.path.join(root, "Dockerfile")):
+        raw = raw.rstrip("\n")
+        if raw.lstrip().startswith("#") or not raw.strip():
+            continue
+        if raw.endswith("\\"):
+            cur += raw[:-1] + " "
+            continue
+        if (cur + raw).strip():
+            lines.append((cur + raw).strip())
+        cur = ""
+    last_from = max(i for i, l in enumerate(lines) if l.split()[0].upper() == "FROM")
+    user, entrypoint, ports, labels = None, None, set(), {}
+    for l in lines[last_from + 1:]:
+        word, _, rest = l.partition(" ")
+        word, rest = word.upper(), rest.strip()
+        if word == "USER":
+            user = rest
+        elif word == "ENTRYPOINT":
+            entrypoint = json.loads(rest)
+        elif word == "EXPOSE":
+            ports |= {p if "/" in p else p + "/tcp" for p in rest.split()}
+        elif word == "LABEL":
+            labels.update(t.split("=", 1) for t in shlex.split(rest))
+    version = tomllib.load(open(os.path.join(root, "Cargo.toml"), "rb"))["package"]["version"]
+    want_name = f"localhost/bitbucket-credentials-operator:{version}"
+    if img["name"] != want_name:
+        errors.append(f"image name {img['name']!r}, expected {want_name!r}")
+    if (img.get("architecture"), img.get("os")) != ("amd64", "linux"):
+        errors.append(f"platform {img.get('os')}/{img.get('architecture')}, expected linux/amd64")
+    if cfg.get("User") != user:
+        errors.append(f"User {cfg.get('User')!r}, Dockerfile USER {user!r}")
+    if cfg.get("Entrypoint") != entrypoint:
+        errors.append(f"Entrypoint {cfg.get('Entrypoint')!r}, Dockerfile ENTRYPOINT {entrypoint!r}")
+    if set(cfg.get("ExposedPorts") or {}) != ports:
+        errors.append(f"ExposedPorts {sorted(cfg.get('ExposedPorts') or {})}, Dockerfile EXPOSE {sorted(ports)}")
+    if (cfg.get("Labels") or {}) != labels:
+        errors.append(f"Labels {cfg.get('Labels')!r}, Dockerfile LABEL {labels!r}")
+    files = {f["path"]: f for f in img["files"]}
+    uid, _, gid = (user or "").partition(":")
+    # The user: a passwd entry (ssh and others look the uid up), a group, a home of its own.
+    home = None
+    for line in open(os.path.join(rootfs, "etc/passwd")):
+        f = line.rstrip("\n").split(":")
+        if len(f) == 7 and f[2] == uid:
+            home = f[5]
+            if gid and f[3] != gid:
+                errors.append(f"/etc/passwd: uid {uid} has gid {f[3]}, USER says {gid}")
+    if home is None:
+        errors.append(f"/etc/passwd has no entry for uid {uid}")
+    groups = [l.split(":") for l in open(os.path.join(rootfs, "etc/group"))]
+    if gid and not any(len(g) >= 3 and g[2] == gid for g in groups):
+        errors.append(f"/etc/group has no entry for gid {gid}")
+    if home and (files.get(home, {}).get("type") != "dir" or str(files[home]["uid"]) != uid):
+        errors.append(f"home {home} is not a directory owned by {uid}: {files.get(home)}")
+    if files.get("/tmp", {}).get("type") != "dir" or files["/tmp"]["mode"] != "1777":
+        errors.append(f"/tmp is not a 1777 directory: {files.get('/tmp')}")
+    # The binary at the entrypoint path, identical to the one given.
+    exe = (entrypoint or [""])[0]
+    f = files.get(exe)
+    if not f or f["type"] != "file" or f["mode"] != "0755":
+        errors.append(f"entrypoint {exe}: not a 0755 file: {f}")
+    elif not filecmp.cmp(os.path.join(rootfs, exe.lstrip("/")), binary, shallow=False):
+        errors.append(f"entrypoint {exe} differs from {binary}")
+    ca = "/etc/ssl/certs/ca-certificates.crt"
+    if files.get(ca, {}).get("type") != "file" or files[ca]["size"] == 0:
+        errors.append(f"{ca} missing or empty")
+    for sh in ("/bin/sh", "/usr/bin/sh", "/bin/bash", "/bin/busybox"):
+        if sh in files:
+            errors.append(f"{sh} present: the runtime image has no shell")
+    # Nothing but the binary, its libraries and loader (ldd), CA, accounts, home, /tmp.
+    libs = set()
+    for line in open(ldd_out):
+        t = line.split()
+        if len(t) >= 3 and t[1] == "=>" and t[2].startswith("/"):
+            libs.add(t[2])
+        elif t and t[0].startswith("/"):
+            libs.add(t[0])
+    for lib in sorted(libs):
+        if files.get(lib, {}).get("type") != "file":
+            errors.append(f"library {lib} (ldd) missing: {files.get(lib)}")
+    allowed = {exe, ca, "/etc/passwd", "/etc/group", "/tmp"} | libs | ({home} if home else set())
+    parents = {"/".join(p.split("/")[:i]) for p in allowed for i in range(2, p.count("/") + 1)}
+    for path, f in sorted(files.items()):
+        if path in allowed or (path in parents and f["type"] == "dir"):
+            continue
+        errors.append(f"unexpected {f['type']} {path}")
+    print(f"  {img['name']}: User {cfg.get('User')}, Entrypoint {cfg.get('Entrypoint')}, "
+          f"ports {sorted(cfg.get('ExposedPorts') or {})}, {len(files)} entries, {len(libs)} libraries")
+    for e in errors:
+        print("  " + e)
+    sys.exit(1 if errors else 0)
+
 if __name__ == "__main__":
     globals()["cmd_" + sys.argv[1].replace("-", "_")](*sys.argv[2:])
 PY
@@ -378,21 +477,7 @@ else
   }
 fi
 
-passed=0 failed=0
-# check NAME COMMAND...: runs COMMAND in this shell, output to a log shown on failure.
-check() {
-  local name=$1; shift
-  local log="$work/check.log" started=$SECONDS
-  if "$@" >"$log" 2>&1; then
-    echo "ok - $name"
-    [ -n "${VERBOSE:-}" ] && { sed 's/^/    /' "$log"; echo "    ($((SECONDS - started))s)"; }
-    passed=$((passed + 1))
-  else
-    echo "not ok - $name"
-    sed 's/^/    /' "$log" | tail -n 60
-    failed=$((failed + 1))
-  fi
-}
+. "$here/checks.sh"
 # skip NAME REASON: reported as passing, with the reason (TAP's SKIP directive).
 skip() {
   echo "ok - $1 # SKIP $2"
@@ -738,6 +823,35 @@ else
   skip "Cargo.lock is current (the image builds with --locked)" "no cargo on PATH"
 fi
 
+# The image the node runs (hack/build-images.sh operator) from a binary built already: this
+# check never starts a release build.
+image_bin=${BCO_OPERATOR_BIN:-}
+if [ -z "$image_bin" ]; then
+  for b in "$root/target/release/bitbucket-credentials-operator" "$root/target/debug/bitbucket-credentials-operator"; do
+    [ -x "$b" ] && { image_bin=$b; break; }
+  done
+fi
+operator_image() {
+  BCO_OPERATOR_IMAGE=$work/operator.tar bash "$here/build-images.sh" operator "$image_bin" >/dev/null &&
+    python3 "$here/oci-image.py" inspect "$work/operator.tar" >"$work/operator-image.json" &&
+    python3 "$here/oci-image.py" unpack "$work/operator.tar" "$work/operator-rootfs" &&
+    ldd "$image_bin" >"$work/operator.ldd" &&
+    py operator-image "$root" "$work/operator-image.json" "$work/operator-rootfs" "$image_bin" "$work/operator.ldd" || return 1
+  if [ "$(id -u)" -eq 0 ] && command -v chroot >/dev/null; then
+    # The libraries are complete: the binary runs inside the image's files alone.
+    local user entry
+    user=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["config"]["User"])' "$work/operator-image.json") &&
+      entry=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["config"]["Entrypoint"][0])' "$work/operator-image.json") &&
+      chroot --userspec="$user" "$work/operator-rootfs" "$entry" --help >/dev/null &&
+      echo "  chroot --userspec=$user ROOTFS $entry --help: ok"
+  fi
+}
+if [ -n "$image_bin" ] && [ -x "$image_bin" ]; then
+  check "operator image matches the Dockerfile (user, entrypoint, ports, labels, files)" operator_image
+else
+  skip "operator image matches the Dockerfile (user, entrypoint, ports, labels, files)" "no operator binary (cargo build, or set BCO_OPERATOR_BIN)"
+fi
+
 size_info() {
   local f=$1
   echo "$(wc -c <"$f" | tr -d ' ') bytes, $(wc -l <"$f" | tr -d ' ') lines, $(grep -c '^kind:' "$f") objects"
@@ -1052,5 +1166,4 @@ fi
 [ -f "$work/cluster.json" ] && py print-rules "$work/cluster.json" "default values: cluster-wide mode, release $rel in $ns"
 [ -f "$work/namespaced.json" ] && py print-rules "$work/namespaced.json" "watchNamespaces={team-a,team-b}, release $rel in $ns"
 
-echo "$passed passed, $failed failed"
-[ "$failed" -eq 0 ]
+summary

@@ -131,14 +131,34 @@ impl Health {
     }
 }
 
+/// How long a port still held by someone else is waited for: with `hostNetwork` the Pod
+/// being replaced holds the node's port until it has shut down.
+const BIND_PATIENCE: Duration = Duration::from_secs(30);
+
 async fn serve(addr: SocketAddr, router: Router) -> Result<(), RunError> {
-    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| RunError::Serve(addr, e))?;
+    let listener = bind(addr).await.map_err(|e| RunError::Serve(addr, e))?;
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, router).await {
             tracing::error!(error = %e, "http server stopped");
         }
     });
     Ok(())
+}
+
+async fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let deadline = tokio::time::Instant::now() + BIND_PATIENCE;
+    let mut warned = false;
+    loop {
+        match tokio::net::TcpListener::bind(addr).await {
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && tokio::time::Instant::now() < deadline => {
+                if !std::mem::replace(&mut warned, true) {
+                    tracing::warn!(%addr, "address in use (by the replica being replaced?), retrying for 30s");
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            result => return result,
+        }
+    }
 }
 
 fn namespaced_api<K>(client: &Client, namespaces: &[String]) -> Vec<Api<K>>
