@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: all build image control-plane test test-fresh test-unit test-e2e test-packaging test-node cluster-up cluster-down node node-up node-down crds demo demo-down bench fuzz lint
+.PHONY: all build image control-plane test test-fresh test-unit test-e2e test-packaging test-node cluster-up cluster-down node node-up node-down crds demo demo-node demo-down bench fuzz lint
 
 all: build
 
@@ -66,6 +66,10 @@ node-down:
 
 demo:
 	bash hack/demo.sh
+
+## The same demo on a real node: the operator as a Pod under Helm, the clone in a Pod.
+demo-node:
+	bash hack/demo.sh node
 
 demo-down:
 	bash hack/demo.sh down

@@ -8,6 +8,9 @@
 #   node.sh stop DIR            tears everything down (pods, kubelet, sandboxes, containerd,
 #                               shims, scheduler, controllers, mounts, cgroups, outside files)
 #   node.sh check-clean DIR     fails and lists what is left after stop
+#   node.sh helm-values DIR     the chart values an operator release on this node needs
+#                               (local image, host network on 127.0.0.1 with free ports,
+#                               the API server's address): helm install -f <(node.sh ...)
 # Pods must use hostNetwork: true and images localhost/NAME:TAG with imagePullPolicy Never.
 # The sandbox image localhost/pause:1 comes from $BCO_PAUSE_IMAGE (a tarball) or
 # `hack/build-images.sh pause` (its last line is the tarball path).
@@ -491,8 +494,27 @@ cmd_check_clean() {
   return $bad
 }
 
+cmd_helm_values() {
+  local dir=$1 root version
+  root=$(cd "$here/.." && pwd)
+  version=$(sed -n 's/^version = "\(.*\)"/\1/p' "$root/Cargo.toml" | head -1)
+  cat <<YAML
+image: {repository: localhost/bitbucket-credentials-operator, tag: "$version", pullPolicy: Never}
+# No Pod network: the host's, on loopback, with ports nobody else holds.
+hostNetwork: true
+listenAddress: 127.0.0.1
+metrics: {port: $(free_port)}
+health: {port: $(free_port)}
+# No Service network either: the API server where the kubelet reaches it.
+extraEnv:
+  - {name: KUBERNETES_SERVICE_HOST, value: "127.0.0.1"}
+  - {name: KUBERNETES_SERVICE_PORT, value: "$(cat "$dir/apiserver-port")"}
+YAML
+}
+
 case "${1:-}" in
   start) cmd_start "${2:-}" ;;
+  helm-values) cmd_helm_values "${2:-}" ;;
   import) cmd_import "${2:-}" "${3:-}" ;;
   stop) cmd_stop "${2:-}" ;;
   check-clean) cmd_check_clean "${2:-}" ;;

@@ -36,7 +36,6 @@ trap finish EXIT
 ns=ci                       # the CI namespace of docs/ and examples/
 op_ns=bco-system            # the release namespace
 rel=bco
-version=$(sed -n 's/^version = "\(.*\)"/\1/p' "$root/Cargo.toml" | head -1)
 sim_bin=${BCO_SIM_BIN:-$root/target/debug/bitbucket-sim}
 api_port=$(cat "$cluster/apiserver-port")
 
@@ -104,20 +103,18 @@ images() {
 }
 check "the operator image and the git client image are built offline and imported into the node" images
 
-mp=$(free_port) hp=$(free_port)
 install() {
   local started=$SECONDS
   k create namespace "$ns" >/dev/null && k apply -f "$root/examples/01-workspace.yaml" >/dev/null &&
     k patch bitbucketworkspace acme -n "$ns" --type merge \
       -p "{\"spec\":{\"apiURL\":\"$sim/2.0\",\"siteURL\":\"$sim\",\"sshHost\":\"127.0.0.1:$git_port\",\"knownHosts\":\"$(cat "$work/git/known_hosts")\"}}" >/dev/null &&
+    bash "$here/node.sh" helm-values "$cluster" >"$work/node-values.yaml" &&
     "$HELM" install "$rel" "$chart" -n "$op_ns" --create-namespace --wait --timeout 180s \
-      --set image.repository=localhost/bitbucket-credentials-operator --set image.tag="$version" \
-      --set image.pullPolicy=Never --set hostNetwork=true --set listenAddress=127.0.0.1 \
-      --set metrics.port="$mp" --set health.port="$hp" --set clusterName=node-test \
+      -f "$work/node-values.yaml" --set clusterName=node-test \
       --set "allowedBitbucketUrls={$sim,$site}" --set "watchNamespaces={$ns}" \
-      --set extraEnv[0].name=KUBERNETES_SERVICE_HOST --set-string extraEnv[0].value=127.0.0.1 \
-      --set extraEnv[1].name=KUBERNETES_SERVICE_PORT --set-string extraEnv[1].value="$api_port" \
       --set readinessProbe.initialDelaySeconds=1 --set readinessProbe.periodSeconds=2 || return 1
+  hp=$(sed -n 's/^health: {port: \(.*\)}/\1/p' "$work/node-values.yaml")
+  mp=$(sed -n 's/^metrics: {port: \(.*\)}/\1/p' "$work/node-values.yaml")
   k get pods -n "$op_ns" -o wide
   echo "helm install --wait returned after $((SECONDS - started))s"
 }

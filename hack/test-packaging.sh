@@ -214,6 +214,35 @@ def cmd_check_strategy(path, surge, unavailable, host_network):
         print("  " + e)
     sys.exit(1 if errors else 0)
 
+def cmd_check_network(path, configmap, key, chart_configmap, proxy):
+    docs, errors = load(path), []
+    dep = find(docs, "Deployment")[0]
+    pod = dep["spec"]["template"]["spec"]
+    c = pod["containers"][0]
+    env = {e["name"]: e.get("value") for e in c.get("env", [])}
+    want = f"/etc/bitbucket-credentials-operator/ca/{key}"
+    if env.get("BCO_CA_BUNDLE") != want: errors.append(f"BCO_CA_BUNDLE {env.get('BCO_CA_BUNDLE')}, want {want}")
+    mounts = [m for m in c.get("volumeMounts", []) if m["name"] == "ca-bundle"]
+    if not mounts or mounts[0]["mountPath"] != "/etc/bitbucket-credentials-operator/ca" or not mounts[0].get("readOnly"):
+        errors.append(f"ca-bundle mount {mounts}")
+    vols = [v for v in pod["volumes"] if v["name"] == "ca-bundle"]
+    cm = vols[0]["configMap"] if vols else {}
+    if cm.get("name") != configmap or cm.get("items") != [{"key": key, "path": key}]:
+        errors.append(f"ca-bundle volume {cm}, want ConfigMap {configmap} key {key}")
+    maps = [d for d in find(docs, "ConfigMap") if d["metadata"]["name"].endswith("-ca-bundle")]
+    if chart_configmap == "true":
+        if not maps or "-----BEGIN CERTIFICATE-----" not in maps[0]["data"].get("ca.crt", ""):
+            errors.append("no ConfigMap with the PEM under ca.crt")
+        if "checksum/ca-bundle" not in dep["spec"]["template"]["metadata"].get("annotations", {}):
+            errors.append("no checksum annotation: a new bundle would not roll the Pod")
+    elif maps:
+        errors.append("a chart ConfigMap although an existing one is named")
+    if proxy and (env.get("HTTPS_PROXY") != proxy or env.get("NO_PROXY") != ".svc,.cluster.local"):
+        errors.append(f"proxy env {env.get('HTTPS_PROXY')} / {env.get('NO_PROXY')}")
+    for e in errors:
+        print("  " + e)
+    sys.exit(1 if errors else 0)
+
 def cmd_check_optional(path, want_replicas):
     docs, errors = load(path), []
     check_workloads(docs, errors)
@@ -769,6 +798,18 @@ render_optional() {
 }
 check "helm template renders: ServiceMonitor, PodDisruptionBudget, 2 replicas, image digest" render_optional
 
+render_network() { # a corporate network: an extra CA (inline or an existing ConfigMap), a proxy
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$work/ca.key" -out "$work/ca.pem" \
+    -days 1 -subj "/CN=Corp Inspecting CA" 2>/dev/null &&
+    template "$work/net.yaml" "$rel" "$ns" --set-file caBundle.pem="$work/ca.pem" \
+      --set proxy.httpsProxy=http://proxy.corp:3128 --set proxy.noProxy=".svc\,.cluster.local" &&
+    to_json "$work/net.yaml" "$work/net.json" &&
+    py check-network "$work/net.json" "$fullname-ca-bundle" ca.crt true http://proxy.corp:3128 &&
+    template "$work/net-cm.yaml" "$rel" "$ns" --set caBundle.configMap.name=corp-ca --set caBundle.configMap.key=bundle.pem &&
+    to_json "$work/net-cm.yaml" "$work/net-cm.json" && py check-network "$work/net-cm.json" corp-ca bundle.pem false "" &&
+    rejects --set caBundle.pem=not-a-certificate && rejects --set proxy.httpsProxy=proxy.corp:3128
+}
+
 render_strategy() { # a surge Pod by default; with hostNetwork two Pods would clash on their ports
   py check-strategy "$work/optional.json" 1 0 false &&
     template "$work/hostnet.yaml" "$rel" "$ns" --set hostNetwork=true --set listenAddress=127.0.0.1 &&
@@ -808,6 +849,7 @@ bad_values() {
     rejects --set serviceAccount.create=false
 }
 check "invalid values are rejected (values.schema.json and template guards)" bad_values
+check "helm template renders: a CA bundle (inline or an existing ConfigMap) mounted and passed as --ca-bundle; HTTPS_PROXY/NO_PROXY" render_network
 
 check "Dockerfile and .dockerignore fit the crate (static; no Docker engine here)" py docker-context "$root"
 if command -v cargo >/dev/null 2>&1; then

@@ -91,6 +91,24 @@ pub struct Config {
         default_value = "https://api.bitbucket.org/2.0,https://bitbucket.org"
     )]
     pub allowed_bitbucket_urls: Vec<String>,
+    /// PEM file of CA certificates trusted for Bitbucket besides the built-in roots: the
+    /// CA of a TLS-inspecting proxy, say. HTTPS_PROXY, HTTP_PROXY and NO_PROXY are
+    /// honoured for Bitbucket requests.
+    #[arg(long, env = "BCO_CA_BUNDLE")]
+    pub ca_bundle: Option<std::path::PathBuf>,
+}
+
+/// The certificates of a PEM bundle; a file without any is refused (a wrong path or
+/// format would otherwise show only later, as every TLS connection failing).
+fn read_ca_bundle(path: &std::path::Path) -> Result<Vec<reqwest::Certificate>, RunError> {
+    let error = |error: String| RunError::CaBundle { path: path.to_owned(), error };
+    let pem = std::fs::read(path).map_err(|e| error(e.to_string()))?;
+    let certificates = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| error(e.to_string()))?;
+    if certificates.is_empty() {
+        return Err(error("no PEM certificate in the file".into()));
+    }
+    tracing::info!(path = %path.display(), certificates = certificates.len(), "trusting extra CA certificates for Bitbucket");
+    Ok(certificates)
 }
 
 fn parse_go_duration(s: &str) -> Result<Duration, String> {
@@ -107,6 +125,8 @@ pub enum RunError {
     Bitbucket(#[from] crate::bitbucket::Error),
     #[error("--allowed-bitbucket-urls: {0}")]
     Config(String),
+    #[error("--ca-bundle {}: {error}", path.display())]
+    CaBundle { path: std::path::PathBuf, error: String },
 }
 
 /// What `/readyz` answers. A standby replica is Ready: it serves health and metrics and
@@ -193,7 +213,12 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     };
     let allowed_urls = AllowedUrls::parse(config.allowed_bitbucket_urls.iter().map(String::as_str)).map_err(RunError::Config)?;
     tracing::info!(allowed = ?config.allowed_bitbucket_urls, "Bitbucket URLs workspaces may use");
+    let extra_roots = match &config.ca_bundle {
+        Some(path) => read_ca_bundle(path)?,
+        None => Vec::new(),
+    };
     let bitbucket = Arc::new(Bitbucket::new(ClientOptions {
+        extra_roots,
         timeout: config.bitbucket_timeout,
         budget_window: config.rate_window,
         cooldown: config.rate_limit_cooldown,

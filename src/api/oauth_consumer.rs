@@ -84,8 +84,10 @@ pub enum TokenFormat {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct OAuthConsumerStatus {
-    /// `Ready` with a reason (docs/troubleshooting.md lists every reason and what to do).
+    /// `Ready` with a reason (docs/troubleshooting.md lists every reason and what to do),
+    /// and `Degraded` while a failure leaves the Secret usable.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
     /// The generation of the spec the status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -218,6 +218,7 @@ pub fn glob_match(pattern: &str, text: &str) -> bool {
 pub struct WorkspaceStatus {
     /// `Ready` once the credentials are verified, else its reason (docs/troubleshooting.md).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
     /// The generation of the spec the status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -30,6 +30,8 @@ pub struct ClientOptions {
     pub cooldown_max: Duration,
     /// The Bitbucket URLs workspaces may use (`--allowed-bitbucket-urls`).
     pub allowed_urls: AllowedUrls,
+    /// CA certificates trusted besides the built-in roots (`--ca-bundle`).
+    pub extra_roots: Vec<reqwest::Certificate>,
 }
 
 impl Default for ClientOptions {
@@ -43,6 +45,7 @@ impl Default for ClientOptions {
             cooldown: super::credential::COOLDOWN,
             cooldown_max: super::credential::COOLDOWN_MAX,
             allowed_urls: AllowedUrls::default(),
+            extra_roots: Vec::new(),
         }
     }
 }
@@ -67,7 +70,8 @@ struct Credentials {
 
 impl Bitbucket {
     pub fn new(options: ClientOptions) -> Result<Self> {
-        let http = reqwest::Client::builder()
+        let builder = options.extra_roots.iter().cloned().fold(reqwest::Client::builder(), |b, root| b.add_root_certificate(root));
+        let http = builder
             .user_agent(concat!("bitbucket-credentials-operator/", env!("CARGO_PKG_VERSION")))
             .timeout(options.timeout)
             .connect_timeout(options.timeout.min(Duration::from_secs(10)))

@@ -118,14 +118,13 @@ async fn report_failure(obj: &BitbucketAccessKey, ctx: &Context, error: &Error, 
         format!("; checking again in {}s", delay.as_secs())
     };
     let message = format!("{error}{retry}");
-    let c = condition(&status.conditions, "Ready", false, error.reason(), message.clone(), obj.metadata.generation);
-    let unchanged = status.conditions.iter().any(|x| x.type_ == "Ready" && x.reason == c.reason && x.status == c.status);
-    set_condition(&mut status.conditions, c);
+    // A registered key keeps working through Bitbucket's own failures.
+    let changed = super::record_failure(&mut status.conditions, error, message, obj.metadata.generation, true);
     if let Err(e) = patch_status(obj, ctx, &status).await {
         tracing::warn!(object = %super::display_name(obj), error = %e, "cannot record failure in status");
     }
     tracing::warn!(object = %super::display_name(obj), reason = error.reason(), error = %error, "reconcile failed");
-    if !unchanged {
+    if changed {
         ctx.event(obj, true, error.reason(), error.to_string()).await;
     }
 }
@@ -812,6 +811,7 @@ async fn apply(obj: &BitbucketAccessKey, ctx: &Context, inputs: Inputs) -> Resul
         generation,
     );
     set_condition(&mut st.conditions, ready);
+    super::clear_degraded(&mut st.conditions);
     if st != original {
         patch_status(obj, ctx, &st).await?;
         crate::failpoint::hit("status-recorded");

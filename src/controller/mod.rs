@@ -317,6 +317,16 @@ impl Error {
 }
 
 impl Error {
+    /// A failure of Bitbucket itself (5xx, timeout, 429, the operator's own budget) or a
+    /// reconcile cut short: it says nothing about the credentials already handed out.
+    pub fn keeps_secret_usable(&self) -> bool {
+        match self {
+            Error::Bitbucket { source, .. } => source.is_transient(),
+            Error::Deadline(_) => true,
+            _ => false,
+        }
+    }
+
     /// When the operator's own rate budget allows the next request, if that is why this failed.
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
@@ -327,6 +337,32 @@ impl Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The condition of a failure that leaves the Secret usable.
+pub const DEGRADED: &str = "Degraded";
+
+/// Records a failed reconcile in `conditions`; returns whether the condition changed
+/// (worth an event). A failure that says nothing about the credential in the Secret
+/// (`Error::keeps_secret_usable`), while `Ready=True` for this generation and
+/// `still_valid` (an unexpired token, say), leaves Ready alone and sets `Degraded=True`:
+/// Ready means a consumer can rely on the Secret. Anything else sets `Ready=False`.
+pub fn record_failure(conditions: &mut Vec<Condition>, error: &Error, message: String, generation: Option<i64>, still_valid: bool) -> bool {
+    let ready_now = crate::api::ready_condition(conditions).is_some_and(|c| c.status == "True" && c.observed_generation == generation);
+    let usable = still_valid && ready_now && error.keeps_secret_usable();
+    let (type_, status) = if usable { (DEGRADED, "True") } else { ("Ready", "False") };
+    let unchanged = conditions.iter().any(|c| c.type_ == type_ && c.status == status && c.reason == error.reason());
+    let c = condition(conditions, type_, usable, error.reason(), message, generation);
+    set_condition(conditions, c);
+    if !usable {
+        clear_degraded(conditions);
+    }
+    !unchanged
+}
+
+/// After a success (or when Ready=False says it all): no `Degraded` condition.
+pub fn clear_degraded(conditions: &mut Vec<Condition>) {
+    conditions.retain(|c| c.type_ != DEGRADED);
+}
 
 /// A `metav1.Condition`, keeping `lastTransitionTime` when the status does not change.
 pub fn condition(previous: &[Condition], type_: &str, status: bool, reason: &str, message: String, generation: Option<i64>) -> Condition {

@@ -58,20 +58,15 @@ pub async fn reconcile(obj: Arc<BitbucketOAuthConsumer>, ctx: Arc<Context>) -> R
             METRICS.reconcile_errors.get_or_create(&ErrorLabels { controller: CONTROLLER.into(), reason: error.reason().into() }).inc();
             let delay = ctx.backoff(&*obj, &error);
             let mut status = obj.status.clone().unwrap_or_default();
-            let kept = if status.expires_at.as_ref().is_some_and(|t| super::seconds_until(t) > 0) {
-                "; the last token stays in place until it expires"
-            } else {
-                ""
-            };
+            let valid = status.expires_at.as_ref().is_some_and(|t| super::seconds_until(t) > 0);
+            let kept = if valid { "; the last token stays in place until it expires" } else { "" };
             let message = format!("{error}{kept}; retrying in {}s", delay.as_secs());
-            let unchanged = status.conditions.iter().any(|c| c.type_ == "Ready" && c.reason == error.reason());
-            let c = condition(&status.conditions, "Ready", false, error.reason(), message, obj.metadata.generation);
-            set_condition(&mut status.conditions, c);
+            let changed = super::record_failure(&mut status.conditions, &error, message, obj.metadata.generation, valid);
             if let Err(e) = patch_status(&obj, &ctx, &status).await {
                 tracing::warn!(error = %e, "cannot record failure in status");
             }
             tracing::warn!(object = %super::display_name(&*obj), reason = error.reason(), error = %error, "reconcile failed");
-            if !unchanged {
+            if changed {
                 ctx.event(&*obj, true, error.reason(), error.to_string()).await;
             }
             Ok(super::requeue(delay))
@@ -253,6 +248,7 @@ async fn apply(obj: &BitbucketOAuthConsumer, ctx: &Context) -> Result<Action> {
         obj.metadata.generation,
     );
     set_condition(&mut st.conditions, ready);
+    super::clear_degraded(&mut st.conditions);
     if st != original {
         patch_status(obj, ctx, &st).await?;
     }

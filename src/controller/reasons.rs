@@ -288,6 +288,11 @@ pub fn render() -> String {
          kinds) shows its reason; `kubectl describe` shows the message, which names the repository,\n\
          Secret or scope concerned. Failures are retried with backoff (reasons that need someone to\n\
          change something are retried slowly), and every change of reason is also an Event.\n\n\
+         `Ready=True` means a consumer can rely on the Secret. A failure of Bitbucket itself\n\
+         (5xx, timeouts, `RateLimited`) or a reconcile cut short (`ReconcileTimeout`) while the\n\
+         Secret holds a working key or an unexpired token leaves `Ready=True` and sets\n\
+         `Degraded=True` with the reason below instead; `Degraded` goes away with the next\n\
+         success. A change of the spec is not Ready until it is done.\n\n\
          This page is generated from the operator's error types (`src/controller/reasons.rs`);\n\
          a test fails when a reason is missing from it.\n\n\
          | Reason | Ready | Reported by | Meaning | What to do |\n\

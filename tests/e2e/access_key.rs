@@ -9,7 +9,7 @@ use kube::Api;
 use kube::api::{DeleteParams, Patch, PatchParams};
 use serde_json::{Value, json};
 
-use crate::support::{Env, eventually};
+use crate::support::{Env, eventually, set_faults};
 
 const READY: Duration = Duration::from_secs(60);
 
@@ -462,4 +462,46 @@ async fn a_label_removed_from_the_spec_goes_from_the_secret() {
     .await;
     assert_eq!(labels.get("team").map(String::as_str), Some("platform"));
     assert_eq!(labels.get("theirs").map(String::as_str), Some("kept"), "a label the operator did not set stays");
+}
+
+/// Bitbucket failing while the Secret's key works: Ready stays True (consumers can rely on
+/// the Secret) and `Degraded` says why; the next success removes it. A spec change that
+/// cannot be carried out meanwhile is Ready=False.
+#[tokio::test]
+async fn bitbucket_failing_leaves_a_working_key_ready_and_says_degraded() {
+    let env = Env::new("ak-degraded").await;
+    env.workspace().await;
+    let key = |repos: &str| {
+        format!(
+            "apiVersion: bitbucket.credentials.dev/v1alpha1\nkind: BitbucketAccessKey\nmetadata: {{name: ci}}\nspec:\n  workspaceRef: {{name: acme}}\n  repositories: [{repos}]\n"
+        )
+    };
+    let condition = |type_: &'static str| {
+        let env = &env;
+        async move {
+            let o = env.get("bitbucketaccesskeys", "ci").await?;
+            o.data["status"]["conditions"].as_array()?.iter().find(|c| c["type"] == type_).cloned()
+        }
+    };
+    env.apply(&key("api")).await;
+    env.wait_ready("bitbucketaccesskeys", "ci", READY).await;
+
+    // Every request fails with a 5xx: the next drift check (every 3 s here) cannot list.
+    set_faults(&env.sim, json!({"errorRate": 1.0})).await;
+    let degraded = eventually("Degraded=True", READY, || async { condition("Degraded").await.filter(|c| c["status"] == "True") }).await;
+    assert_eq!(degraded["reason"], "BitbucketUnavailable", "{degraded}");
+    let ready = condition("Ready").await.unwrap();
+    assert_eq!(ready["status"], "True", "a working key stays Ready while Bitbucket fails: {ready}");
+
+    // A new repository cannot be registered: the Secret does not do what the spec says.
+    env.apply(&key("api, web")).await;
+    let ready =
+        eventually("Ready=False for the new generation", READY, || async { condition("Ready").await.filter(|c| c["status"] == "False") })
+            .await;
+    assert_eq!(ready["reason"], "BitbucketUnavailable", "{ready}");
+    assert!(condition("Degraded").await.is_none(), "Ready=False says it all: no Degraded beside it");
+
+    set_faults(&env.sim, json!({})).await;
+    env.wait_ready("bitbucketaccesskeys", "ci", READY).await;
+    assert!(condition("Degraded").await.is_none(), "a success removes Degraded");
 }

@@ -1,6 +1,7 @@
 //! Integration tests against a real kube-apiserver, the real `bitbucket-sim` and the
 //! operator binary, as a user runs them.
 
+mod network;
 mod support;
 
 mod access_key;

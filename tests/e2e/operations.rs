@@ -2,7 +2,8 @@
 
 use std::time::Duration;
 
-use crate::support::{Env, Operator, allowing, eventually, series};
+use crate::network::{ConnectProxy, TlsFront};
+use crate::support::{Env, Operator, allowing, eventually, series, workspace_yaml};
 
 #[tokio::test]
 async fn metrics_and_readiness_are_served() {
@@ -147,4 +148,38 @@ async fn each_object_has_a_ready_gauge_and_absolute_timestamps() {
         (!m.contains(&format!("{p}ready_status{key}")) && !m.contains(&format!("{p}next_rotation_timestamp_seconds{key}"))).then_some(())
     })
     .await;
+}
+
+/// Behind a TLS-inspecting proxy Bitbucket's certificate is signed by the proxy's CA: the
+/// operator refuses it until --ca-bundle names that CA, and its requests go through
+/// HTTPS_PROXY when that is set.
+#[tokio::test]
+async fn a_ca_bundle_and_https_proxy_reach_bitbucket_behind_a_tls_inspecting_proxy() {
+    let mut env = Env::new("ops-tls").await;
+    env.operator.kill();
+    let front = TlsFront::start(&env.dir, &env.sim.url).await;
+    let proxy = ConnectProxy::start().await;
+    env.apply(&workspace_yaml(&front.url, "")).await;
+
+    let mut refusing = Operator::start(&env.dir.join("no-bundle"), &env.ns, &[], allowing(&[&front.url]));
+    let (_, reason, message) = eventually("the workspace fails on the unknown CA", Duration::from_secs(60), || async {
+        env.ready("bitbucketworkspaces", "acme").await.filter(|(s, _, _)| s == "False")
+    })
+    .await;
+    assert_eq!(reason, "BitbucketUnreachable", "{message}");
+    assert!(message.to_lowercase().contains("certificate"), "the message must name the certificate problem: {message}");
+    refusing.terminate(Duration::from_secs(10));
+
+    let mut envs = allowing(&[&front.url]);
+    envs.push(("BCO_CA_BUNDLE".into(), front.ca.display().to_string()));
+    envs.push(("HTTPS_PROXY".into(), proxy.url.clone()));
+    // The API server is reached directly, as NO_PROXY says.
+    envs.push(("NO_PROXY".into(), "127.0.0.1".into()));
+    let trusting = Operator::start(&env.dir.join("bundle"), &env.ns, &[], envs);
+    env.wait_ready("bitbucketworkspaces", "acme", Duration::from_secs(60)).await;
+    assert!(trusting.logs().contains("trusting extra CA certificates"), "{}", trusting.logs());
+    let tunnels = proxy.tunnels.lock().unwrap().clone();
+    let port = front.url.rsplit(':').next().unwrap();
+    assert!(tunnels.iter().any(|t| t == &format!("localhost:{port}")), "requests to Bitbucket must use HTTPS_PROXY: {tunnels:?}");
+    assert!(tunnels.iter().all(|t| t.starts_with("localhost:")), "the API server must be reached directly: {tunnels:?}");
 }

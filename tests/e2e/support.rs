@@ -397,6 +397,8 @@ impl Env {
         Some((c["status"].as_str()?.to_string(), c["reason"].as_str()?.to_string(), c["message"].as_str().unwrap_or_default().to_string()))
     }
 
+    /// Waits until Ready=True for the current generation with no Degraded condition: the
+    /// object has converged, the last reconcile succeeded.
     pub async fn wait_ready(&self, plural: &str, name: &str, timeout: Duration) -> DynamicObject {
         let gen_ok = |o: &DynamicObject| o.data["status"]["observedGeneration"].as_i64() == o.metadata.generation;
         let deadline = Instant::now() + timeout;
@@ -405,7 +407,8 @@ impl Env {
                 && s == "True"
             {
                 let o = self.get(plural, name).await.unwrap();
-                if gen_ok(&o) || plural.contains("workspaces") {
+                let degraded = o.data["status"]["conditions"].as_array().into_iter().flatten().any(|c| c["type"] == "Degraded");
+                if (gen_ok(&o) || plural.contains("workspaces")) && !degraded {
                     return o;
                 }
             }
@@ -420,7 +423,7 @@ impl Env {
         }
     }
 
-    /// Waits until the Ready condition has `reason`; returns the message.
+    /// Waits until the Ready (or Degraded) condition has `reason`; returns the message.
     pub async fn wait_reason(&self, plural: &str, name: &str, reason: &str, timeout: Duration) -> String {
         let deadline = Instant::now() + timeout;
         loop {
@@ -428,6 +431,13 @@ impl Env {
                 && r == reason
             {
                 return m;
+            }
+            // A failure that leaves the Secret usable is told by Degraded, Ready staying True.
+            if let Some(o) = self.get(plural, name).await
+                && let Some(c) = o.data["status"]["conditions"].as_array().into_iter().flatten().find(|c| c["type"] == "Degraded")
+                && c["reason"] == reason
+            {
+                return c["message"].as_str().unwrap_or_default().to_string();
             }
             if Instant::now() > deadline {
                 panic!(
