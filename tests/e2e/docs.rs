@@ -2,7 +2,9 @@
 //! code: every ```yaml block that directly follows a `<!-- apply -->` line is sent through
 //! `kubectl apply --dry-run=server` to the harness's real API server, which runs schema
 //! validation, CEL rules and strict field validation on it. A typo, a field the API does not
-//! have, or a kind that does not exist fails here instead of for a user.
+//! have, or a kind that does not exist fails here instead of for a user. And every object of
+//! ours in docs/ and examples/ is applied for real and must become Ready against the simulator
+//! (`every_documented_object_becomes_ready_against_the_simulator`).
 //!
 //! Tekton, Flux and Argo CD are not installed in the test cluster: the stand-in CRDs of
 //! `tests/fixtures/ci-crds/` declare their kinds (names and scope only, any content), so
@@ -18,6 +20,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use crate::support::{cluster, root};
 
@@ -258,4 +261,129 @@ fn apply_blocks_are_found_and_namespaces_stripped() {
     let (_, problems, unmarked) =
         apply_blocks("y.md", "```yaml\napiVersion: v1\nkind: Secret\nmetadata: {name: c}\n```\n<!-- apply -->\n\n```yaml\n```\n");
     assert_eq!((problems.len(), unmarked.len()), (1, 1), "{problems:?} {unmarked:?}");
+}
+
+/// A simulator holding everything docs/ and examples/ name: the repositories and projects,
+/// the credentials of examples/ and those the placeholders are replaced with.
+const DOCS_SIM: &str = r#"
+workspaces:
+  - slug: acme
+    repositories: [{slug: api, project: CORE}, {slug: web, project: CORE}, {slug: tools}, {slug: deploy-config}, {slug: infra, project: PLAT}]
+    projects: [{key: CORE}, {key: PLAT}]
+apiTokens:
+  - {email: admin@acme.test, token: tok-admin, scopes: [admin:repository:bitbucket, write:ssh-key:bitbucket, delete:ssh-key:bitbucket, admin:project:bitbucket]}
+oauthConsumers:
+  - {key: ck, secret: cs, scopes: [repository:admin, project:admin], expiresIn: 7200}
+rateLimit: {requestsPerWindow: 100000, windowSeconds: 3600}
+"#;
+
+const OUR_KINDS: &[(&str, &str)] = &[
+    ("BitbucketWorkspace", "bitbucketworkspaces"),
+    ("BitbucketAccessKey", "bitbucketaccesskeys"),
+    ("BitbucketOAuthConsumer", "bitbucketoauthconsumers"),
+];
+
+/// A documented object made to run here: in the test's namespace, workspaces pointed at the
+/// simulator, placeholders replaced by the simulator's consumer, the cluster workspace
+/// renamed to `cluster_ws`.
+fn localise(mut doc: serde_json::Value, sim: &str, cluster_ws: &str) -> serde_json::Value {
+    if let Some(m) = doc["metadata"].as_object_mut() {
+        m.remove("namespace");
+    }
+    if let Some(data) = doc.get_mut("stringData").and_then(|d| d.as_object_mut()) {
+        for v in data.values_mut() {
+            match v.as_str() {
+                Some("REPLACE_WITH_CONSUMER_KEY") => *v = "ck".into(),
+                Some("REPLACE_WITH_CONSUMER_SECRET") => *v = "cs".into(),
+                _ => {}
+            }
+        }
+    }
+    // (Indexing a missing key of a mutable Value would add it as null.)
+    let kind = doc["kind"].as_str().unwrap_or_default().to_string();
+    let Some(spec) = doc.get_mut("spec").and_then(|s| s.as_object_mut()) else { return doc };
+    if kind.ends_with("BitbucketWorkspace") {
+        spec.insert("apiURL".into(), format!("{sim}/2.0").into());
+        spec.insert("siteURL".into(), sim.into());
+    }
+    if let Some(r) = spec.get_mut("workspaceRef").and_then(|r| r.as_object_mut())
+        && r.get("kind").is_some_and(|k| k == "ClusterBitbucketWorkspace")
+    {
+        r.insert("name".into(), cluster_ws.into());
+    }
+    doc
+}
+
+/// Every BitbucketWorkspace, BitbucketAccessKey and BitbucketOAuthConsumer of docs/ and
+/// examples/ applied for real (not a dry run) and Ready against the simulator, one file at
+/// a time, with the cluster workspace of examples/02 that the CI pages use.
+#[tokio::test]
+async fn every_documented_object_becomes_ready_against_the_simulator() {
+    use crate::support::Env;
+    let env = Env::with("docs-ready", DOCS_SIM, &[]).await;
+    let sim = env.sim.url.clone();
+    let to_yaml = |docs: &[serde_json::Value]| docs.iter().map(|d| serde_yaml::to_string(d).unwrap()).collect::<Vec<_>>().join("---\n");
+    let json = |v: serde_yaml::Value| serde_json::to_value(v).unwrap();
+
+    // examples/02's cluster workspace, renamed so that no other test meets it, admitting
+    // the test's namespace, its consumer Secret in the cluster-resource namespace.
+    let cluster_ws = format!("acme-{}", env.ns);
+    let text = std::fs::read_to_string(root().join("examples/02-cluster-workspace.yaml")).unwrap();
+    let mut cws = json(documents(&text).unwrap().remove(0));
+    cws["metadata"]["name"] = cluster_ws.clone().into();
+    cws["spec"]["allowedNamespaces"]["names"] = serde_json::json!([env.ns]);
+    let cws = localise(cws, &sim, &cluster_ws);
+    let consumer = serde_json::json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "bb-consumer"}, "stringData": {"key": "ck", "secret": "cs"}});
+    env.apply(&to_yaml(&[consumer, cws])).await;
+    env.wait_ready("clusterbitbucketworkspaces", &cluster_ws, Duration::from_secs(60)).await;
+
+    // examples/01's workspace `acme` first: the pages build on it.
+    let mut sources: Vec<(String, Vec<serde_json::Value>)> = Vec::new();
+    let examples = |name: &str| {
+        let docs = documents(&std::fs::read_to_string(root().join("examples").join(name)).unwrap()).unwrap();
+        (format!("examples/{name}"), docs.into_iter().map(json).collect::<Vec<_>>())
+    };
+    sources.push(examples("01-workspace.yaml"));
+    let mut files = Vec::new();
+    markdown_files(&root().join("docs"), &mut files);
+    for path in files {
+        let rel = path.strip_prefix(root()).unwrap().display().to_string();
+        let (blocks, _, _) = apply_blocks(&rel, &std::fs::read_to_string(&path).unwrap());
+        let docs = blocks.iter().flat_map(|b| documents(&b.yaml).unwrap()).map(json).collect();
+        sources.push((rel, docs));
+    }
+    sources.push(examples("03-access-key.yaml"));
+    sources.push(examples("04-oauth-consumer.yaml"));
+
+    let mut ready = Vec::new();
+    for (source, docs) in sources {
+        let ours = |d: &serde_json::Value| OUR_KINDS.iter().find(|(k, _)| d["kind"] == *k).map(|(_, p)| *p);
+        let objects: Vec<serde_json::Value> =
+            docs.into_iter().filter(|d| d["kind"] == "Secret" || ours(d).is_some()).map(|d| localise(d, &sim, &cluster_ws)).collect();
+        let mut checked: Vec<(&str, String)> =
+            objects.iter().filter_map(|d| Some((ours(d)?, d["metadata"]["name"].as_str()?.to_string()))).collect();
+        if checked.is_empty() {
+            continue;
+        }
+        env.apply(&to_yaml(&objects)).await;
+        for (plural, name) in &checked {
+            env.wait_ready(plural, name, Duration::from_secs(60)).await;
+            ready.push(format!("{source}: {plural}/{name}"));
+        }
+        // Gone before the next file, which may use the same names (workspaces stay: the
+        // next file's objects may need them, and it applies its own over them).
+        checked.retain(|(plural, _)| *plural != "bitbucketworkspaces");
+        for (plural, name) in checked.iter().rev() {
+            let _ = env.api(plural).delete(name, &Default::default()).await;
+        }
+        for (plural, name) in &checked {
+            crate::support::eventually(&format!("{plural}/{name} deleted"), Duration::from_secs(60), || async {
+                env.get(plural, name).await.is_none().then_some(())
+            })
+            .await;
+        }
+    }
+    eprintln!("documented objects Ready against the simulator:\n  {}", ready.join("\n  "));
+    let pages = ready.iter().map(|r| r.split(':').next().unwrap()).collect::<std::collections::BTreeSet<_>>();
+    assert!(pages.len() >= 8, "too few pages with objects of ours: {pages:?}");
 }
