@@ -76,6 +76,7 @@ if [ -n "$on_node" ]; then
   "$(bash hack/build-control-plane.sh helm | tail -1)/helm" install bco charts/bitbucket-credentials-operator \
     -n bitbucket-credentials-operator --create-namespace --wait --timeout 180s -f "$state/node-values.yaml" \
     --set clusterName=demo --set clusterResourceNamespace=default --set "allowedBitbucketUrls={$sim}"
+  kubectl wait pod -n bitbucket-credentials-operator -l app.kubernetes.io/instance=bco --for=condition=Ready --timeout=120s >/dev/null
   kubectl get pods -n bitbucket-credentials-operator -o wide
 else
   step "starting the operator"

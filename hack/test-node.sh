@@ -115,8 +115,10 @@ install() {
       --set readinessProbe.initialDelaySeconds=1 --set readinessProbe.periodSeconds=2 || return 1
   hp=$(sed -n 's/^health: {port: \(.*\)}/\1/p' "$work/node-values.yaml")
   mp=$(sed -n 's/^metrics: {port: \(.*\)}/\1/p' "$work/node-values.yaml")
-  k get pods -n "$op_ns" -o wide
   echo "helm install --wait returned after $((SECONDS - started))s"
+  # helm's --wait can return before the ReplicaSet's Pod exists: the Pod's own Ready.
+  k wait pod -n "$op_ns" -l app.kubernetes.io/instance="$rel" --for=condition=Ready --timeout=120s &&
+    k get pods -n "$op_ns" -o wide && echo "the Pod Ready $((SECONDS - started))s after helm install started"
 }
 check "helm install: the operator Pod starts from the local image and becomes Ready through the kubelet's readiness probe" install
 
