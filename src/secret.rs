@@ -21,7 +21,20 @@ pub struct SshTarget<'a> {
     pub ssh_host: &'a str,
     pub known_hosts: &'a str,
     pub workspace: &'a str,
+    /// The Argo CD project of the `argocd` layout, if any.
+    pub argocd_project: Option<&'a str>,
 }
+
+/// Where an OAuth token is used over HTTPS.
+pub struct HttpsTarget<'a> {
+    /// `scheme://host[:port]` of the site (`https://bitbucket.org`).
+    pub origin: &'a str,
+    pub workspace: &'a str,
+    /// The Argo CD project of the `argocd` layout, if any.
+    pub argocd_project: Option<&'a str>,
+}
+
+const ARGOCD_SECRET_TYPE: &str = "argocd.argoproj.io/secret-type";
 
 /// Where a Secret goes and what the user asked to put on it.
 pub struct Placement<'a> {
@@ -93,10 +106,13 @@ pub fn access_key_secret(
                 data.insert("privateKey".into(), private());
             }
             AccessKeyFormat::Argocd => {
-                labels.insert("argocd.argoproj.io/secret-type".into(), "repo-creds".into());
+                labels.insert(ARGOCD_SECRET_TYPE.into(), "repo-creds".into());
                 data.insert("url".into(), ByteString(format!("git@{}:{}/", target.ssh_host, target.workspace).into_bytes()));
                 data.insert("sshPrivateKey".into(), private());
                 data.insert("type".into(), ByteString(b"git".to_vec()));
+                if let Some(project) = target.argocd_project {
+                    data.insert("project".into(), ByteString(project.as_bytes().to_vec()));
+                }
             }
         }
     }
@@ -128,10 +144,10 @@ pub fn known_hosts_for(known_hosts: &str, ssh_host: &str) -> String {
 }
 
 /// The data of an OAuth token Secret, and its type.
-/// `git_origin` is `scheme://host[:port]` of the site (`https://bitbucket.org`).
-pub fn token_secret(at: Placement<'_>, formats: &[TokenFormat], token: &str, git_origin: &str) -> Secret {
+pub fn token_secret(at: Placement<'_>, formats: &[TokenFormat], token: &str, target: &HttpsTarget<'_>) -> Secret {
     let mut data = BTreeMap::new();
     let mut type_ = "Opaque";
+    let mut labels = at.user.labels.clone();
     for f in formats {
         match f {
             TokenFormat::Token => {
@@ -143,11 +159,23 @@ pub fn token_secret(at: Placement<'_>, formats: &[TokenFormat], token: &str, git
                 data.insert("password".into(), ByteString(token.as_bytes().to_vec()));
             }
             TokenFormat::GitCredentials => {
-                data.insert(".git-credentials".into(), ByteString(git_credentials_line(git_origin, token).into_bytes()));
+                data.insert(".git-credentials".into(), ByteString(git_credentials_line(target.origin, token).into_bytes()));
+            }
+            TokenFormat::Argocd => {
+                // Argo CD matches repository URLs against `url` as a prefix.
+                labels.insert(ARGOCD_SECRET_TYPE.into(), "repo-creds".into());
+                let origin = if target.origin.contains("://") { target.origin.to_string() } else { format!("https://{}", target.origin) };
+                data.insert("url".into(), ByteString(format!("{origin}/{}/", target.workspace).into_bytes()));
+                data.insert("username".into(), ByteString(TOKEN_USERNAME.as_bytes().to_vec()));
+                data.insert("password".into(), ByteString(token.as_bytes().to_vec()));
+                data.insert("type".into(), ByteString(b"git".to_vec()));
+                if let Some(project) = target.argocd_project {
+                    data.insert("project".into(), ByteString(project.as_bytes().to_vec()));
+                }
             }
         }
     }
-    let (labels, annotations) = (at.user.labels.clone(), at.user.annotations.clone());
+    let annotations = at.user.annotations.clone();
     at.secret(type_, labels, annotations, data)
 }
 

@@ -124,13 +124,18 @@ pub struct AccessKeySecret {
     #[schemars(length(min = 1, max = 5))]
     #[x_kube(validation = Rule::new("self.all(f, self.exists_one(g, g == f))").message("secret.formats must not repeat"))]
     pub formats: Vec<AccessKeyFormat>,
+    /// Argo CD project of the `argocd` layout (its `project` key), for credentials that
+    /// only a project-scoped Argo CD repository may use. Default: none (global).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"))]
+    pub argocd_project: Option<String>,
     #[serde(flatten)]
     pub metadata: SecretMetadata,
 }
 
 impl Default for AccessKeySecret {
     fn default() -> Self {
-        Self { name: None, formats: default_access_key_formats(), metadata: SecretMetadata::default() }
+        Self { name: None, formats: default_access_key_formats(), argocd_project: None, metadata: SecretMetadata::default() }
     }
 }
 

@@ -55,16 +55,21 @@ pub struct OAuthSecret {
     pub name: Option<String>,
     /// Layouts written into the one Secret.
     #[serde(default = "default_token_formats")]
-    #[schemars(length(min = 1, max = 3))]
+    #[schemars(length(min = 1, max = 4))]
     #[x_kube(validation = Rule::new("self.all(f, self.exists_one(g, g == f))").message("secret.formats must not repeat"))]
     pub formats: Vec<TokenFormat>,
+    /// Argo CD project of the `argocd` layout (its `project` key), for credentials that
+    /// only a project-scoped Argo CD repository may use. Default: none (global).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"))]
+    pub argocd_project: Option<String>,
     #[serde(flatten)]
     pub metadata: SecretMetadata,
 }
 
 impl Default for OAuthSecret {
     fn default() -> Self {
-        Self { name: None, formats: default_token_formats(), metadata: SecretMetadata::default() }
+        Self { name: None, formats: default_token_formats(), argocd_project: None, metadata: SecretMetadata::default() }
     }
 }
 
@@ -78,6 +83,8 @@ pub enum TokenFormat {
     Token,
     BasicAuth,
     GitCredentials,
+    /// Argo CD repository credentials over HTTPS (`repo-creds`: url, username, password).
+    Argocd,
 }
 
 /// What the operator did: the token in the Secret, when it expires, and the condition.

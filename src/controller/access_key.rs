@@ -301,7 +301,12 @@ impl Run<'_> {
             &self.obj.spec.secret.formats,
             current,
             pending,
-            &SshTarget { ssh_host: &self.ws.ssh_host, known_hosts: &self.ws.known_hosts, workspace: &self.ws.workspace },
+            &SshTarget {
+                ssh_host: &self.ws.ssh_host,
+                known_hosts: &self.ws.known_hosts,
+                workspace: &self.ws.workspace,
+                argocd_project: self.obj.spec.secret.argocd_project.as_deref(),
+            },
         );
         secret.metadata.annotations.get_or_insert_default().insert(TARGETS_ANNOTATION.into(), encode_targets(targets));
         secret
@@ -1151,7 +1156,7 @@ mod tests {
                 &obj.spec.secret.formats,
                 key,
                 None,
-                &SshTarget { ssh_host: "bitbucket.org", known_hosts: crate::api::DEFAULT_KNOWN_HOSTS, workspace: "acme" },
+                &SshTarget { ssh_host: "bitbucket.org", known_hosts: crate::api::DEFAULT_KNOWN_HOSTS, workspace: "acme", argocd_project: None },
             );
             proptest::prop_assert!(rendered.data.is_some());
         }

@@ -21,7 +21,7 @@ use super::{Context, Error, FIELD_MANAGER, Result, condition, set_condition};
 use crate::api::{BitbucketOAuthConsumer, OAuthConsumerStatus};
 use crate::bitbucket::Auth;
 use crate::metrics::{ControllerLabels, ErrorLabels, METRICS, ObjectLabels};
-use crate::secret::{Placement, TOKEN_USERNAME, has_stale_fields, token_secret, up_to_date};
+use crate::secret::{HttpsTarget, Placement, TOKEN_USERNAME, has_stale_fields, token_secret, up_to_date};
 use crate::sensitive::SecretString;
 
 const CONTROLLER: &str = "oauthconsumer";
@@ -189,7 +189,8 @@ async fn apply(obj: &BitbucketOAuthConsumer, ctx: &Context) -> Result<Action> {
     let host = git_origin(&ws.site_url);
     let render = |token: &str| {
         let at = Placement { name: &out_name, namespace: &ns, owner: owner.clone(), user: &obj.spec.secret.metadata };
-        token_secret(at, &obj.spec.secret.formats, token, &host)
+        let target = HttpsTarget { origin: &host, workspace: &ws.workspace, argocd_project: obj.spec.secret.argocd_project.as_deref() };
+        token_secret(at, &obj.spec.secret.formats, token, &target)
     };
 
     let token = match current {
@@ -288,10 +289,28 @@ mod tests {
     fn the_token_reads_back_from_any_format() {
         let user = Default::default();
         let at = || Placement { name: "n", namespace: "ns", owner: Default::default(), user: &user };
-        let s = token_secret(at(), &[TokenFormat::GitCredentials], "tok123", "https://bitbucket.org");
+        let target = HttpsTarget { origin: "https://bitbucket.org", workspace: "acme", argocd_project: None };
+        let s = token_secret(at(), &[TokenFormat::GitCredentials], "tok123", &target);
         assert_eq!(read_token(&s).unwrap().expose(), "tok123");
-        let s = token_secret(at(), &[TokenFormat::BasicAuth], "tok456", "https://bitbucket.org");
+        let s = token_secret(at(), &[TokenFormat::BasicAuth], "tok456", &target);
         assert_eq!(read_token(&s).unwrap().expose(), "tok456");
+        let s = token_secret(at(), &[TokenFormat::Argocd], "tok789", &target);
+        assert_eq!(read_token(&s).unwrap().expose(), "tok789");
+    }
+
+    #[test]
+    fn the_argocd_layout_is_https_repo_creds_with_an_optional_project() {
+        let user = Default::default();
+        let at = Placement { name: "n", namespace: "ns", owner: Default::default(), user: &user };
+        let target = HttpsTarget { origin: "https://bitbucket.org", workspace: "acme", argocd_project: Some("team-a") };
+        let s = token_secret(at, &[TokenFormat::Argocd], "tok", &target);
+        let data = s.data.unwrap();
+        let field = |k: &str| String::from_utf8(data[k].0.clone()).unwrap();
+        assert_eq!(s.metadata.labels.unwrap()["argocd.argoproj.io/secret-type"], "repo-creds");
+        assert_eq!(
+            (field("url"), field("username"), field("password"), field("type"), field("project")),
+            ("https://bitbucket.org/acme/".into(), "x-token-auth".into(), "tok".into(), "git".into(), "team-a".into())
+        );
     }
 
     proptest::proptest! {
