@@ -28,7 +28,7 @@ async fn token_requests(env: &Env) -> u64 {
 async fn a_token_lands_in_the_secret_in_every_format_and_never_the_consumer_secret() {
     let env = Env::new("oauth-formats").await;
     env.workspace().await;
-    env.apply(&consumer("ci", "  secret:\n    formats: [token, basic-auth, git-credentials]\n")).await;
+    env.apply(&consumer("ci", "  secret:\n    formats: [token, basic-auth, git-credentials, argocd]\n    argocdProject: team-a\n")).await;
     let o = env.wait_ready("bitbucketoauthconsumers", "ci", READY).await;
     let s = env.secret("ci").await.unwrap();
     let token = text(&s, "token");
@@ -38,6 +38,9 @@ async fn a_token_lands_in_the_secret_in_every_format_and_never_the_consumer_secr
     assert_eq!(text(&s, "password"), token);
     let host = env.sim.url.trim_start_matches("http://").to_string();
     assert_eq!(text(&s, ".git-credentials"), format!("http://x-token-auth:{token}@{host}\n"));
+    // Argo CD's HTTPS credential template for the whole workspace, scoped to one AppProject.
+    assert_eq!(s.metadata.labels.as_ref().unwrap()["argocd.argoproj.io/secret-type"], "repo-creds");
+    assert_eq!((text(&s, "url"), text(&s, "type"), text(&s, "project")), (format!("http://{host}/acme/"), "git".into(), "team-a".into()));
     for v in s.data.as_ref().unwrap().values() {
         let v = String::from_utf8_lossy(&v.0);
         assert!(!v.contains("cs-main-secret"), "the consumer secret never reaches the output Secret");
