@@ -130,6 +130,6 @@ fn bound_label_selector(selector: &mut JSONSchemaProps) {
 
 /// The YAML document of one CRD, as `crd` prints and `crds/` holds it.
 pub fn crd_yaml(crd: &CustomResourceDefinition) -> String {
-    let yaml = serde_yaml::to_string(crd).expect("a CRD always serializes");
+    let yaml = serde_saphyr::to_string(crd).expect("a CRD always serializes");
     format!("---\n{yaml}")
 }

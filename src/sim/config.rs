@@ -270,7 +270,7 @@ impl fmt::Debug for AccessTokenConfig {
 
 impl SimConfig {
     pub fn from_yaml(text: &str) -> Result<Self, SimError> {
-        let config: Self = serde_yaml::from_str(text).map_err(|e| SimError::Config(e.to_string()))?;
+        let config: Self = serde_saphyr::from_str(text).map_err(|e| SimError::Config(e.to_string()))?;
         config.validate()?;
         Ok(config)
     }

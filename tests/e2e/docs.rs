@@ -57,16 +57,9 @@ fn markdown_files(dir: &Path, out: &mut Vec<PathBuf>) {
 }
 
 /// The documents of a YAML stream, skipping empty ones; None if it does not parse.
-fn documents(yaml: &str) -> Option<Vec<serde_yaml::Value>> {
-    use serde::Deserialize;
-    let mut docs = Vec::new();
-    for doc in serde_yaml::Deserializer::from_str(yaml) {
-        let v = serde_yaml::Value::deserialize(doc).ok()?;
-        if !v.is_null() {
-            docs.push(v);
-        }
-    }
-    Some(docs)
+fn documents(yaml: &str) -> Option<Vec<serde_json::Value>> {
+    let docs: Vec<serde_json::Value> = serde_saphyr::from_str_multiple::<serde_json::Value, Vec<_>>(yaml).ok()?;
+    Some(docs.into_iter().filter(|v| !v.is_null()).collect())
 }
 
 fn is_full_manifest(yaml: &str) -> bool {
@@ -322,8 +315,8 @@ async fn every_documented_object_becomes_ready_against_the_simulator() {
     use crate::support::Env;
     let env = Env::with("docs-ready", DOCS_SIM, &[]).await;
     let sim = env.sim.url.clone();
-    let to_yaml = |docs: &[serde_json::Value]| docs.iter().map(|d| serde_yaml::to_string(d).unwrap()).collect::<Vec<_>>().join("---\n");
-    let json = |v: serde_yaml::Value| serde_json::to_value(v).unwrap();
+    let to_yaml = |docs: &[serde_json::Value]| docs.iter().map(|d| serde_saphyr::to_string(d).unwrap()).collect::<Vec<_>>().join("---\n");
+    let json = |v: serde_json::Value| v;
 
     // examples/02's cluster workspace, renamed so that no other test meets it, admitting
     // the test's namespace, its consumer Secret in the cluster-resource namespace.

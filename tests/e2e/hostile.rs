@@ -50,10 +50,10 @@ fn crds_without_bounds() -> String {
     let mut out = String::new();
     for entry in std::fs::read_dir(root().join("crds")).unwrap() {
         let text = std::fs::read_to_string(entry.unwrap().path()).unwrap();
-        let mut crd: serde_json::Value = serde_yaml::from_str(&text).unwrap();
+        let mut crd: serde_json::Value = serde_saphyr::from_str(&text).unwrap();
         strip_bounds(&mut crd);
         out.push_str("---\n");
-        out.push_str(&serde_yaml::to_string(&crd).unwrap());
+        out.push_str(&serde_saphyr::to_string(&crd).unwrap());
     }
     out
 }

@@ -351,8 +351,7 @@ impl Env {
     /// Applies YAML (one or more documents) into the test's namespace via the API.
     pub async fn apply(&self, yaml: &str) {
         let discovery = discovery(&self.client).await;
-        for doc in serde_yaml::Deserializer::from_str(yaml) {
-            let value = serde_json::to_value(serde_yaml::Value::deserialize(doc).unwrap()).unwrap();
+        for value in serde_saphyr::from_str_multiple::<serde_json::Value, Vec<_>>(yaml).unwrap() {
             if value.is_null() {
                 continue;
             }
@@ -480,8 +479,6 @@ impl Env {
         }
     }
 }
-
-use serde::Deserialize;
 
 async fn discovery(client: &Client) -> Discovery {
     Discovery::new(client.clone()).run().await.expect("discovery")
