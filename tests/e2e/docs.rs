@@ -312,8 +312,13 @@ fn localise(mut doc: serde_json::Value, sim: &str, cluster_ws: &str) -> serde_js
 /// a time, with the cluster workspace of examples/02 that the CI pages use.
 #[tokio::test]
 async fn every_documented_object_becomes_ready_against_the_simulator() {
-    use crate::support::Env;
-    let env = Env::with("docs-ready", DOCS_SIM, &[]).await;
+    use crate::support::{Env, PrivateCluster};
+    // A control plane of its own: every operator of the shared one serves cluster-scoped
+    // workspaces, and another test's operator would fight over this one's status.
+    let pc = PrivateCluster::start("docs-ready");
+    let ns = "docs";
+    let args = [format!("--watch-namespaces={ns}"), format!("--cluster-resource-namespace={ns}"), "--cluster-name=docs".into()];
+    let env = Env::on_private(&pc, "docs-ready", ns, DOCS_SIM, &args).await;
     let sim = env.sim.url.clone();
     let to_yaml = |docs: &[serde_json::Value]| docs.iter().map(|d| serde_saphyr::to_string(d).unwrap()).collect::<Vec<_>>().join("---\n");
     let json = |v: serde_json::Value| v;
