@@ -79,9 +79,10 @@ clone_pod() {
     k apply -f "$work/$name.json" >/dev/null
 }
 
+# The running operator Pod of the release (not one that is shutting down).
 operator_pod() {
-  k get pods -n "$op_ns" -l app.kubernetes.io/name=bitbucket-credentials-operator \
-    --field-selector=status.phase=Running -o jsonpath='{.items[*].metadata.name}'
+  k get pods -n "$op_ns" -l app.kubernetes.io/instance="$rel" --field-selector=status.phase=Running \
+    -o custom-columns=NAME:.metadata.name,DELETING:.metadata.deletionTimestamp --no-headers | awk '$2 == "<none>" {print $1}'
 }
 
 # The host PID of a Pod's first container, from containerd's task list.
@@ -306,9 +307,49 @@ YAML
 }
 check "leader handover: the leader Pod is deleted, its replacement takes the Lease and reconciles" handover
 
+# Two operator Pods competing for the Lease, as replicas: 2 would run them. Two Pods of one
+# Deployment cannot share the node's ports (host network), so the second Pod comes from a
+# second release in the same namespace (same Lease, other ports).
+standby() {
+  local leader holder t0 b_pod b_health
+  bash "$here/node.sh" helm-values "$cluster" >"$work/node-values-b.yaml" &&
+    "$HELM" install "$rel-b" "$chart" -n "$op_ns" --wait --timeout 180s -f "$work/node-values-b.yaml" \
+      --set clusterName=node-test --set "allowedBitbucketUrls={$sim,$site}" --set "watchNamespaces={$ns}" \
+      --set readinessProbe.initialDelaySeconds=1 --set readinessProbe.periodSeconds=2 >/dev/null &&
+    k wait pod -n "$op_ns" -l app.kubernetes.io/instance="$rel-b" --for=condition=Ready --timeout=120s >/dev/null || return 1
+  b_pod=$(k get pods -n "$op_ns" -l app.kubernetes.io/instance="$rel-b" -o jsonpath='{.items[0].metadata.name}')
+  b_health=$(sed -n 's/^health: {port: \(.*\)}/\1/p' "$work/node-values-b.yaml")
+  leader=$(k get lease bitbucket-credentials-operator -n "$op_ns" -o jsonpath='{.spec.holderIdentity}')
+  echo "leader $leader; $b_pod is Ready through the kubelet's probe, /readyz: $(curl -s "http://127.0.0.1:$b_health/readyz")"
+  [ "$leader" != "$b_pod" ] && curl -s "http://127.0.0.1:$b_health/readyz" | grep -q standby || return 1
+  # The leader's Deployment scaled to 0 deletes its Pod and brings no replacement that
+  # could win the Lease instead of the standby.
+  t0=$(date +%s.%N)
+  k scale deployment -n "$op_ns" "$rel-bitbucket-credentials-operator" --replicas=0 >/dev/null || return 1
+  for _ in $(seq 240); do
+    holder=$(k get lease bitbucket-credentials-operator -n "$op_ns" -o jsonpath='{.spec.holderIdentity}')
+    [ "$holder" = "$b_pod" ] && break
+    sleep 0.25
+  done
+  echo "the standby $b_pod holds the Lease $(python3 -c "import time; print(round(time.time() - $t0, 1))")s after the leader Pod was deleted (its Deployment scaled to 0)"
+  k scale deployment -n "$op_ns" "$rel-bitbucket-credentials-operator" --replicas=1 >/dev/null
+  [ "$holder" = "$b_pod" ] || return 1
+  k apply -f - >/dev/null <<YAML || return 1
+apiVersion: bitbucket.credentials.dev/v1alpha1
+kind: BitbucketAccessKey
+metadata: {name: after-standby, namespace: $ns}
+spec: {workspaceRef: {name: acme}, repositories: [web]}
+YAML
+  k wait -n "$ns" --for=condition=Ready bitbucketaccesskey/after-standby --timeout=90s &&
+    "$HELM" uninstall "$rel-b" -n "$op_ns" --wait --timeout 120s >/dev/null &&
+    k wait --for=delete pod -n "$op_ns" -l app.kubernetes.io/instance="$rel-b" --timeout=60s >/dev/null
+}
+check "two operator Pods, one Lease: the standby Pod is Ready, takes over when the leader Pod is deleted, and reconciles" standby
+
 upgrade() {
   local old new helm_pid
-  old=$(operator_pod)
+  k rollout status deployment "$rel-bitbucket-credentials-operator" -n "$op_ns" --timeout=120s >/dev/null &&
+    old=$(operator_pod) && [ -n "$old" ] || { echo "no running operator Pod before the upgrade"; return 1; }
   "$HELM" upgrade "$rel" "$chart" -n "$op_ns" --reuse-values --set logFormat=text --wait --timeout 180s >"$work/upgrade.log" 2>&1 &
   helm_pid=$!
   sleep 1 # an object created while the Pod rolls
@@ -319,6 +360,8 @@ metadata: {name: during-upgrade, namespace: $ns}
 spec: {workspaceRef: {name: acme}, repositories: [tools]}
 YAML
   wait "$helm_pid" || { cat "$work/upgrade.log"; return 1; }
+  # helm's --wait may look before the Deployment controller has started the roll.
+  k rollout status deployment "$rel-bitbucket-credentials-operator" -n "$op_ns" --timeout=120s >/dev/null || return 1
   new=$(operator_pod)
   echo "operator Pod $old -> $new"
   [ -n "$new" ] && [ "$new" != "$old" ] &&
