@@ -85,6 +85,32 @@ operator_pod() {
     -o custom-columns=NAME:.metadata.name,DELETING:.metadata.deletionTimestamp --no-headers | awk '$2 == "<none>" {print $1}'
 }
 
+# Seconds since the `date +%s.%N` stamp T, to a tenth.
+since() { python3 -c "import time; print(round(time.time() - $1, 1))"; }
+
+lease_holder() { k get lease bitbucket-credentials-operator -n "$op_ns" -o jsonpath='{.spec.holderIdentity}'; }
+
+# Polls the Lease for up to a minute until TEST (a shell condition on $holder) holds.
+wait_holder() {
+  for _ in $(seq 240); do
+    holder=$(lease_holder)
+    eval "$1" && return 0
+    sleep 0.25
+  done
+  return 1
+}
+
+# A new access key NAME on REPO becomes Ready: whoever leads now reconciles.
+reconciles_new_key() {
+  k apply -f - >/dev/null <<YAML || return 1
+apiVersion: bitbucket.credentials.dev/v1alpha1
+kind: BitbucketAccessKey
+metadata: {name: $1, namespace: $ns}
+spec: {workspaceRef: {name: acme}, repositories: [$2]}
+YAML
+  k wait -n "$ns" --for=condition=Ready "bitbucketaccesskey/$1" --timeout=90s
+}
+
 # The host PID of a Pod's first container, from containerd's task list.
 container_pid() {
   local id ctr
@@ -255,7 +281,7 @@ YAML
     new_fp=$(k get bitbucketaccesskey rotating -n "$ns" -o jsonpath='{.status.fingerprint}')
     [ "$new_fp" != "$old_fp" ] && break; sleep 0.5
   done
-  echo "rotated: $old_fp -> $new_fp in $(python3 -c "import time; print(round(time.time() - $rotated_at, 1))")s"
+  echo "rotated: $old_fp -> $new_fp in $(since "$rotated_at")s"
   [ "$new_fp" != "$old_fp" ]
 }
 old_clone() { # clones with the key the Secret held before the rotation, from the host
@@ -279,31 +305,20 @@ rotate_old_key() {
     sleep 1
   done
   cat "$work/old-clone.err"
-  echo "the old key was refused $(python3 -c "import time; print(round(time.time() - $rotated_at, 1))")s after the rotation (grace period ${grace}s)"
+  echo "the old key was refused $(since "$rotated_at")s after the rotation (grace period ${grace}s)"
   ! old_clone && grep -q 'not registered\|Permission denied\|forbidden' "$work/old-clone.err"
 }
 check "the old key stops working after the grace period" rotate_old_key
 
 handover() {
   local leader holder t0
-  leader=$(k get lease bitbucket-credentials-operator -n "$op_ns" -o jsonpath='{.spec.holderIdentity}')
+  leader=$(lease_holder)
   [ -n "$leader" ] || { echo "no leader"; return 1; }
   t0=$(date +%s.%N)
   k delete pod "$leader" -n "$op_ns" --wait=false >/dev/null || return 1
-  for _ in $(seq 240); do
-    holder=$(k get lease bitbucket-credentials-operator -n "$op_ns" -o jsonpath='{.spec.holderIdentity}')
-    [ -n "$holder" ] && [ "$holder" != "$leader" ] && break
-    sleep 0.25
-  done
-  echo "leader $leader deleted; $holder holds the Lease $(python3 -c "import time; print(round(time.time() - $t0, 1))")s later"
-  [ -n "$holder" ] && [ "$holder" != "$leader" ] || return 1
-  k apply -f - >/dev/null <<YAML || return 1
-apiVersion: bitbucket.credentials.dev/v1alpha1
-kind: BitbucketAccessKey
-metadata: {name: after-handover, namespace: $ns}
-spec: {workspaceRef: {name: acme}, repositories: [web]}
-YAML
-  k wait -n "$ns" --for=condition=Ready bitbucketaccesskey/after-handover --timeout=90s
+  wait_holder '[ -n "$holder" ] && [ "$holder" != "$leader" ]'
+  echo "leader $leader deleted; $holder holds the Lease $(since "$t0")s later"
+  [ -n "$holder" ] && [ "$holder" != "$leader" ] && reconciles_new_key after-handover web
 }
 check "leader handover: the leader Pod is deleted, its replacement takes the Lease and reconciles" handover
 
@@ -319,28 +334,17 @@ standby() {
     k wait pod -n "$op_ns" -l app.kubernetes.io/instance="$rel-b" --for=condition=Ready --timeout=120s >/dev/null || return 1
   b_pod=$(k get pods -n "$op_ns" -l app.kubernetes.io/instance="$rel-b" -o jsonpath='{.items[0].metadata.name}')
   b_health=$(sed -n 's/^health: {port: \(.*\)}/\1/p' "$work/node-values-b.yaml")
-  leader=$(k get lease bitbucket-credentials-operator -n "$op_ns" -o jsonpath='{.spec.holderIdentity}')
+  leader=$(lease_holder)
   echo "leader $leader; $b_pod is Ready through the kubelet's probe, /readyz: $(curl -s "http://127.0.0.1:$b_health/readyz")"
   [ "$leader" != "$b_pod" ] && curl -s "http://127.0.0.1:$b_health/readyz" | grep -q standby || return 1
   # The leader's Deployment scaled to 0 deletes its Pod and brings no replacement that
   # could win the Lease instead of the standby.
   t0=$(date +%s.%N)
   k scale deployment -n "$op_ns" "$rel-bitbucket-credentials-operator" --replicas=0 >/dev/null || return 1
-  for _ in $(seq 240); do
-    holder=$(k get lease bitbucket-credentials-operator -n "$op_ns" -o jsonpath='{.spec.holderIdentity}')
-    [ "$holder" = "$b_pod" ] && break
-    sleep 0.25
-  done
-  echo "the standby $b_pod holds the Lease $(python3 -c "import time; print(round(time.time() - $t0, 1))")s after the leader Pod was deleted (its Deployment scaled to 0)"
+  wait_holder '[ "$holder" = "$b_pod" ]'
+  echo "the standby $b_pod holds the Lease $(since "$t0")s after the leader Pod was deleted (its Deployment scaled to 0)"
   k scale deployment -n "$op_ns" "$rel-bitbucket-credentials-operator" --replicas=1 >/dev/null
-  [ "$holder" = "$b_pod" ] || return 1
-  k apply -f - >/dev/null <<YAML || return 1
-apiVersion: bitbucket.credentials.dev/v1alpha1
-kind: BitbucketAccessKey
-metadata: {name: after-standby, namespace: $ns}
-spec: {workspaceRef: {name: acme}, repositories: [web]}
-YAML
-  k wait -n "$ns" --for=condition=Ready bitbucketaccesskey/after-standby --timeout=90s &&
+  [ "$holder" = "$b_pod" ] && reconciles_new_key after-standby web &&
     "$HELM" uninstall "$rel-b" -n "$op_ns" --wait --timeout 120s >/dev/null &&
     k wait --for=delete pod -n "$op_ns" -l app.kubernetes.io/instance="$rel-b" --timeout=60s >/dev/null
 }

@@ -9,7 +9,7 @@ use kube::Api;
 use kube::api::{DeleteParams, Patch, PatchParams};
 use serde_json::{Value, json};
 
-use crate::support::{Env, eventually, set_faults};
+use crate::support::{Env, condition_of, eventually, set_faults};
 
 const READY: Duration = Duration::from_secs(60);
 
@@ -480,7 +480,7 @@ async fn bitbucket_failing_leaves_a_working_key_ready_and_says_degraded() {
         let env = &env;
         async move {
             let o = env.get("bitbucketaccesskeys", "ci").await?;
-            o.data["status"]["conditions"].as_array()?.iter().find(|c| c["type"] == type_).cloned()
+            condition_of(&o, type_).cloned()
         }
     };
     env.apply(&key("api")).await;

@@ -321,13 +321,12 @@ async fn every_documented_object_becomes_ready_against_the_simulator() {
     let env = Env::on_private(&pc, "docs-ready", ns, DOCS_SIM, &args).await;
     let sim = env.sim.url.clone();
     let to_yaml = |docs: &[serde_json::Value]| docs.iter().map(|d| serde_saphyr::to_string(d).unwrap()).collect::<Vec<_>>().join("---\n");
-    let json = |v: serde_json::Value| v;
 
     // examples/02's cluster workspace, renamed so that no other test meets it, admitting
     // the test's namespace, its consumer Secret in the cluster-resource namespace.
     let cluster_ws = format!("acme-{}", env.ns);
     let text = std::fs::read_to_string(root().join("examples/02-cluster-workspace.yaml")).unwrap();
-    let mut cws = json(documents(&text).unwrap().remove(0));
+    let mut cws = documents(&text).unwrap().remove(0);
     cws["metadata"]["name"] = cluster_ws.clone().into();
     cws["spec"]["allowedNamespaces"]["names"] = serde_json::json!([env.ns]);
     let cws = localise(cws, &sim, &cluster_ws);
@@ -339,7 +338,7 @@ async fn every_documented_object_becomes_ready_against_the_simulator() {
     let mut sources: Vec<(String, Vec<serde_json::Value>)> = Vec::new();
     let examples = |name: &str| {
         let docs = documents(&std::fs::read_to_string(root().join("examples").join(name)).unwrap()).unwrap();
-        (format!("examples/{name}"), docs.into_iter().map(json).collect::<Vec<_>>())
+        (format!("examples/{name}"), docs)
     };
     sources.push(examples("01-workspace.yaml"));
     let mut files = Vec::new();
@@ -347,7 +346,7 @@ async fn every_documented_object_becomes_ready_against_the_simulator() {
     for path in files {
         let rel = path.strip_prefix(root()).unwrap().display().to_string();
         let (blocks, _, _) = apply_blocks(&rel, &std::fs::read_to_string(&path).unwrap());
-        let docs = blocks.iter().flat_map(|b| documents(&b.yaml).unwrap()).map(json).collect();
+        let docs = blocks.iter().flat_map(|b| documents(&b.yaml).unwrap()).collect();
         sources.push((rel, docs));
     }
     sources.push(examples("03-access-key.yaml"));

@@ -392,7 +392,7 @@ impl Env {
     /// The Ready condition: (status, reason, message).
     pub async fn ready(&self, plural: &str, name: &str) -> Option<(String, String, String)> {
         let o = self.get(plural, name).await?;
-        let c = o.data["status"]["conditions"].as_array()?.iter().find(|c| c["type"] == "Ready")?.clone();
+        let c = condition_of(&o, "Ready")?;
         Some((c["status"].as_str()?.to_string(), c["reason"].as_str()?.to_string(), c["message"].as_str().unwrap_or_default().to_string()))
     }
 
@@ -406,8 +406,7 @@ impl Env {
                 && s == "True"
             {
                 let o = self.get(plural, name).await.unwrap();
-                let degraded = o.data["status"]["conditions"].as_array().into_iter().flatten().any(|c| c["type"] == "Degraded");
-                if (gen_ok(&o) || plural.contains("workspaces")) && !degraded {
+                if (gen_ok(&o) || plural.contains("workspaces")) && condition_of(&o, "Degraded").is_none() {
                     return o;
                 }
             }
@@ -433,7 +432,7 @@ impl Env {
             }
             // A failure that leaves the Secret usable is told by Degraded, Ready staying True.
             if let Some(o) = self.get(plural, name).await
-                && let Some(c) = o.data["status"]["conditions"].as_array().into_iter().flatten().find(|c| c["type"] == "Degraded")
+                && let Some(c) = condition_of(&o, "Degraded")
                 && c["reason"] == reason
             {
                 return c["message"].as_str().unwrap_or_default().to_string();
@@ -500,6 +499,11 @@ pub fn resource(plural: &str) -> ApiResource {
         kind: kind.into(),
         plural: plural.into(),
     }
+}
+
+/// The condition `type_` of an object's status.
+pub fn condition_of<'a>(o: &'a DynamicObject, type_: &str) -> Option<&'a serde_json::Value> {
+    o.data["status"]["conditions"].as_array()?.iter().find(|c| c["type"] == type_)
 }
 
 /// The auth Secret and the namespaced workspace `acme` for a simulator at `url`;
