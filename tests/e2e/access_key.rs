@@ -259,7 +259,7 @@ async fn a_foreign_secret_with_the_same_name_is_never_touched() {
 #[tokio::test]
 async fn a_key_deleted_in_bitbucket_is_registered_again() {
     let env = Env::new("drift").await;
-    env.workspace().await;
+    env.workspace_checked_often().await;
     env.apply(&access_key("ci", "  repositories: [api, web]\n")).await;
     let o = env.wait_ready("bitbucketaccesskeys", "ci", READY).await;
     let fp = status_str(&o, "fingerprint");

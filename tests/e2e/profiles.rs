@@ -72,7 +72,7 @@ async fn rotated(env: &Env, name: &str, request: &str) -> String {
 
 async fn access_key_lifecycle(profile: Profile) {
     let mut env = Env::with(&format!("life-key-{}", profile.name()), &profile.sim_config(), &["--drift-check-interval=3s"]).await;
-    env.workspace().await;
+    env.workspace_checked_often().await;
     // Create.
     env.apply(&access_key("ci", "  repositories: [api, web]\n  rotation: {gracePeriod: 3s}\n")).await;
     let o = env.wait_ready("bitbucketaccesskeys", "ci", READY).await;

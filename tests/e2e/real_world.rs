@@ -147,7 +147,7 @@ async fn fingerprints(env: &Env) -> Vec<String> {
 #[tokio::test]
 async fn keys_whose_comment_was_dropped_are_still_recognised_rotated_and_removed() {
     let env = Env::new("comments-dropped").await;
-    env.workspace().await;
+    env.workspace_checked_often().await;
     set_variants(&env.sim, json!({"comments": "dropped"})).await;
     env.apply(&access_key("ci", "  repositories: [api, web]\n  label: team-ci\n  rotation: {gracePeriod: 3s}\n")).await;
     let o = env.wait_ready("bitbucketaccesskeys", "ci", READY).await;

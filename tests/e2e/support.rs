@@ -372,7 +372,18 @@ impl Env {
 
     /// A namespaced workspace `acme` pointing at this test's simulator, with an API token.
     pub async fn workspace(&self) {
-        self.apply(&workspace_yaml(&self.sim.url, "")).await;
+        self.workspace_with("").await;
+    }
+
+    /// The workspace with a budget whose drift share covers its targets at
+    /// `--drift-check-interval`: at the default 900 an hour, the share paces two
+    /// targets to one check in 40 s, due up to a minute after the last one.
+    pub async fn workspace_checked_often(&self) {
+        self.workspace_with("  requestsPerHour: 36000\n").await;
+    }
+
+    async fn workspace_with(&self, extra_spec: &str) {
+        self.apply(&workspace_yaml(&self.sim.url, extra_spec)).await;
         self.wait_ready("bitbucketworkspaces", "acme", Duration::from_secs(60)).await;
     }
 
