@@ -98,15 +98,8 @@ pub struct Config {
     pub ca_bundle: Option<std::path::PathBuf>,
 }
 
-/// The certificates of a PEM bundle; a file without any is refused (a wrong path or
-/// format would otherwise show only later, as every TLS connection failing).
 fn read_ca_bundle(path: &std::path::Path) -> Result<Vec<reqwest::Certificate>, RunError> {
-    let error = |error: String| RunError::CaBundle { path: path.to_owned(), error };
-    let pem = std::fs::read(path).map_err(|e| error(e.to_string()))?;
-    let certificates = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| error(e.to_string()))?;
-    if certificates.is_empty() {
-        return Err(error("no PEM certificate in the file".into()));
-    }
+    let certificates = crate::bitbucket::read_ca_bundle(path).map_err(|error| RunError::CaBundle { path: path.to_owned(), error })?;
     tracing::info!(path = %path.display(), certificates = certificates.len(), "trusting extra CA certificates for Bitbucket");
     Ok(certificates)
 }

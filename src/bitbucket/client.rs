@@ -443,6 +443,29 @@ impl WorkspaceClient {
         serde_json::from_slice(&body).map_err(|e| Error::Decode(format!("created deploy key: {e}")))
     }
 
+    /// Whether the credential may add keys to `target`, without adding one: a POST of an
+    /// empty key passes Bitbucket's scope check (then 400), or fails it (403).
+    pub async fn probe_create(&self, target: &Target) -> Result<()> {
+        let body = json!({ "key": "", "label": "" });
+        match self.call(&Self::op(target, "create"), Method::POST, &self.keys_url(target), Some(body), Subject::Target(target)).await {
+            Err(Error::InvalidKey(_) | Error::BadRequest(_)) => Ok(()),
+            Ok(_) => Err(Error::Decode("Bitbucket accepted an empty access key".into())),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Whether the credential may remove keys from `target`, without removing one: a
+    /// DELETE of key id 0 (Bitbucket's ids start at 1) passes the scope check (then 404),
+    /// or fails it (403).
+    pub async fn probe_delete(&self, target: &Target) -> Result<()> {
+        let url = format!("{}/0", self.keys_url(target));
+        match self.call(&Self::op(target, "delete"), Method::DELETE, &url, None, Subject::Key(target, 0)).await {
+            Err(Error::KeyNotFound(_)) => Ok(()),
+            Ok(_) => Err(Error::Decode("Bitbucket answered a DELETE of access key 0 with success".into())),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Changes the label of a repository key (projects have no PUT).
     pub async fn update_label(&self, target: &Target, id: i64, label: &str) -> Result<DeployKey> {
         let url = format!("{}/{id}", self.keys_url(target));

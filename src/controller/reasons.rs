@@ -287,7 +287,10 @@ pub fn render() -> String {
          Every object reports a `Ready` condition. `kubectl get bitbucketaccesskeys` (or any of the four\n\
          kinds) shows its reason; `kubectl describe` shows the message, which names the repository,\n\
          Secret or scope concerned. Failures are retried with backoff (reasons that need someone to\n\
-         change something are retried slowly), and every change of reason is also an Event.\n\n\
+         change something are retried slowly), and every change of reason is also an Event.\n\
+         `kubectl bitbucket status NAME` shows conditions, registrations and the latest Events on\n\
+         one screen, and `kubectl bitbucket check WORKSPACE` names the scopes credentials lack\n\
+         ([cli.md](cli.md)).\n\n\
          `Ready=True` means a consumer can rely on the Secret. A failure of Bitbucket itself\n\
          (5xx, timeouts, `RateLimited`) or a reconcile cut short (`ReconcileTimeout`) while the\n\
          Secret holds a working key or an unexpired token leaves `Ready=True` and sets\n\

@@ -148,11 +148,12 @@ const OAUTH_KEYS: &str = "`key` and `secret`";
 /// The credential in a workspace's auth Secret, read afresh (nothing tells the operator
 /// when an admin rotates it, so it is not cached).
 async fn read_auth(ctx: &Context, namespace: &str, settings: &WorkspaceSettings<'_>) -> Result<Auth> {
-    read_auth_secret(ctx, namespace, settings).await.map(|(auth, _)| auth)
+    read_auth_secret(&ctx.client, namespace, settings).await.map(|(auth, _)| auth)
 }
 
-/// The credential and the finalizers of the Secret that holds it.
-async fn read_auth_secret(ctx: &Context, namespace: &str, settings: &WorkspaceSettings<'_>) -> Result<(Auth, Vec<String>)> {
+/// The credential and the finalizers of the Secret that holds it (in `namespace`: the
+/// workspace's own, or the cluster-resource namespace for a ClusterBitbucketWorkspace).
+pub async fn read_auth_secret(client: &kube::Client, namespace: &str, settings: &WorkspaceSettings<'_>) -> Result<(Auth, Vec<String>)> {
     let (source, keys) = match (&settings.auth.api_token, &settings.auth.oauth_consumer) {
         (Some(s), _) => (s, API_TOKEN_KEYS),
         (None, Some(s)) => (s, OAUTH_KEYS),
@@ -166,10 +167,11 @@ async fn read_auth_secret(ctx: &Context, namespace: &str, settings: &WorkspaceSe
         }
     };
     let name = &source.secret_ref.name;
-    let secret = Api::<Secret>::namespaced(ctx.client.clone(), namespace)
-        .get_opt(name)
-        .await?
-        .ok_or_else(|| Error::AuthSecretNotFound { namespace: namespace.into(), name: name.clone(), keys })?;
+    let secret = Api::<Secret>::namespaced(client.clone(), namespace).get_opt(name).await?.ok_or_else(|| Error::AuthSecretNotFound {
+        namespace: namespace.into(),
+        name: name.clone(),
+        keys,
+    })?;
     let field = |key: &str| -> Result<SecretString> {
         secret
             .data
@@ -189,7 +191,7 @@ async fn read_auth_secret(ctx: &Context, namespace: &str, settings: &WorkspaceSe
 }
 
 /// The name of the Secret a workspace's auth refers to.
-fn auth_secret_name(settings: &WorkspaceSettings<'_>) -> String {
+pub fn auth_secret_name(settings: &WorkspaceSettings<'_>) -> String {
     settings.auth.api_token.as_ref().or(settings.auth.oauth_consumer.as_ref()).map(|s| s.secret_ref.name.clone()).unwrap_or_default()
 }
 
@@ -267,7 +269,7 @@ async fn resolve_with(ctx: &Context, namespace: &str, r: &WorkspaceRef, need_rea
             if need_ready {
                 require_ready(ws.status.as_ref(), &display)?;
             }
-            let (auth, secret_finalizers) = read_auth_secret(ctx, namespace, &settings).await?;
+            let (auth, secret_finalizers) = read_auth_secret(&ctx.client, namespace, &settings).await?;
             let protection = Protection {
                 kind: WorkspaceKind::BitbucketWorkspace,
                 namespace: Some(namespace.into()),
@@ -303,7 +305,7 @@ async fn resolve_with(ctx: &Context, namespace: &str, r: &WorkspaceRef, need_rea
             // The cert-manager rule: a cluster resource's Secrets come only from the
             // operator's own namespace, never from a tenant's.
             let secret_namespace = ctx.settings.cluster_resource_namespace.clone();
-            let (auth, secret_finalizers) = read_auth_secret(ctx, &secret_namespace, &settings).await?;
+            let (auth, secret_finalizers) = read_auth_secret(&ctx.client, &secret_namespace, &settings).await?;
             let protection = Protection {
                 kind: WorkspaceKind::ClusterBitbucketWorkspace,
                 namespace: None,

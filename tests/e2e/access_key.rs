@@ -57,7 +57,7 @@ fn rand_name() -> String {
     format!("{}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos())
 }
 
-fn status_str(o: &kube::api::DynamicObject, field: &str) -> String {
+pub(crate) fn status_str(o: &kube::api::DynamicObject, field: &str) -> String {
     o.data["status"][field].as_str().unwrap_or_default().to_string()
 }
 

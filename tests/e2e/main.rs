@@ -7,6 +7,7 @@ mod support;
 mod access_key;
 mod bad_input;
 mod chaos;
+mod cli;
 mod control_plane;
 mod docs;
 mod git_ssh;
