@@ -146,7 +146,7 @@ fn read_token(secret: &Secret) -> Option<SecretString> {
 async fn apply(obj: &BitbucketOAuthConsumer, ctx: &Context) -> Result<Action> {
     let ns = obj.namespace().unwrap_or_default();
     let uid = obj.uid().unwrap_or_default();
-    let original = obj.status.clone().unwrap_or_default();
+    let mut original = obj.status.clone().unwrap_or_default();
     let mut st = original.clone();
     let ws = resolve(ctx, &ns, &obj.spec.workspace_ref).await?;
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
@@ -183,8 +183,21 @@ async fn apply(obj: &BitbucketOAuthConsumer, ctx: &Context) -> Result<Action> {
         return Err(Error::SecretConflict(format!("{ns}/{out_name}")));
     }
     let current = existing.as_ref().and_then(read_token);
-    let due = st.renewal_time.as_ref().is_none_or(|t| super::seconds_until(t) <= 0);
-    let rotated = st.consumer_revision.as_deref() != Some(rev.as_str());
+    let needs_token = |st: &OAuthConsumerStatus| {
+        let due = st.renewal_time.as_ref().is_none_or(|t| super::seconds_until(t) <= 0);
+        due || st.consumer_revision.as_deref() != Some(rev.as_str())
+    };
+    // The object in the cache may predate the status written with the token now in the
+    // Secret (that reconcile's own writes wake the object again): before minting another,
+    // the status as stored.
+    if current.is_some() && needs_token(&st) {
+        let stored = Api::<BitbucketOAuthConsumer>::namespaced(ctx.client.clone(), &ns).get(&obj.name_any()).await?;
+        if let Some(stored) = stored.status.filter(|s| *s != original) {
+            original = stored.clone();
+            st = stored;
+        }
+    }
+    let renew = needs_token(&st);
     let owner = obj.controller_owner_ref(&()).expect("a stored object has a name and uid");
     let host = git_origin(&ws.site_url);
     let render = |token: &str| {
@@ -194,7 +207,7 @@ async fn apply(obj: &BitbucketOAuthConsumer, ctx: &Context) -> Result<Action> {
     };
 
     let token = match current {
-        Some(t) if !due && !rotated => t,
+        Some(t) if !renew => t,
         _ => {
             // The consumer's own credential, keyed like any other by its secret and the
             // workspace's URLs: its token is never another consumer object's, and its

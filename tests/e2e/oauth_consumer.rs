@@ -52,6 +52,23 @@ async fn a_token_lands_in_the_secret_in_every_format_and_never_the_consumer_secr
 }
 
 #[tokio::test]
+async fn a_new_consumer_mints_one_token() {
+    let env = Env::new("oauth-once").await;
+    env.workspace().await;
+    let names: Vec<String> = (0..10).map(|i| format!("ci-{i}")).collect();
+    for n in &names {
+        env.apply(&consumer(n, "")).await;
+    }
+    for n in &names {
+        env.wait_ready("bitbucketoauthconsumers", n, READY).await;
+    }
+    // The wake-ups of its own writes (the consumer Secret's label, the output Secret, the
+    // status) come while the operator's cache may still show the object without status.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(token_requests(&env).await, 10, "one token per object");
+}
+
+#[tokio::test]
 async fn a_restart_with_a_valid_token_mints_nothing_and_a_deleted_secret_is_restored() {
     let mut env = Env::new("oauth-restart").await;
     env.workspace().await;
