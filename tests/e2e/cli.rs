@@ -6,17 +6,21 @@ use std::process::Command;
 use std::time::Duration;
 
 use crate::access_key::{access_key, status_str};
-use crate::support::{Env, SECRET_VALUES, cluster};
+use crate::support::{Env, PrivateCluster, SECRET_VALUES, SIM_CONFIG, cluster};
 
 const READY: Duration = Duration::from_secs(60);
 
 /// `kubectl bitbucket ARGS` with the plugin on PATH: success and stdout + stderr.
 fn plugin(envs: &[(&str, &str)], args: &[&str]) -> (bool, String) {
+    plugin_on(&cluster().kubeconfig, envs, args)
+}
+
+fn plugin_on(kubeconfig: &Path, envs: &[(&str, &str)], args: &[&str]) -> (bool, String) {
     let bin = Path::new(env!("CARGO_BIN_EXE_kubectl-bitbucket"));
     let path = format!("{}:{}", bin.parent().unwrap().display(), std::env::var("PATH").unwrap_or_default());
     let out = Command::new("kubectl")
         .env("PATH", path)
-        .env("KUBECONFIG", &cluster().kubeconfig)
+        .env("KUBECONFIG", kubeconfig)
         .env_remove("BCO_ALLOWED_BITBUCKET_URLS")
         .envs(envs.iter().copied())
         .arg("bitbucket")
@@ -138,4 +142,42 @@ async fn check_tries_the_credentials_and_names_the_scopes_they_lack_changing_not
     assert!(!ok && out.lines().any(|l| l.contains("FAIL") && l.contains("credentials") && l.contains("ghost")), "{out}");
     let (ok, out) = plugin(&allow, &["check", "nowhere", "-n", ns]);
     assert!(!ok && out.contains("no BitbucketWorkspace nowhere") && out.contains("no ClusterBitbucketWorkspace nowhere"), "{out}");
+}
+
+#[tokio::test]
+async fn check_finds_a_cluster_workspace_with_its_secret_in_the_cluster_resource_namespace() {
+    // A control plane of its own: every operator of the shared one serves cluster-scoped
+    // workspaces and would fight over this one's status.
+    let pc = PrivateCluster::start("cli-cluster");
+    let ns = "platform";
+    let args = [format!("--watch-namespaces={ns}"), format!("--cluster-resource-namespace={ns}"), "--cluster-name=cli".into()];
+    let env = Env::on_private(&pc, "cli-cluster", ns, SIM_CONFIG, &args).await;
+    env.apply(&format!(
+        "apiVersion: v1\nkind: Secret\nmetadata: {{name: bb-admin}}\nstringData: {{email: admin@acme.test, token: tok-admin-0123456789}}\n---\napiVersion: bitbucket.credentials.dev/v1alpha1\nkind: ClusterBitbucketWorkspace\nmetadata: {{name: shared}}\nspec:\n  workspace: acme\n  apiURL: {url}/2.0\n  siteURL: {url}\n  auth: {{apiToken: {{secretRef: {{name: bb-admin}}}}}}\n  allowedNamespaces: {{names: [{ns}]}}\n  allowedRepositories: [api]\n",
+        url = env.sim.url
+    ))
+    .await;
+    env.wait_ready("clusterbitbucketworkspaces", "shared", READY).await;
+    env.apply("apiVersion: bitbucket.credentials.dev/v1alpha1\nkind: BitbucketAccessKey\nmetadata: {name: ci}\nspec:\n  workspaceRef: {kind: ClusterBitbucketWorkspace, name: shared}\n  repositories: [api]\n").await;
+    env.wait_ready("bitbucketaccesskeys", "ci", READY).await;
+    let allow = [("BCO_ALLOWED_BITBUCKET_URLS", env.sim.url.as_str())];
+
+    // No BitbucketWorkspace of that name in the namespace: the cluster one, its Secret in
+    // the cluster-resource namespace, the targets of the access keys that use it.
+    let (ok, out) = plugin_on(&pc.kubeconfig, &allow, &["check", "shared", "-n", ns, "--cluster-resource-namespace", ns]);
+    assert!(ok && out.starts_with("ClusterBitbucketWorkspace shared:"), "{out}");
+    assert!(out.contains(&format!("API token in Secret {ns}/bb-admin")), "{out}");
+    assert!(out.lines().any(|l| l.contains("ok") && l.contains("repository api") && l.contains("remove keys")), "{out}");
+
+    // Its Secret is looked for where the operator keeps it, not in the caller's namespace.
+    let (ok, out) =
+        plugin_on(&pc.kubeconfig, &allow, &["check", "shared", "-n", ns, "--cluster", "--cluster-resource-namespace", "default"]);
+    assert!(!ok && out.contains("Secret default/bb-admin not found"), "{out}");
+
+    // A repository outside allowedRepositories: refused without a request.
+    let before = env.sim.total_requests().await;
+    let (ok, out) =
+        plugin_on(&pc.kubeconfig, &allow, &["check", "shared", "-n", ns, "--cluster-resource-namespace", ns, "--repository", "web"]);
+    assert!(!ok && out.lines().any(|l| l.contains("FAIL") && l.contains("repository web") && l.contains("allowedRepositories")), "{out}");
+    assert_eq!(env.sim.total_requests().await - before, 1, "only the credentials' own check: {out}");
 }
