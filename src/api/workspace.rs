@@ -216,7 +216,8 @@ pub fn glob_match(pattern: &str, text: &str) -> bool {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct WorkspaceStatus {
-    /// `Ready` once the credentials are verified, else its reason (docs/troubleshooting.md).
+    /// `Ready` once the credentials are verified, else its reason (docs/troubleshooting.md),
+    /// and `Degraded` while Bitbucket fails a re-check of credentials verified before.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,

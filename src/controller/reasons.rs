@@ -293,7 +293,8 @@ pub fn render() -> String {
          ([cli.md](cli.md)).\n\n\
          `Ready=True` means a consumer can rely on the Secret. A failure of Bitbucket itself\n\
          (5xx, timeouts, `RateLimited`) or a reconcile cut short (`ReconcileTimeout`) while the\n\
-         Secret holds a working key or an unexpired token leaves `Ready=True` and sets\n\
+         Secret holds a working key or an unexpired token (for a workspace: while credentials\n\
+         verified before are re-checked) leaves `Ready=True` and sets\n\
          `Degraded=True` with the reason below instead; `Degraded` goes away with the next\n\
          success. A change of the spec is not Ready until it is done.\n\n\
          This page is generated from the operator's error types (`src/controller/reasons.rs`);\n\

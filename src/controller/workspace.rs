@@ -375,11 +375,20 @@ where
     .await;
     let previous = obj.status().map(|s| s.conditions.clone()).unwrap_or_default();
     let mut conditions = previous.clone();
-    let ready = match &outcome {
-        Ok(()) => condition(&previous, "Ready", true, "Verified", "credentials verified with Bitbucket".into(), generation),
-        Err(e) => condition(&previous, "Ready", false, e.reason(), e.to_string(), generation),
-    };
-    set_condition(&mut conditions, ready);
+    match &outcome {
+        Ok(()) => {
+            set_condition(
+                &mut conditions,
+                condition(&previous, "Ready", true, "Verified", "credentials verified with Bitbucket".into(), generation),
+            );
+            super::clear_degraded(&mut conditions);
+        }
+        // Credentials verified for this spec stay good while Bitbucket itself fails:
+        // Ready stays, Degraded says why (and the keys that use the workspace go on).
+        Err(e) => {
+            super::record_failure(&mut conditions, e, e.to_string(), generation, true);
+        }
+    }
     let status = WorkspaceStatus { conditions, observed_generation: generation };
     if obj.status() != Some(&status) {
         let was_ready = obj.status().and_then(|s| ready_condition(&s.conditions)).map(|c| c.status == "True");

@@ -505,3 +505,44 @@ async fn bitbucket_failing_leaves_a_working_key_ready_and_says_degraded() {
     env.wait_ready("bitbucketaccesskeys", "ci", READY).await;
     assert!(condition("Degraded").await.is_none(), "a success removes Degraded");
 }
+
+/// The workspace's own re-check meets a Bitbucket that fails (5xx): credentials that were
+/// verified are still good, so the workspace and the keys that use it stay Ready and say
+/// Degraded, instead of every key of the workspace turning Ready=False.
+#[tokio::test]
+async fn bitbucket_failing_at_the_workspace_re_check_leaves_it_and_its_keys_ready() {
+    let mut env = Env::new("ws-degraded").await;
+    env.workspace_checked_often().await;
+    env.apply(&access_key("ci", "  repositories: [api]\n")).await;
+    env.wait_ready("bitbucketaccesskeys", "ci", READY).await;
+    // A restart re-checks the workspace's credentials at once, while every request fails.
+    set_faults(&env.sim, json!({"errorRate": 1.0})).await;
+    env.operator.kill();
+    env.operator.restart();
+    let condition = |plural: &'static str, name: &'static str, type_: &'static str| {
+        let env = &env;
+        async move { condition_of(&env.get(plural, name).await?, type_).cloned() }
+    };
+    let degraded = eventually("the workspace says Degraded", READY, || async {
+        condition("bitbucketworkspaces", "acme", "Degraded").await.filter(|c| c["status"] == "True")
+    })
+    .await;
+    assert_eq!(degraded["reason"], "BitbucketUnavailable", "{degraded}");
+    let ready = condition("bitbucketworkspaces", "acme", "Ready").await.unwrap();
+    assert_eq!(ready["status"], "True", "verified credentials stay Ready while Bitbucket fails: {ready}");
+    eventually("the key says Degraded", READY, || async {
+        condition("bitbucketaccesskeys", "ci", "Degraded").await.filter(|c| c["status"] == "True")
+    })
+    .await;
+    let ready = condition("bitbucketaccesskeys", "ci", "Ready").await.unwrap();
+    assert_eq!(ready["status"], "True", "the key in the Secret still works: {ready}");
+
+    set_faults(&env.sim, json!({})).await;
+    env.wait_ready("bitbucketaccesskeys", "ci", READY).await;
+    // The workspace retries with the backoff of a transient failure (2 s doubling): after
+    // the few failures above the next try is at most about a minute away.
+    eventually("the workspace's Degraded goes", 2 * READY, || async {
+        condition("bitbucketworkspaces", "acme", "Degraded").await.is_none().then_some(())
+    })
+    .await;
+}
