@@ -19,8 +19,9 @@ control-plane:
 	bash hack/build-control-plane.sh all
 
 ## Regenerate crds/ (and the chart's copy) from the API types.
-crds: build
+crds: build control-plane
 	./target/debug/bitbucket-credentials-operator crd | python3 hack/split-crds.py crds charts/bitbucket-credentials-operator/crds
+	bash hack/test-packaging.sh --update-deploy
 
 ## Every test: unit, simulator contract, the real control plane end to end, packaging.
 test: control-plane
