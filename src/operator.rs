@@ -81,6 +81,14 @@ pub struct Config {
     /// times it); shorter only in tests.
     #[arg(long, env = "BCO_RATE_LIMIT_COOLDOWN", default_value = "1m", value_parser = parse_go_duration, hide = true)]
     pub rate_limit_cooldown: Duration,
+    #[command(flatten)]
+    pub network: BitbucketNetwork,
+}
+
+/// Where Bitbucket requests may go and which CAs they trust: the operator's flags, also
+/// those of `kubectl bitbucket check`, which sends the same credentials.
+#[derive(clap::Args, Clone, Debug)]
+pub struct BitbucketNetwork {
     /// Comma-separated Bitbucket URLs (API and site) that workspaces may use; a
     /// workspace's apiURL and siteURL must each lie under one of them (same scheme, host,
     /// port, and path prefix). http only where an http URL is listed.
@@ -98,10 +106,17 @@ pub struct Config {
     pub ca_bundle: Option<std::path::PathBuf>,
 }
 
-fn read_ca_bundle(path: &std::path::Path) -> Result<Vec<reqwest::Certificate>, RunError> {
-    let certificates = crate::bitbucket::read_ca_bundle(path).map_err(|error| RunError::CaBundle { path: path.to_owned(), error })?;
-    tracing::info!(path = %path.display(), certificates = certificates.len(), "trusting extra CA certificates for Bitbucket");
-    Ok(certificates)
+impl BitbucketNetwork {
+    /// The allowed URLs and the extra CA certificates, or which flag is wrong and why.
+    pub fn resolve(&self) -> Result<(AllowedUrls, Vec<reqwest::Certificate>), String> {
+        let allowed = AllowedUrls::parse(self.allowed_bitbucket_urls.iter().map(String::as_str))
+            .map_err(|e| format!("--allowed-bitbucket-urls: {e}"))?;
+        let roots = match &self.ca_bundle {
+            Some(path) => crate::bitbucket::read_ca_bundle(path).map_err(|e| format!("--ca-bundle {}: {e}", path.display()))?,
+            None => Vec::new(),
+        };
+        Ok((allowed, roots))
+    }
 }
 
 fn parse_go_duration(s: &str) -> Result<Duration, String> {
@@ -116,10 +131,8 @@ pub enum RunError {
     Serve(SocketAddr, std::io::Error),
     #[error("Bitbucket client: {0}")]
     Bitbucket(#[from] crate::bitbucket::Error),
-    #[error("--allowed-bitbucket-urls: {0}")]
+    #[error("{0}")]
     Config(String),
-    #[error("--ca-bundle {}: {error}", path.display())]
-    CaBundle { path: std::path::PathBuf, error: String },
 }
 
 /// What `/readyz` answers. A standby replica is Ready: it serves health and metrics and
@@ -204,12 +217,11 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         watch_namespaces: config.watch_namespaces.clone(),
         per_workspace_concurrency: usize::from(config.per_workspace_concurrency.unwrap_or(config.concurrency.saturating_mul(3) / 4).max(1)),
     };
-    let allowed_urls = AllowedUrls::parse(config.allowed_bitbucket_urls.iter().map(String::as_str)).map_err(RunError::Config)?;
-    tracing::info!(allowed = ?config.allowed_bitbucket_urls, "Bitbucket URLs workspaces may use");
-    let extra_roots = match &config.ca_bundle {
-        Some(path) => read_ca_bundle(path)?,
-        None => Vec::new(),
-    };
+    let (allowed_urls, extra_roots) = config.network.resolve().map_err(RunError::Config)?;
+    tracing::info!(allowed = ?config.network.allowed_bitbucket_urls, "Bitbucket URLs workspaces may use");
+    if let Some(path) = &config.network.ca_bundle {
+        tracing::info!(path = %path.display(), certificates = extra_roots.len(), "trusting extra CA certificates for Bitbucket");
+    }
     let bitbucket = Arc::new(Bitbucket::new(ClientOptions {
         extra_roots,
         timeout: config.bitbucket_timeout,

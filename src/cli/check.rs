@@ -8,7 +8,6 @@
 
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use kube::api::ListParams;
@@ -16,7 +15,8 @@ use kube::{Api, Client, ResourceExt};
 
 use super::{CliError, Report, write_conditions};
 use crate::api::{BitbucketAccessKey, BitbucketWorkspace, ClusterBitbucketWorkspace, WorkspaceKind, WorkspaceSettings, WorkspaceStatus};
-use crate::bitbucket::{AllowedUrls, Auth, Bitbucket, ClientOptions, Error, Target, WorkspaceClient};
+use crate::bitbucket::{Auth, Bitbucket, ClientOptions, Error, Target, WorkspaceClient};
+use crate::controller::access_key;
 use crate::controller::workspace::{auth_secret_name, read_auth_secret};
 
 #[derive(clap::Args, Debug)]
@@ -35,18 +35,10 @@ pub struct CheckArgs {
     /// Where the auth Secrets of ClusterBitbucketWorkspaces are (the operator's namespace).
     #[arg(long, env = "BCO_CLUSTER_RESOURCE_NAMESPACE", default_value = "bitbucket-credentials-operator")]
     pub cluster_resource_namespace: String,
-    /// The Bitbucket URLs the credentials may be sent to, as the operator's flag of the
-    /// same name: a workspace naming any other URL is refused before its Secret is read.
-    #[arg(
-        long,
-        env = "BCO_ALLOWED_BITBUCKET_URLS",
-        value_delimiter = ',',
-        default_value = "https://api.bitbucket.org/2.0,https://bitbucket.org"
-    )]
-    pub allowed_bitbucket_urls: Vec<String>,
-    /// PEM file of CA certificates trusted for Bitbucket besides the built-in roots.
-    #[arg(long, env = "BCO_CA_BUNDLE")]
-    pub ca_bundle: Option<PathBuf>,
+    /// `--allowed-bitbucket-urls` and `--ca-bundle`, as the operator's: a workspace naming
+    /// any other URL is refused before its Secret is read.
+    #[command(flatten)]
+    pub network: crate::operator::BitbucketNetwork,
 }
 
 /// The workspace object as `check` needs it.
@@ -84,8 +76,13 @@ pub async fn check(client: &Client, ns: &str, args: CheckArgs) -> Result<Report,
     let Some(ws) = connect(client, &found, &args, &mut out, &mut findings).await? else {
         return Ok(findings.finish(out));
     };
-    for target in targets(&found, &args) {
-        let what = describe(&target);
+    let targets = targets(&found, &args);
+    if targets.is_empty() {
+        let _ = writeln!(out, "No repository or project tried: no access key names this workspace; pass --repository or --project.");
+    }
+    let auth = ws.credential().auth();
+    for target in targets {
+        let what = target.to_string();
         if !settings.allows(target.name()) {
             findings.fail(
                 &mut out,
@@ -97,21 +94,12 @@ pub async fn check(client: &Client, ns: &str, args: CheckArgs) -> Result<Report,
         }
         let listed = ws.list_keys(&target).await;
         let listed_ok = listed.is_ok();
-        findings.record(&mut out, &what, "list keys", listed.map(|_| ()), needed(ws.credential().auth(), &target, Op::List));
+        findings.record(&mut out, &what, "list keys", listed.map(|_| ()), needed(auth, &target, Op::List));
         if !listed_ok {
             continue;
         }
-        findings.record(&mut out, &what, "add keys", ws.probe_create(&target).await, needed(ws.credential().auth(), &target, Op::Create));
-        findings.record(
-            &mut out,
-            &what,
-            "remove keys",
-            ws.probe_delete(&target).await,
-            needed(ws.credential().auth(), &target, Op::Delete),
-        );
-    }
-    if findings.tried_targets == 0 {
-        let _ = writeln!(out, "No repository or project tried: no access key names this workspace; pass --repository or --project.");
+        findings.record(&mut out, &what, "add keys", ws.probe_create(&target).await, needed(auth, &target, Op::Create));
+        findings.record(&mut out, &what, "remove keys", ws.probe_delete(&target).await, needed(auth, &target, Op::Delete));
     }
     Ok(findings.finish(out))
 }
@@ -125,14 +113,7 @@ async fn connect(
     findings: &mut Findings,
 ) -> Result<Option<WorkspaceClient>, CliError> {
     let settings = found.spec.settings();
-    let allowed_urls = AllowedUrls::parse(args.allowed_bitbucket_urls.iter().map(String::as_str))
-        .map_err(|e| CliError::Failed(format!("--allowed-bitbucket-urls: {e}")))?;
-    let extra_roots = match &args.ca_bundle {
-        Some(path) => {
-            crate::bitbucket::read_ca_bundle(path).map_err(|e| CliError::Failed(format!("--ca-bundle {}: {e}", path.display())))?
-        }
-        None => Vec::new(),
-    };
+    let (allowed_urls, extra_roots) = args.network.resolve().map_err(CliError::Failed)?;
     let bb = Arc::new(
         Bitbucket::new(ClientOptions { allowed_urls, extra_roots, ..Default::default() }).map_err(|e| CliError::Failed(e.to_string()))?,
     );
@@ -178,7 +159,7 @@ async fn find(client: &Client, ns: &str, args: &CheckArgs) -> Result<Found, CliE
     if !args.cluster
         && let Some(ws) = Api::<BitbucketWorkspace>::namespaced(client.clone(), ns).get_opt(&args.name).await?
     {
-        let users = users(keys, WorkspaceKind::BitbucketWorkspace, &args.name).await;
+        let users = users(keys, WorkspaceKind::BitbucketWorkspace, &args.name).await.unwrap_or_default();
         return Ok(Found {
             display: format!("BitbucketWorkspace {ns}/{}", ws.name_any()),
             spec: Spec::Namespaced(ws.spec),
@@ -192,8 +173,11 @@ async fn find(client: &Client, ns: &str, args: &CheckArgs) -> Result<Found, CliE
         return Err(CliError::Failed(format!("{where_}no ClusterBitbucketWorkspace {}", args.name)));
     };
     // Across namespaces if the caller may list them, else the caller's namespace.
-    let everywhere = users(Api::all(client.clone()), WorkspaceKind::ClusterBitbucketWorkspace, &args.name).await;
-    let users = if everywhere.is_empty() { users(keys, WorkspaceKind::ClusterBitbucketWorkspace, &args.name).await } else { everywhere };
+    let kind = WorkspaceKind::ClusterBitbucketWorkspace;
+    let users = match users(Api::all(client.clone()), kind, &args.name).await {
+        Some(all) => all,
+        None => users(keys, kind, &args.name).await.unwrap_or_default(),
+    };
     Ok(Found {
         display: format!("ClusterBitbucketWorkspace {}", ws.name_any()),
         spec: Spec::Cluster(ws.spec),
@@ -203,30 +187,20 @@ async fn find(client: &Client, ns: &str, args: &CheckArgs) -> Result<Found, CliE
     })
 }
 
-/// The access keys that name the workspace; none when the caller may not list them.
-async fn users(api: Api<BitbucketAccessKey>, kind: WorkspaceKind, name: &str) -> Vec<BitbucketAccessKey> {
-    let all = api.list(&ListParams::default()).await.map(|l| l.items).unwrap_or_default();
-    all.into_iter().filter(|k| k.spec.workspace_ref.kind == kind && k.spec.workspace_ref.name == name).collect()
+/// The access keys that name the workspace; None when the caller may not list them.
+async fn users(api: Api<BitbucketAccessKey>, kind: WorkspaceKind, name: &str) -> Option<Vec<BitbucketAccessKey>> {
+    let all = api.list(&ListParams::default()).await.ok()?.items;
+    Some(all.into_iter().filter(|k| k.spec.workspace_ref.kind == kind && k.spec.workspace_ref.name == name).collect())
 }
 
-/// The targets given, else every one the workspace's access keys name.
-fn targets(found: &Found, args: &CheckArgs) -> Vec<Target> {
-    let (repos, projects): (BTreeSet<String>, BTreeSet<String>) = if args.repositories.is_empty() && args.projects.is_empty() {
-        (
-            found.users.iter().flat_map(|k| k.spec.repositories.iter().cloned()).collect(),
-            found.users.iter().flat_map(|k| k.spec.projects.iter().cloned()).collect(),
-        )
-    } else {
-        (args.repositories.iter().cloned().collect(), args.projects.iter().cloned().collect())
-    };
-    repos.into_iter().map(Target::Repository).chain(projects.into_iter().map(Target::Project)).collect()
-}
-
-fn describe(target: &Target) -> String {
-    match target {
-        Target::Repository(r) => format!("repository {r}"),
-        Target::Project(p) => format!("project {p}"),
+/// The targets given, else every one the workspace's access keys name; repositories
+/// first, each kind sorted.
+fn targets(found: &Found, args: &CheckArgs) -> BTreeSet<Target> {
+    if args.repositories.is_empty() && args.projects.is_empty() {
+        return found.users.iter().flat_map(access_key::targets).collect();
     }
+    let repos = args.repositories.iter().cloned().map(Target::Repository);
+    repos.chain(args.projects.iter().cloned().map(Target::Project)).collect()
 }
 
 #[derive(Clone, Copy)]
@@ -253,6 +227,12 @@ fn needed(auth: &Auth, target: &Target, op: Op) -> Vec<&'static str> {
     }
 }
 
+/// One finding: `  ok       repository api                   list keys`.
+fn line(out: &mut String, verdict: &str, subject: &str, what: &str, detail: &str) {
+    let line = format!("  {verdict:<8} {subject:<32} {what:<13} {detail}");
+    let _ = writeln!(out, "{}", line.trim_end());
+}
+
 /// One line per finding; the scopes found missing, collected.
 #[derive(Default)]
 struct Findings {
@@ -260,23 +240,12 @@ struct Findings {
     missing: BTreeSet<String>,
     /// Scopes a call that needed them proved granted.
     proven: BTreeSet<String>,
-    tried_targets: usize,
-    last_target: String,
 }
 
 impl Findings {
-    fn line(&mut self, out: &mut String, verdict: &str, subject: &str, what: &str, detail: &str) {
-        if (subject.starts_with("repository ") || subject.starts_with("project ")) && self.last_target != subject {
-            self.tried_targets += 1;
-            self.last_target = subject.to_string();
-        }
-        let line = format!("  {verdict:<8} {subject:<32} {what:<13} {detail}");
-        let _ = writeln!(out, "{}", line.trim_end());
-    }
-
     fn fail(&mut self, out: &mut String, subject: &str, what: &str, detail: String) {
         self.failed += 1;
-        self.line(out, "FAIL", subject, what, &detail);
+        line(out, "FAIL", subject, what, &detail);
     }
 
     /// `needed`: the scopes the call needs, named when Bitbucket's 403 does not say which
@@ -285,18 +254,18 @@ impl Findings {
         match result {
             Ok(()) => {
                 self.proven.extend(needed.iter().map(|s| s.to_string()));
-                self.line(out, "ok", subject, what, "")
+                line(out, "ok", subject, what, "")
             }
             Err(Error::MissingScopes { missing, .. }) => {
                 self.missing.extend(missing.iter().cloned());
                 self.failed += 1;
-                self.line(out, "MISSING", subject, what, &format!("needs {}", missing.join(", ")));
+                line(out, "MISSING", subject, what, &format!("needs {}", missing.join(", ")));
             }
             Err(Error::Forbidden(_)) if needed.iter().any(|s| !self.proven.contains(*s)) => {
                 let unproven: Vec<String> = needed.iter().map(|s| s.to_string()).filter(|s| !self.proven.contains(s)).collect();
                 self.missing.extend(unproven.iter().cloned());
                 self.failed += 1;
-                self.line(out, "MISSING", subject, what, &format!("needs {} (refused with 403)", unproven.join(", ")));
+                line(out, "MISSING", subject, what, &format!("needs {} (refused with 403)", unproven.join(", ")));
             }
             Err(e) => self.fail(out, subject, what, format!("{e} ({})", e.reason())),
         }

@@ -4,12 +4,14 @@ use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Event;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::api::{ListParams, Patch, PatchParams};
-use kube::{Api, Client, ResourceExt};
+use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
 
 use super::{CliError, ObjectKind, Report, relative, when, write_conditions};
-use crate::api::{BitbucketAccessKey, BitbucketOAuthConsumer, ROTATE_ANNOTATION, Registration, ready_condition};
+use crate::api::{BitbucketAccessKey, BitbucketOAuthConsumer, ROTATE_ANNOTATION, WorkspaceRef, ready_condition};
+use crate::controller::access_key::target_of;
 
 pub async fn status(client: &Client, ns: &str, name: &str, kind: Option<ObjectKind>, events: usize) -> Result<Report, CliError> {
     let keys: Api<BitbucketAccessKey> = Api::namespaced(client.clone(), ns);
@@ -34,13 +36,21 @@ pub async fn status(client: &Client, ns: &str, name: &str, kind: Option<ObjectKi
     Ok(Report { text: out, ok })
 }
 
+/// `Kind namespace/name`, its workspace and its conditions.
+fn header<K: Resource<DynamicType = ()>>(out: &mut String, obj: &K, ws: &WorkspaceRef, conditions: &[Condition]) {
+    let _ = writeln!(out, "{} {}/{}", K::kind(&()), obj.namespace().unwrap_or_default(), obj.name_any());
+    let _ = writeln!(out, "Workspace:       {:?} {}", ws.kind, ws.name);
+    write_conditions(out, conditions);
+}
+
+/// `Label:          value`, `-` when there is none.
+fn line(label: &str, value: Option<String>) -> String {
+    format!("{label:<17}{}\n", value.unwrap_or_else(|| "-".into()))
+}
+
 fn access_key_status(out: &mut String, k: &BitbucketAccessKey) -> bool {
     let st = k.status.clone().unwrap_or_default();
-    let ws = &k.spec.workspace_ref;
-    let _ = writeln!(out, "BitbucketAccessKey {}/{}", k.namespace().unwrap_or_default(), k.name_any());
-    let _ = writeln!(out, "Workspace:       {:?} {}", ws.kind, ws.name);
-    write_conditions(out, &st.conditions);
-    let line = |label: &str, value: Option<String>| format!("{label:<17}{}\n", value.unwrap_or_else(|| "-".into()));
+    header(out, k, &k.spec.workspace_ref, &st.conditions);
     out.push_str(&line("Secret:", st.secret_name.clone()));
     let key = st.fingerprint.as_ref().map(|f| format!("{} {f}", st.key_type.map(|t| format!("{t:?}").to_lowercase()).unwrap_or_default()));
     out.push_str(&line("Key:", key));
@@ -52,30 +62,18 @@ fn access_key_status(out: &mut String, k: &BitbucketAccessKey) -> bool {
     out.push_str(&line("Last verified:", st.last_verified_time.as_ref().map(when)));
     let _ = writeln!(out, "{}", if st.registrations.is_empty() { "Registrations:   none" } else { "Registrations:" });
     for r in &st.registrations {
-        let _ = writeln!(out, "  {:<40} id {}", target_of(r), r.id);
+        let _ = writeln!(out, "  {:<40} id {}", target_of(r).to_string(), r.id);
     }
     for retiring in &st.retiring_keys {
-        let on: Vec<String> = retiring.registrations.iter().map(target_of).collect();
+        let on: Vec<String> = retiring.registrations.iter().map(|r| target_of(r).to_string()).collect();
         let _ = writeln!(out, "Retiring key:    {} on {}, removed {}", retiring.fingerprint, on.join(", "), when(&retiring.remove_after));
     }
     ready_condition(&st.conditions).is_some_and(|c| c.status == "True")
 }
 
-fn target_of(r: &Registration) -> String {
-    match (&r.repository, &r.project) {
-        (Some(repo), _) => format!("repository {repo}"),
-        (None, Some(project)) => format!("project {project}"),
-        (None, None) => "?".into(),
-    }
-}
-
 fn oauth_consumer_status(out: &mut String, c: &BitbucketOAuthConsumer) -> bool {
     let st = c.status.clone().unwrap_or_default();
-    let ws = &c.spec.workspace_ref;
-    let _ = writeln!(out, "BitbucketOAuthConsumer {}/{}", c.namespace().unwrap_or_default(), c.name_any());
-    let _ = writeln!(out, "Workspace:       {:?} {}", ws.kind, ws.name);
-    write_conditions(out, &st.conditions);
-    let line = |label: &str, value: Option<String>| format!("{label:<17}{}\n", value.unwrap_or_else(|| "-".into()));
+    header(out, c, &c.spec.workspace_ref, &st.conditions);
     out.push_str(&line("Secret:", st.secret_name.clone()));
     out.push_str(&line("Token expires:", st.expires_at.as_ref().map(when)));
     out.push_str(&line("Renewal:", st.renewal_time.as_ref().map(when)));

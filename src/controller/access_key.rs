@@ -146,7 +146,8 @@ pub fn targets(obj: &BitbucketAccessKey) -> Vec<Target> {
     repos.chain(obj.spec.projects.iter().cloned().map(Target::Project)).collect()
 }
 
-fn target_of(r: &Registration) -> Target {
+/// Where a registration is.
+pub fn target_of(r: &Registration) -> Target {
     match (&r.repository, &r.project) {
         (Some(repo), _) => Target::Repository(repo.clone()),
         (None, Some(p)) => Target::Project(p.clone()),
