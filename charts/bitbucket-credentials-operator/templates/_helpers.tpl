@@ -100,10 +100,11 @@ the owner references on Secrets do not set blockOwnerDeletion.
 - apiGroups: ["bitbucket.credentials.dev"]
   resources: ["bitbucketaccesskeys", "bitbucketworkspaces"]
   verbs: ["get", "list", "watch", "patch"]
-# OAuth consumers: watched only; the operator writes nothing but their status.
+# OAuth consumers: watched, and read fresh before a token is minted while the Secret holds
+# one; the operator writes nothing but their status.
 - apiGroups: ["bitbucket.credentials.dev"]
   resources: ["bitbucketoauthconsumers"]
-  verbs: ["list", "watch"]
+  verbs: ["get", "list", "watch"]
 - apiGroups: ["bitbucket.credentials.dev"]
   resources: ["bitbucketworkspaces/status", "bitbucketaccesskeys/status", "bitbucketoauthconsumers/status"]
   verbs: ["patch"]
