@@ -254,7 +254,7 @@ where
 /// knows whether it is worth retrying soon.
 #[derive(Debug, Error)]
 pub enum Error {
-    #[error("Kubernetes API error: {0}")]
+    #[error("Kubernetes API error: {}", kube_message(.0))]
     Kube(#[from] kube::Error),
     #[error("{target}: {source}")]
     Bitbucket { target: String, source: bitbucket::Error },
@@ -282,6 +282,19 @@ pub enum Error {
     Deadline(Duration),
 }
 
+/// The API server's own message for an API error (not the debug dump of its Status), and
+/// for a 403 what to do about it.
+fn kube_message(e: &kube::Error) -> String {
+    match e {
+        kube::Error::Api(s) if s.code == 403 => format!(
+            "{}: the operator's ServiceAccount lacks this permission; install the RBAC of the chart that matches the operator's version (docs/install.md#permissions)",
+            s.message
+        ),
+        kube::Error::Api(s) => format!("{} ({} {})", s.message, s.code, s.reason),
+        e => e.to_string(),
+    }
+}
+
 impl Error {
     pub fn bitbucket(target: impl ToString, source: bitbucket::Error) -> Self {
         Error::Bitbucket { target: target.to_string(), source }
@@ -289,6 +302,7 @@ impl Error {
 
     pub fn reason(&self) -> &'static str {
         match self {
+            Error::Kube(kube::Error::Api(s)) if s.code == 403 => "OperatorForbidden",
             Error::Kube(_) => "KubernetesError",
             Error::Bitbucket { source, .. } => source.reason(),
             Error::WorkspaceNotFound { .. } => "WorkspaceNotFound",
@@ -491,5 +505,23 @@ mod tests {
         assert_eq!(parse_duration("10x"), None);
         assert_eq!(parse_duration(""), None);
         assert_eq!(parse_duration("h"), None);
+    }
+
+    #[test]
+    fn a_forbidden_call_names_the_permission_and_the_fix_not_a_debug_dump() {
+        let status = kube::core::Status {
+            code: 403,
+            reason: "Forbidden".into(),
+            message: "bitbucketoauthconsumers.bitbucket.credentials.dev \"ci\" is forbidden: User \"system:serviceaccount:bco:bco\" cannot get resource".into(),
+            ..Default::default()
+        };
+        let e = Error::Kube(kube::Error::Api(Box::new(status)));
+        assert_eq!(e.reason(), "OperatorForbidden");
+        let text = e.to_string();
+        assert!(text.contains("cannot get resource") && text.contains("docs/install.md#permissions"), "{text}");
+        assert!(!text.contains("Status {"), "{text}");
+        let gone = kube::core::Status { code: 410, reason: "Expired".into(), message: "too old".into(), ..Default::default() };
+        let e = Error::Kube(kube::Error::Api(Box::new(gone)));
+        assert_eq!((e.reason(), e.to_string().as_str()), ("KubernetesError", "Kubernetes API error: too old (410 Expired)"));
     }
 }

@@ -202,6 +202,13 @@ pub const REASONS: &[Reason] = &[
         fix: "Retried later; report it with the message if it lasts.",
     },
     Reason {
+        name: "OperatorForbidden",
+        ready: false,
+        kinds: ALL,
+        meaning: "The Kubernetes API refused the operator a call (403): its ServiceAccount lacks a permission it needs; the message names the verb and resource.",
+        fix: "Install the CRDs and RBAC of the chart version that matches the operator's image (`helm upgrade`); docs/install.md lists every permission. Retried with backoff.",
+    },
+    Reason {
         name: "KubernetesError",
         ready: false,
         kinds: ALL,
@@ -384,6 +391,7 @@ mod tests {
         let mut all: Vec<Error> = bitbucket.into_iter().map(|e| Error::bitbucket("t", e)).collect();
         all.extend([
             Error::Kube(kube::Error::LinesCodecMaxLineLengthExceeded),
+            Error::Kube(kube::Error::Api(Box::new(kube::core::Status { code: 403, ..Default::default() }))),
             Error::WorkspaceNotFound { kind: "BitbucketWorkspace", name: s(), hint: s() },
             Error::WorkspaceNotReady(s(), s()),
             Error::WorkspaceNotAllowed(s(), s()),

@@ -212,6 +212,9 @@ pub struct Operator {
     /// Environment of every run: the Bitbucket URLs the operator allows, for one.
     envs: Vec<(String, String)>,
     runs: u32,
+    /// What the process authenticates with: on the shared control plane, the chart's own
+    /// ServiceAccount and RBAC (see [`as_chart_service_account`]).
+    kubeconfig: PathBuf,
 }
 
 /// The environment that lets an operator talk to the Bitbucket at `urls` (the simulator:
@@ -231,12 +234,14 @@ impl Operator {
             args: extra.iter().map(|s| s.to_string()).collect(),
             envs,
             runs: 0,
+            kubeconfig: PathBuf::new(),
         };
         op.args.extend([
             format!("--watch-namespaces={namespace}"),
             format!("--cluster-resource-namespace={namespace}"),
             "--cluster-name=test".into(),
         ]);
+        op.kubeconfig = as_chart_service_account(dir, &op.args);
         op.restart();
         op
     }
@@ -275,7 +280,7 @@ impl Operator {
             .arg("run")
             .args(&self.args)
             .args([format!("--metrics-addr=127.0.0.1:{}", self.metrics_port), format!("--health-addr=127.0.0.1:{}", self.health_port)])
-            .env("KUBECONFIG", &cluster().kubeconfig)
+            .env("KUBECONFIG", &self.kubeconfig)
             .env("POD_NAMESPACE", namespace_of(&self.args))
             .env("RUST_LOG", std::env::var("BCO_OPERATOR_LOG").unwrap_or_else(|_| "info,bitbucket_credentials_operator=debug".into()))
             .envs(self.envs.iter().map(|(k, v)| (k.as_str(), v.as_str())))
@@ -568,8 +573,78 @@ where
     }
 }
 
+/// The operator's own namespace (its Lease's, its ServiceAccount's): the cluster-resource
+/// namespace, else the first one it watches.
 fn namespace_of(args: &[String]) -> String {
-    args.iter().find_map(|a| a.strip_prefix("--watch-namespaces=")).unwrap_or("default").to_string()
+    let crn = args.iter().find_map(|a| a.strip_prefix("--cluster-resource-namespace="));
+    crn.map(str::to_string).or_else(|| watched(args).into_iter().next()).unwrap_or_else(|| "default".into())
+}
+
+/// The namespaces of every `--watch-namespaces` (the flag may be given more than once).
+fn watched(args: &[String]) -> Vec<String> {
+    let lists = args.iter().filter_map(|a| a.strip_prefix("--watch-namespaces="));
+    lists.flat_map(|l| l.split(',')).filter(|s| !s.is_empty()).map(str::to_string).collect()
+}
+
+/// The directory of the control plane's binaries, Helm among them.
+fn tools() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let out = Command::new("bash").arg(root().join("hack/build-control-plane.sh")).arg("all").output().expect("run hack/build-control-plane.sh");
+        assert!(out.status.success(), "hack/build-control-plane.sh: {}", String::from_utf8_lossy(&out.stderr));
+        PathBuf::from(String::from_utf8_lossy(&out.stdout).lines().last().expect("bin dir").trim())
+    })
+}
+
+/// The shared control plane's version (`helm template` checks the chart's kubeVersion).
+fn server_version() -> &'static str {
+    static VERSION: OnceLock<String> = OnceLock::new();
+    VERSION.get_or_init(|| {
+        let out = kubectl(&cluster().kubeconfig, &["version", "-o", "json"]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("kubectl version -o json");
+        v["serverVersion"]["gitVersion"].as_str().expect("serverVersion.gitVersion").to_string()
+    })
+}
+
+/// A kubeconfig in `dir` that acts as the ServiceAccount the chart installs for an operator
+/// run with `args`, after applying the chart's RBAC for those settings (`helm template`).
+/// The operator of every test on the shared control plane therefore has the permissions an
+/// installed one has, and a call the chart does not grant fails here as it would in a
+/// cluster. The RBAC is the chart's cluster-wide mode (tests create some of the namespaces
+/// they watch after the operator starts); `BCO_E2E_RBAC=namespaced` renders the chart's
+/// namespaced mode for the watched namespaces instead.
+fn as_chart_service_account(dir: &Path, args: &[String]) -> PathBuf {
+    let ns = namespace_of(args);
+    // One set of cluster-scoped RBAC objects per operator namespace (a test's own); the
+    // chart cuts full names at 63 characters.
+    let mut release = format!("bco-{ns}");
+    release.truncate(63);
+    let release = release.trim_end_matches('-').to_string();
+    let namespaced = std::env::var("BCO_E2E_RBAC").is_ok_and(|v| v == "namespaced");
+    let mut helm = Command::new(tools().join("helm"));
+    helm.args(["template", "e2e", root().join("charts/bitbucket-credentials-operator").to_str().unwrap(), "--namespace", &ns])
+        .args(["--kube-version", server_version()])
+        .args(["--set", &format!("fullnameOverride={release}"), "--set", &format!("clusterResourceNamespace={ns}")])
+        .args(["--show-only", "templates/serviceaccount.yaml", "--show-only", "templates/rbac.yaml"]);
+    if namespaced {
+        helm.args(["--set-json", &format!("watchNamespaces={}", json!(watched(args)))]);
+    }
+    if args.iter().any(|a| a == "--leader-elect") {
+        helm.args(["--set", "leaderElection.enabled=true"]);
+    }
+    let out = helm.output().expect("run helm");
+    assert!(out.status.success(), "helm template: {}", String::from_utf8_lossy(&out.stderr));
+    let (ok, err) = kubectl_stdin(&cluster().kubeconfig, &["apply", "-f", "-"], &String::from_utf8_lossy(&out.stdout));
+    assert!(ok, "applying the chart's RBAC: {err}");
+    let mut kc = Kubeconfig::read_from(&cluster().kubeconfig).expect("kubeconfig");
+    for user in &mut kc.auth_infos {
+        if let Some(auth) = &mut user.auth_info {
+            auth.impersonate = Some(format!("system:serviceaccount:{ns}:{release}"));
+        }
+    }
+    let path = dir.join("operator.kubeconfig");
+    std::fs::write(&path, serde_json::to_vec(&kc).unwrap()).unwrap();
+    path
 }
 
 /// The local "Bitbucket git endpoint": real OpenSSH sshd serving bare repositories to the
@@ -730,29 +805,16 @@ impl Operator {
             args: args.to_vec(),
             envs,
             runs: 0,
+            kubeconfig: kubeconfig.to_path_buf(),
         };
-        op.respawn(kubeconfig);
+        op.restart();
         op
     }
 
     /// Starts the process again (killing the running one first) against `kubeconfig`.
     pub fn respawn(&mut self, kubeconfig: &Path) {
-        self.proc = None;
-        self.runs += 1;
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_bitbucket-credentials-operator"))
-            .arg("run")
-            .args(&self.args)
-            .args([format!("--metrics-addr=127.0.0.1:{}", self.metrics_port), format!("--health-addr=127.0.0.1:{}", self.health_port)])
-            .env("KUBECONFIG", kubeconfig)
-            .env("POD_NAMESPACE", namespace_of(&self.args))
-            .env("RUST_LOG", "info,bitbucket_credentials_operator=debug")
-            .envs(self.envs.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("start operator");
-        self.proc = Some(Proc { child });
+        self.kubeconfig = kubeconfig.to_path_buf();
+        self.restart();
     }
 
     /// How many times the process was started.
