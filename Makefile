@@ -24,8 +24,8 @@ crds: build control-plane
 	bash hack/test-packaging.sh --update-deploy
 
 ## Every test: unit, simulator contract, the real control plane end to end, packaging.
-test: control-plane
-	$(CARGO) fmt --check
+## The house rules first (make lint): one format, no clippy warning.
+test: control-plane lint
 	$(CARGO) build --bins --tests
 	$(CARGO) test --no-fail-fast -- --test-threads=4
 	$(MAKE) -j2 -O test-packaging test-node

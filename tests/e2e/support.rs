@@ -590,7 +590,11 @@ fn watched(args: &[String]) -> Vec<String> {
 fn tools() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
-        let out = Command::new("bash").arg(root().join("hack/build-control-plane.sh")).arg("all").output().expect("run hack/build-control-plane.sh");
+        let out = Command::new("bash")
+            .arg(root().join("hack/build-control-plane.sh"))
+            .arg("all")
+            .output()
+            .expect("run hack/build-control-plane.sh");
         assert!(out.status.success(), "hack/build-control-plane.sh: {}", String::from_utf8_lossy(&out.stderr));
         PathBuf::from(String::from_utf8_lossy(&out.stdout).lines().last().expect("bin dir").trim())
     })
