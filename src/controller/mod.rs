@@ -286,13 +286,17 @@ pub enum Error {
 /// for a 403 what to do about it.
 fn kube_message(e: &kube::Error) -> String {
     match e {
-        kube::Error::Api(s) if s.code == 403 => format!(
+        kube::Error::Api(s) if forbidden(e) => format!(
             "{}: the operator's ServiceAccount lacks this permission; install the RBAC of the chart that matches the operator's version (docs/install.md#permissions)",
             s.message
         ),
         kube::Error::Api(s) => format!("{} ({} {})", s.message, s.code, s.reason),
         e => e.to_string(),
     }
+}
+
+fn forbidden(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(s) if s.code == 403)
 }
 
 impl Error {
@@ -302,7 +306,7 @@ impl Error {
 
     pub fn reason(&self) -> &'static str {
         match self {
-            Error::Kube(kube::Error::Api(s)) if s.code == 403 => "OperatorForbidden",
+            Error::Kube(e) if forbidden(e) => "OperatorForbidden",
             Error::Kube(_) => "KubernetesError",
             Error::Bitbucket { source, .. } => source.reason(),
             Error::WorkspaceNotFound { .. } => "WorkspaceNotFound",

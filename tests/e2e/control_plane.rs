@@ -1,11 +1,8 @@
-use crate::support::{cluster, kubectl, root};
+use crate::support::{cluster, kubectl, root, server_version};
 
 #[tokio::test]
 async fn the_control_plane_is_a_real_kube_apiserver() {
-    let c = cluster();
-    let out = kubectl(&c.kubeconfig, &["version", "-o", "json"]);
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("kubectl version json");
-    let server = v["serverVersion"]["gitVersion"].as_str().unwrap_or_default().to_string();
+    let server = server_version();
     eprintln!("tests run against kube-apiserver {server}");
     assert!(server.starts_with("v1.35."), "unexpected server version {server}");
 }

@@ -226,24 +226,14 @@ pub fn allowing(urls: &[&str]) -> Vec<(String, String)> {
 impl Operator {
     pub fn start(dir: &Path, namespace: &str, extra: &[&str], envs: Vec<(String, String)>) -> Operator {
         std::fs::create_dir_all(dir).unwrap();
-        let mut op = Operator {
-            proc: None,
-            log: dir.join("operator.log"),
-            metrics_port: free_port(),
-            health_port: free_port(),
-            args: extra.iter().map(|s| s.to_string()).collect(),
-            envs,
-            runs: 0,
-            kubeconfig: PathBuf::new(),
-        };
-        op.args.extend([
+        let mut args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        args.extend([
             format!("--watch-namespaces={namespace}"),
             format!("--cluster-resource-namespace={namespace}"),
             "--cluster-name=test".into(),
         ]);
-        op.kubeconfig = as_chart_service_account(dir, &op.args);
-        op.restart();
-        op
+        let kubeconfig = as_chart_service_account(dir, &args);
+        Operator::start_on(dir, &kubeconfig, &args, envs)
     }
 
     pub fn restart(&mut self) {
@@ -601,7 +591,7 @@ fn tools() -> &'static Path {
 }
 
 /// The shared control plane's version (`helm template` checks the chart's kubeVersion).
-fn server_version() -> &'static str {
+pub fn server_version() -> &'static str {
     static VERSION: OnceLock<String> = OnceLock::new();
     VERSION.get_or_init(|| {
         let out = kubectl(&cluster().kubeconfig, &["version", "-o", "json"]);
