@@ -18,11 +18,15 @@ use kube::runtime::controller::Action;
 use kube::{Api, Resource, ResourceExt};
 use serde_json::json;
 
+mod plan;
+
+use plan::{Drift, Effects, Observed};
+
 use super::marker::{self, Marker};
 use super::workspace::{Resolved, resolve, resolve_for_removal};
-use super::{Context, Error, FIELD_MANAGER, Result, bounded_duration, condition, has_passed, jitter, now, set_condition, time_after};
+use super::{Context, Error, FIELD_MANAGER, Result, bounded_duration, jitter};
 use crate::api::{
-    AccessKeyStatus, BitbucketAccessKey, BitbucketAccessKeySpec, DeletionPolicy, FINALIZER, ROTATE_ANNOTATION, Registration, RetiringKey,
+    AccessKeyStatus, BitbucketAccessKey, BitbucketAccessKeySpec, DeletionPolicy, FINALIZER, ROTATE_ANNOTATION, Registration,
     TARGETS_ANNOTATION,
 };
 use crate::bitbucket::{self, DeployKey, Target};
@@ -215,26 +219,6 @@ pub fn rotation_period(spec: &BitbucketAccessKeySpec) -> Option<Duration> {
     bounded_duration(period, MIN_ROTATION_PERIOD, MAX_ROTATION_PERIOD)
 }
 
-/// Moves the current key of `status` into `retiringKeys`, to be removed after `grace`.
-fn retire_current(status: &mut AccessKeyStatus, grace: Duration) {
-    if let Some(fp) = status.fingerprint.take() {
-        status.retiring_keys.push(RetiringKey {
-            fingerprint: fp,
-            registrations: std::mem::take(&mut status.registrations),
-            remove_after: time_after(grace),
-        });
-    }
-    status.public_key = None;
-}
-
-fn adopt_key(status: &mut AccessKeyStatus, key: &KeyPair, obj: &BitbucketAccessKey) {
-    status.fingerprint = Some(key.fingerprint().into());
-    status.public_key = Some(key.public_key().into());
-    status.key_type = Some(obj.spec.key_type);
-    status.registrations.clear();
-    status.last_rotation_time = Some(now());
-}
-
 /// How `register` finds out whether a key is already on a target.
 #[derive(Clone, Copy, PartialEq, Debug)]
 enum Lookup {
@@ -289,9 +273,34 @@ struct Run<'a> {
     created: std::sync::Mutex<Vec<(String, String)>>,
     /// How old a listing shared with other objects' drift checks may be.
     listing_age: Duration,
+    /// The Secret as stored now: as read, then as last written.
+    secret: Option<Secret>,
 }
 
-impl Run<'_> {
+impl<'a> Run<'a> {
+    fn new(
+        obj: &'a BitbucketAccessKey,
+        ctx: &'a Context,
+        ws: Resolved,
+        observed: &Observed,
+        secret: Option<Secret>,
+        listing_age: Duration,
+    ) -> Self {
+        let held = observed.current.iter().chain(observed.pending.iter());
+        Run {
+            obj,
+            ctx,
+            ws,
+            uid: obj.uid().unwrap_or_default(),
+            fingerprints: known_fingerprints(&observed.status, held),
+            secret_name: observed.secret_name.clone(),
+            secrets: Api::namespaced(ctx.client.clone(), &obj.namespace().unwrap_or_default()),
+            created: Default::default(),
+            listing_age,
+            secret,
+        }
+    }
+
     /// The Secret with `current` (and `pending`), recording `targets` as where a key of
     /// this object may be registered.
     fn desired_secret(&self, current: &KeyPair, pending: Option<&KeyPair>, targets: &BTreeSet<Target>) -> Secret {
@@ -311,30 +320,6 @@ impl Run<'_> {
         );
         secret.metadata.annotations.get_or_insert_default().insert(TARGETS_ANNOTATION.into(), encode_targets(targets));
         secret
-    }
-
-    /// Write-ahead: before a key is added to targets the Secret does not list yet, the
-    /// Secret lists them, so that a crash before the registrations are recorded in status
-    /// cannot leave a key where nobody will look (a target then dropped from the spec, or
-    /// the object deleted). `current` and `pending` are the keys the Secret holds now.
-    async fn record_intent(
-        &self,
-        secret: &mut Option<Secret>,
-        also: BTreeSet<Target>,
-        adding: &[Target],
-        current: &KeyPair,
-        pending: Option<&KeyPair>,
-    ) -> Result<()> {
-        let mut recorded = recorded_targets(secret.as_ref());
-        if adding.iter().all(|t| recorded.contains(t)) {
-            return Ok(());
-        }
-        recorded.extend(also);
-        recorded.extend(adding.iter().cloned());
-        let desired = self.desired_secret(current, pending, &recorded);
-        self.write_secret(&desired).await?;
-        *secret = Some(desired);
-        Ok(())
     }
 
     async fn write_secret(&self, desired: &Secret) -> Result<()> {
@@ -358,7 +343,7 @@ impl Run<'_> {
     /// there, and keys of this object that are not in `keep` (fingerprints) are removed.
     /// Without, the key is created directly; after a 400 (of any text) the target is
     /// listed and the key adopted if it is there.
-    async fn register(&self, key: &KeyPair, targets: &[Target], lookup: Lookup, keep: &BTreeSet<String>) -> Result<Vec<Registration>> {
+    async fn register_on(&self, key: &KeyPair, targets: &[Target], lookup: Lookup, keep: &BTreeSet<String>) -> Result<Vec<Registration>> {
         let label = label(self.obj, &self.ctx.settings.cluster_name);
         let regs: Vec<Registration> = futures::stream::iter(targets.iter().cloned())
             .map(|target| {
@@ -468,6 +453,64 @@ impl Run<'_> {
     }
 }
 
+impl Effects for Run<'_> {
+    async fn write_secret(&mut self, current: &KeyPair, pending: Option<&KeyPair>, targets: &BTreeSet<Target>) -> Result<()> {
+        let desired = self.desired_secret(current, pending, targets);
+        Run::write_secret(self, &desired).await?;
+        self.secret = Some(desired);
+        Ok(())
+    }
+
+    async fn register(&mut self, key: &KeyPair, targets: &[Target], lookup: Lookup, keep: &BTreeSet<String>) -> Result<Vec<Registration>> {
+        self.register_on(key, targets, lookup, keep).await
+    }
+
+    async fn unregister(&mut self, registrations: &[Registration], fingerprint: Option<&str>, on_record: &BTreeSet<Target>) -> Result<()> {
+        self.delete_registrations(registrations, fingerprint, on_record).await
+    }
+
+    async fn sync_secret(&mut self, current: &KeyPair, targets: &BTreeSet<Target>) -> Result<()> {
+        let desired = self.desired_secret(current, None, targets);
+        let stored = self.secret.as_ref();
+        if stored.is_some_and(|s| up_to_date(s, &desired) && !has_stale_fields(s, &desired, FIELD_MANAGER)) {
+            return Ok(());
+        }
+        Run::write_secret(self, &desired).await?;
+        let mut edited = desired.clone();
+        edited.metadata.annotations.get_or_insert_default().remove(TARGETS_ANNOTATION);
+        if self.secret.as_ref().is_some_and(|s| !up_to_date(s, &edited)) {
+            let message = format!("Secret {} was changed outside the operator and has been restored", self.secret_name);
+            self.ctx.event(self.obj, false, "SecretRestored", message).await;
+        }
+        self.secret = Some(desired);
+        Ok(())
+    }
+
+    async fn save_status(&mut self, status: &AccessKeyStatus) -> Result<()> {
+        patch_status(self.obj, self.ctx, status).await
+    }
+
+    async fn event(&mut self, warning: bool, reason: &'static str, message: String) {
+        self.ctx.event(self.obj, warning, reason, message).await;
+    }
+
+    async fn announce_created(&mut self) {
+        let created = std::mem::take(&mut *self.created.lock().unwrap_or_else(|e| e.into_inner()));
+        let mut by_key: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+        for (fingerprint, target) in created {
+            by_key.entry(fingerprint).or_default().push(target);
+        }
+        for (fingerprint, on) in by_key {
+            self.ctx.event(self.obj, false, "Registered", format!("access key {fingerprint} registered on {}", on.join(", "))).await;
+        }
+    }
+
+    fn passed(&mut self, point: &'static str) -> Result<()> {
+        crate::failpoint::hit(point);
+        Ok(())
+    }
+}
+
 /// A 404, which alone proves nothing: Bitbucket answers the same for a missing key, a
 /// deleted target and a target these credentials can no longer see.
 fn not_found(e: &bitbucket::Error) -> bool {
@@ -565,280 +608,114 @@ async fn read_inputs(obj: &BitbucketAccessKey, ctx: &Context) -> Result<Inputs> 
     Ok(Inputs { ws, existing })
 }
 
+/// One reconcile: what was observed, planned (`plan`), then done step by step.
 async fn apply(obj: &BitbucketAccessKey, ctx: &Context, inputs: Inputs) -> Result<Action> {
-    let ns = obj.namespace().unwrap_or_default();
-    let uid = obj.uid().unwrap_or_default();
-    let secret_name = obj.spec.secret.name.clone().unwrap_or_else(|| obj.name_any());
     let Inputs { ws, existing } = inputs;
     // Before anything is registered through them, the workspace and its Secret are kept
     // from going away until this object's cleanup is done.
     super::workspace::protect(ctx, &ws.protection).await?;
-    let targets = targets(obj);
-    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
-    let mut current = read_key(existing.as_ref(), "ssh-privatekey");
-    let mut pending = read_key(existing.as_ref(), PENDING_KEY);
+    let current = read_key(existing.as_ref(), "ssh-privatekey");
+    let fresh = latest(obj, ctx, current.as_ref()).await?;
+    let obj = fresh.as_ref().unwrap_or(obj);
+    let status = obj.status.clone().unwrap_or_default();
+    let (drift, schedule) = drift_check(obj, &status, &ws, ctx);
+    let mut observed = observe(obj, &ws, existing.as_ref(), current, drift);
+    let now = jiff::Timestamp::now();
+    if plan::plan(&observed, now).is_err() {
+        let mark = mark(obj, &ctx.settings.cluster_name);
+        observed.new_key = Some(KeyPair::generate_blocking(observed.key_spec, mark).await?);
+    }
+    let steps = plan::plan(&observed, now).map_err(|_| Error::Internal("a reconcile planned two new keys".into()))?;
+    let mut run = Run::new(obj, ctx, ws, &observed, existing, schedule.listing_age);
+    let st = plan::execute(steps, &observed.status, &mut run).await?;
+    Ok(super::requeue(wake_after(obj, &st, drift, &schedule)))
+}
 
-    // The watch cache may not have seen the status this operator wrote a moment ago (our
-    // own Secret write re-triggers the object): read the object itself before concluding
-    // that status and Secret disagree.
-    let fresh;
-    let obj = match &current {
-        Some(k) if obj.status.as_ref().and_then(|s| s.fingerprint.as_deref()) != Some(k.fingerprint()) => {
-            let api: Api<BitbucketAccessKey> = Api::namespaced(ctx.client.clone(), &ns);
-            fresh = api.get_opt(&obj.name_any()).await?;
-            match &fresh {
-                Some(f) if f.uid().as_deref() == Some(uid.as_str()) => f,
-                _ => obj,
-            }
-        }
-        _ => obj,
-    };
-    let generation = obj.metadata.generation;
-    let original = obj.status.clone().unwrap_or_default();
-    let mut st = original.clone();
-    let fingerprints = known_fingerprints(&original, current.iter().chain(pending.iter()));
-    // Drift checks are paced by a share of the credential's budget, and fall due on the
-    // slot of the object's first target.
+/// The object as stored, if the Secret holds a key that the cached copy's status does not
+/// record: the watch cache may not have seen the status this operator wrote a moment ago
+/// (its own Secret write re-triggers the object).
+async fn latest(obj: &BitbucketAccessKey, ctx: &Context, current: Option<&KeyPair>) -> Result<Option<BitbucketAccessKey>> {
+    let recorded = obj.status.as_ref().and_then(|s| s.fingerprint.as_deref());
+    if current.is_none_or(|k| recorded == Some(k.fingerprint())) {
+        return Ok(None);
+    }
+    let api: Api<BitbucketAccessKey> = Api::namespaced(ctx.client.clone(), &obj.namespace().unwrap_or_default());
+    Ok(api.get_opt(&obj.name_any()).await?.filter(|f| f.uid() == obj.uid()))
+}
+
+/// What `plan` decides from: the spec, status, and the Secret's keys and targets.
+fn observe(obj: &BitbucketAccessKey, ws: &Resolved, existing: Option<&Secret>, current: Option<KeyPair>, drift: Drift) -> Observed {
+    let recorded = recorded_targets(existing);
+    let not_allowed = recorded.iter().filter(|t| ws.check_allowed(t.name()).is_err()).cloned().collect();
+    Observed {
+        targets: targets(obj),
+        generation: obj.metadata.generation,
+        status: obj.status.clone().unwrap_or_default(),
+        current,
+        pending: read_key(existing, PENDING_KEY),
+        recorded,
+        not_allowed,
+        key_spec: KeySpec::new(obj.spec.key_type, obj.spec.rsa_bits, obj.spec.ecdsa_curve),
+        key_type: obj.spec.key_type,
+        rotation_period: rotation_period(&obj.spec),
+        grace: grace_period(&obj.spec),
+        rotate_request: obj.annotations().get(ROTATE_ANNOTATION).cloned(),
+        drift,
+        secret_name: secret_name(obj),
+        new_key: None,
+    }
+}
+
+fn secret_name(obj: &BitbucketAccessKey) -> String {
+    obj.spec.secret.name.clone().unwrap_or_else(|| obj.name_any())
+}
+
+/// When this object's targets are compared with Bitbucket.
+struct Schedule {
+    interval: Duration,
+    /// The listing whose slot the object's checks fall on (its first target's).
+    phase_key: String,
+    /// How old a listing shared with other objects' drift checks may be.
+    listing_age: Duration,
+}
+
+/// Whether a drift check is due: paced by a share of the credential's budget, on the
+/// slot of the object's first target. However the interval's estimate errs (just after a
+/// start few targets are known), drift checks spend no more than their share: past it,
+/// the check waits and the object stays as it is.
+fn drift_check(obj: &BitbucketAccessKey, st: &AccessKeyStatus, ws: &Resolved, ctx: &Context) -> (Drift, Schedule) {
     let pace = ctx.settings.drift;
-    let credential = ws.client.credential().clone();
-    let listing_keys: Vec<String> = targets.iter().map(|t| ws.client.listing_key(t)).collect();
+    let credential = ws.client.credential();
+    let listing_keys: Vec<String> = targets(obj).iter().map(|t| ws.client.listing_key(t)).collect();
     credential.note_drift_targets(listing_keys.iter().map(String::as_str), &pace);
     let interval = credential.drift_interval(&pace);
     let phase_key = listing_keys.iter().min().cloned().unwrap_or_default();
-    let listing_age = shared_listing_age(interval);
-    let run = Run {
-        obj,
-        ctx,
-        ws,
-        uid: uid.clone(),
-        fingerprints,
-        secret_name: secret_name.clone(),
-        secrets,
-        created: Default::default(),
-        listing_age,
-    };
-    let grace = grace_period(&obj.spec);
-    let key_spec = KeySpec::new(obj.spec.key_type, obj.spec.rsa_bits, obj.spec.ecdsa_curve);
-    let mut secret_state = existing;
-
-    // The Secret is the truth about which key is current: a crash may have switched it
-    // without recording the switch in status.
-    if let Some(k) = &current
-        && st.fingerprint.as_deref() != Some(k.fingerprint())
-    {
-        retire_current(&mut st, grace);
-        adopt_key(&mut st, k, obj);
-        st.registrations = targets.iter().map(|t| registration(t, 0)).collect();
+    let schedule = Schedule { interval, listing_age: shared_listing_age(interval), phase_key };
+    let due = st.last_verified_time.as_ref().is_some_and(|t| drift_due_at(unix(t), interval, &schedule.phase_key) <= unix_now());
+    if !due || plan::spec_changed(st, obj.metadata.generation) {
+        return (if due { Drift::Due } else { Drift::NotDue }, schedule);
     }
-    if pending.as_ref().zip(current.as_ref()).is_some_and(|(p, c)| p.fingerprint() == c.fingerprint()) {
-        pending = None;
-    }
-    // The Secret lists where a key of this object may be (written ahead of each
-    // registration); status may not know all of them after a crash.
-    let known = may_hold_keys(&st, &[]);
-    let unknown: Vec<Target> = recorded_targets(secret_state.as_ref())
-        .into_iter()
-        .filter(|t| !known.contains(t) && run.ws.check_allowed(t.name()).is_ok())
-        .collect();
-    if !unknown.is_empty() {
-        st.registrations.extend(unknown.iter().map(|t| registration(t, 0)));
-        st.registrations.sort();
-    }
-
-    // A new object's first registration creates directly (a 400 is followed by a
-    // listing, and a key that is already there adopted); listing every target's keys waits for the first
-    // drift check, so creating N objects on one repository costs N creates, not N lists.
-    let spec_changed = original.observed_generation.is_some() && original.observed_generation != generation;
-    let mut drift_due = st.last_verified_time.as_ref().is_some_and(|t| drift_due_at(unix(t), interval, &phase_key) <= unix_now());
-    // However the interval's estimate errs (just after a start few targets are known),
-    // drift checks spend no more than their share: past it, the check waits, the object
-    // stays as it is.
-    let mut deferred = None;
-    if drift_due && !spec_changed {
-        let fetches = listing_keys.iter().filter(|k| !ctx.caches.has_listing(k, listing_age)).count();
-        if let Err(wait) = credential.drift_permit(u32::try_from(fetches).unwrap_or(u32::MAX), &pace) {
+    let fetches = listing_keys.iter().filter(|k| !ctx.caches.has_listing(k, schedule.listing_age)).count();
+    match credential.drift_permit(u32::try_from(fetches).unwrap_or(u32::MAX), &pace) {
+        Ok(()) => (Drift::Due, schedule),
+        Err(wait) => {
             tracing::debug!(object = %super::display_name(obj), wait_s = wait.as_secs(), "drift check waits for its share of the budget");
-            drift_due = false;
-            deferred = Some(wait);
+            (Drift::Deferred(wait), schedule)
         }
     }
-    let mut list = drift_due || spec_changed;
+}
 
-    // First key, or the private key is gone (Secret deleted): a new key, persisted first.
-    let rotate_request = obj.annotations().get(ROTATE_ANNOTATION).cloned();
-    if current.is_none() {
-        let k = match pending.take() {
-            Some(p) => p,
-            None => KeyPair::generate_blocking(key_spec, mark(obj, &ctx.settings.cluster_name)).await?,
-        };
-        if st.fingerprint.is_some() {
-            ctx.event(obj, true, "SecretRestored", format!("Secret {secret_name} lost its private key; a new key replaces it")).await;
-        }
-        retire_current(&mut st, grace);
-        adopt_key(&mut st, &k, obj);
-        st.rotate_request = rotate_request.clone();
-        let desired = run.desired_secret(&k, None, &may_hold_keys(&st, &targets));
-        run.write_secret(&desired).await?;
-        // The Secret is the record of the new key and of where it is about to be
-        // registered: a crash from here on finds both there.
-        crate::failpoint::hit("first-key-persisted");
-        secret_state = Some(desired);
-        st.secret_name = Some(secret_name.clone());
-        current = Some(k);
-    }
-    let Some(mut current) = current else { unreachable!("a key was just made") };
-
-    // Rotation: register the next key everywhere, then switch the Secret to it.
-    let manual = rotate_request.is_some() && rotate_request != st.rotate_request;
-    let scheduled = rotation_period(&obj.spec).zip(st.last_rotation_time.as_ref()).is_some_and(|(p, last)| has_passed(last, p));
-    let kind_changed = !key_spec.matches(&current);
-    if manual || scheduled || kind_changed || pending.is_some() {
-        let next = match pending.take() {
-            Some(p) => p,
-            None => {
-                let k = KeyPair::generate_blocking(key_spec, mark(obj, &ctx.settings.cluster_name)).await?;
-                let mut recorded = recorded_targets(secret_state.as_ref());
-                recorded.extend(may_hold_keys(&st, &targets));
-                let desired = run.desired_secret(&current, Some(&k), &recorded);
-                run.write_secret(&desired).await?;
-                secret_state = Some(desired);
-                crate::failpoint::hit("next-key-persisted");
-                k
-            }
-        };
-        let mut keep: BTreeSet<String> = st.retiring_keys.iter().map(|r| r.fingerprint.clone()).collect();
-        keep.insert(current.fingerprint().into());
-        run.record_intent(&mut secret_state, may_hold_keys(&st, &targets), &targets, &current, Some(&next)).await?;
-        let regs = run.register(&next, &targets, Lookup::Fresh, &keep).await?;
-        crate::failpoint::hit("next-key-registered");
-        let desired = run.desired_secret(&next, None, &recorded_targets(secret_state.as_ref()));
-        run.write_secret(&desired).await?;
-        crate::failpoint::hit("secret-switched");
-        secret_state = Some(desired);
-        retire_current(&mut st, grace);
-        adopt_key(&mut st, &next, obj);
-        st.registrations = regs;
-        st.rotate_request = rotate_request.clone();
-        st.last_verified_time = Some(now());
-        let why = if manual {
-            "requested by annotation"
-        } else if kind_changed {
-            "key type changed"
-        } else {
-            "scheduled"
-        };
-        ctx.event(obj, false, "Rotated", format!("key rotated ({why}); new fingerprint {}", next.fingerprint())).await;
-        current = next;
-        list = false;
-    }
-
-    // Targets gone from the spec lose every key of this object (current, retiring, or
-    // left there unrecorded by a crash).
-    let wanted: BTreeSet<Target> = targets.iter().cloned().collect();
-    let dropped: Vec<Registration> = st
-        .registrations
-        .iter()
-        .chain(st.retiring_keys.iter().flat_map(|k| k.registrations.iter()))
-        .map(target_of)
-        .filter(|t| !wanted.contains(t))
-        .collect::<BTreeSet<Target>>()
-        .iter()
-        .map(|t| registration(t, 0))
-        .collect();
-    if !dropped.is_empty() {
-        run.delete_registrations(&dropped, None, &on_record(&st)).await?;
-        for r in &dropped {
-            ctx.event(obj, false, "Unregistered", format!("access key removed from {}", target_of(r))).await;
-        }
-        st.registrations.retain(|r| wanted.contains(&target_of(r)));
-        for k in &mut st.retiring_keys {
-            k.registrations.retain(|r| wanted.contains(&target_of(r)));
-        }
-    }
-
-    // Every target holds the current key.
-    let registered: BTreeSet<Target> = st.registrations.iter().filter(|r| r.id != 0).map(target_of).collect();
-    if list || registered != wanted {
-        let keep: BTreeSet<String> = st.retiring_keys.iter().map(|r| r.fingerprint.clone()).collect();
-        let to_check: Vec<Target> = if list { targets.clone() } else { wanted.difference(&registered).cloned().collect() };
-        let mut regs: Vec<Registration> = st
-            .registrations
-            .iter()
-            .filter(|r| r.id != 0 && wanted.contains(&target_of(r)) && !to_check.contains(&target_of(r)))
-            .cloned()
-            .collect();
-        run.record_intent(&mut secret_state, may_hold_keys(&st, &targets), &to_check, &current, None).await?;
-        let lookup = match (list, spec_changed) {
-            (false, _) => Lookup::Create,
-            (true, true) => Lookup::Fresh,
-            (true, false) => Lookup::Shared,
-        };
-        regs.extend(run.register(&current, &to_check, lookup, &keep).await?);
-        crate::failpoint::hit("current-key-registered");
-        regs.sort();
-        st.registrations = regs;
-        if list || st.last_verified_time.is_none() {
-            st.last_verified_time = Some(now());
-        }
-    }
-
-    // Old keys whose grace period is over.
-    let recorded = on_record(&st);
-    let (due, keep): (Vec<RetiringKey>, Vec<RetiringKey>) =
-        st.retiring_keys.drain(..).partition(|k| super::seconds_until(&k.remove_after) <= 0);
-    st.retiring_keys = keep;
-    for k in &due {
-        run.delete_registrations(&k.registrations, Some(&k.fingerprint), &recorded).await?;
-        ctx.event(obj, false, "RetiredKeyRemoved", format!("old key {} removed after its grace period", k.fingerprint)).await;
-    }
-
-    // The Secret as it should be (restores a hand edit).
-    let desired = run.desired_secret(&current, None, &may_hold_keys(&st, &targets));
-    if !secret_state.as_ref().is_some_and(|s| up_to_date(s, &desired) && !has_stale_fields(s, &desired, FIELD_MANAGER)) {
-        run.write_secret(&desired).await?;
-        let mut edited = desired.clone();
-        edited.metadata.annotations.get_or_insert_default().remove(TARGETS_ANNOTATION);
-        if secret_state.as_ref().is_some_and(|s| !up_to_date(s, &edited)) {
-            ctx.event(obj, false, "SecretRestored", format!("Secret {secret_name} was changed outside the operator and has been restored"))
-                .await;
-        }
-    }
-
-    st.secret_name = Some(secret_name);
-    st.observed_generation = generation;
-    st.next_rotation_time = rotation_period(&obj.spec).and_then(|p| st.last_rotation_time.as_ref().map(|t| super::add(t, p)));
-    let n = targets.len();
-    let ready = condition(
-        &st.conditions,
-        "Ready",
-        true,
-        "Registered",
-        format!("access key {} registered on {n} target{}", current.fingerprint(), if n == 1 { "" } else { "s" }),
-        generation,
-    );
-    set_condition(&mut st.conditions, ready);
-    super::clear_degraded(&mut st.conditions);
-    if st != original {
-        patch_status(obj, ctx, &st).await?;
-        crate::failpoint::hit("status-recorded");
-    }
-    let created = std::mem::take(&mut *run.created.lock().unwrap_or_else(|e| e.into_inner()));
-    let mut by_key: std::collections::BTreeMap<String, Vec<String>> = Default::default();
-    for (fingerprint, target) in created {
-        by_key.entry(fingerprint).or_default().push(target);
-    }
-    for (fingerprint, on) in by_key {
-        ctx.event(obj, false, "Registered", format!("access key {fingerprint} registered on {}", on.join(", "))).await;
-    }
-
-    // Wake up for the next thing that is due.
-    let mut next = match (deferred, &st.last_verified_time) {
-        (Some(wait), _) => wait + random_up_to(interval / 2),
-        (None, Some(t)) => {
-            Duration::try_from_secs_f64((drift_due_at(unix(t), interval, &phase_key) - unix_now()).max(0.0)).unwrap_or(interval)
+/// When to wake up for the next thing that is due: the drift check's slot, the
+/// rotation, or a retiring key's removal.
+fn wake_after(obj: &BitbucketAccessKey, st: &AccessKeyStatus, drift: Drift, schedule: &Schedule) -> Duration {
+    let interval = schedule.interval;
+    let mut next = match (drift, &st.last_verified_time) {
+        (Drift::Deferred(wait), _) => wait + random_up_to(interval / 2),
+        (_, Some(t)) => {
+            Duration::try_from_secs_f64((drift_due_at(unix(t), interval, &schedule.phase_key) - unix_now()).max(0.0)).unwrap_or(interval)
                 + random_up_to(slot_spread(interval))
         }
-        (None, None) => jitter(interval),
+        (_, None) => jitter(interval),
     };
     if let Some(t) = &st.next_rotation_time {
         let labels = super::object_labels(obj);
@@ -849,7 +726,7 @@ async fn apply(obj: &BitbucketAccessKey, ctx: &Context, inputs: Inputs) -> Resul
     for k in &st.retiring_keys {
         next = next.min(Duration::from_secs(super::seconds_until(&k.remove_after).max(1).unsigned_abs()));
     }
-    Ok(super::requeue(next))
+    next
 }
 
 fn random_up_to(d: Duration) -> Duration {
@@ -958,6 +835,7 @@ async fn revoke(obj: &BitbucketAccessKey, ctx: &Context, why: Error) -> Error {
 
 #[cfg(test)]
 mod tests {
+    use super::super::{has_passed, now, time_after};
     use super::*;
 
     #[test]
@@ -1175,7 +1053,7 @@ mod tests {
             registrations: vec![registration(&Target::Repository("api".into()), 7)],
             ..Default::default()
         };
-        retire_current(&mut st, Duration::from_secs(60));
+        plan::retire_current(&mut st, Duration::from_secs(60), jiff::Timestamp::now());
         assert_eq!(st.fingerprint, None);
         assert!(st.registrations.is_empty());
         assert_eq!(st.retiring_keys.len(), 1);
