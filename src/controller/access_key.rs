@@ -102,10 +102,8 @@ async fn withdrawn(obj: &BitbucketAccessKey, ctx: &Context, inputs: Result<Input
 }
 
 async fn patch_finalizers(api: &Api<BitbucketAccessKey>, obj: &BitbucketAccessKey, patch: serde_json::Value) -> Result<()> {
-    let patch: json_patch::Patch = serde_json::from_value(patch).map_err(|e| Error::Finalizer(e.to_string()))?;
-    api.patch::<BitbucketAccessKey>(&obj.name_any(), &PatchParams::default(), &Patch::Json(patch))
-        .await
-        .map_err(|e| Error::Finalizer(e.to_string()))?;
+    let patch: json_patch::Patch = serde_json::from_value(patch).map_err(|e| Error::Internal(e.to_string()))?;
+    api.patch::<BitbucketAccessKey>(&obj.name_any(), &PatchParams::default(), &Patch::Json(patch)).await.map_err(Error::Finalizer)?;
     Ok(())
 }
 
@@ -323,7 +321,7 @@ impl<'a> Run<'a> {
     }
 
     async fn write_secret(&self, desired: &Secret) -> Result<()> {
-        let mut body = serde_json::to_value(desired).map_err(|e| Error::Finalizer(e.to_string()))?;
+        let mut body = serde_json::to_value(desired).map_err(|e| Error::Internal(e.to_string()))?;
         body["apiVersion"] = json!("v1");
         body["kind"] = json!("Secret");
         let ns = self.obj.namespace().unwrap_or_default();

@@ -274,8 +274,8 @@ pub enum Error {
     SecretConflict(String),
     #[error("key material: {0}")]
     Key(#[from] KeyError),
-    #[error("finalizer: {0}")]
-    Finalizer(String),
+    #[error("finalizer: {}", kube_message(.0))]
+    Finalizer(#[source] kube::Error),
     #[error("internal error (a bug; please report it): {0}")]
     Internal(String),
     #[error("the reconcile took longer than {0:?} and was stopped")]

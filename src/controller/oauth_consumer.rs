@@ -143,21 +143,62 @@ fn read_token(secret: &Secret) -> Option<SecretString> {
     SecretString::from_bytes(&raw).filter(|t| !t.expose().is_empty())
 }
 
-async fn apply(obj: &BitbucketOAuthConsumer, ctx: &Context) -> Result<Action> {
-    let ns = obj.namespace().unwrap_or_default();
-    let uid = obj.uid().unwrap_or_default();
-    let mut original = obj.status.clone().unwrap_or_default();
-    let mut st = original.clone();
-    let ws = resolve(ctx, &ns, &obj.spec.workspace_ref).await?;
-    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
+/// What a reconcile observed: status as stored, the consumer's credentials and the token
+/// the output Secret holds.
+struct Observed {
+    status: OAuthConsumerStatus,
+    /// A digest of the consumer's key and secret (see `revision`).
+    revision: String,
+    /// Whether the consumer Secret carries `CONSUMER_LABEL` (its changes wake the object).
+    labelled: bool,
+    token: Option<SecretString>,
+}
 
-    // The consumer's credentials, from the same namespace only.
-    let consumer_name = &obj.spec.consumer_secret_ref.name;
-    let consumer = secrets.get_opt(consumer_name).await?.ok_or_else(|| Error::AuthSecretNotFound {
-        namespace: ns.clone(),
-        name: consumer_name.clone(),
-        keys: KEYS,
-    })?;
+/// One thing a reconcile does.
+#[derive(Debug, PartialEq)]
+enum Step {
+    LabelConsumerSecret,
+    /// A new token from the token endpoint, recorded in status.
+    Mint,
+    /// The output Secret as it should be (written only if it is not so).
+    SyncSecret,
+    /// Ready with the token's expiry, stored if status changed.
+    SaveStatus,
+}
+
+/// Whether status says the token is due for renewal at `now`, or was minted with other
+/// consumer credentials than `revision`.
+fn renewal_due(st: &OAuthConsumerStatus, revision: &str, now: jiff::Timestamp) -> bool {
+    let due = st.renewal_time.as_ref().is_none_or(|t| t.0.as_second() <= now.as_second());
+    due || st.consumer_revision.as_deref() != Some(revision)
+}
+
+/// What to do, from what was observed at `now`: a token is minted only when the Secret
+/// has none or status says it is due (the token in the Secret is the state).
+fn plan(obs: &Observed, now: jiff::Timestamp) -> Vec<Step> {
+    let mut steps = Vec::new();
+    if !obs.labelled {
+        steps.push(Step::LabelConsumerSecret);
+    }
+    if obs.token.is_none() || renewal_due(&obs.status, &obs.revision, now) {
+        steps.push(Step::Mint);
+    }
+    steps.extend([Step::SyncSecret, Step::SaveStatus]);
+    steps
+}
+
+/// The consumer's key and secret, from a Secret in the object's own namespace only.
+struct Consumer {
+    key: String,
+    secret: SecretString,
+    labelled: bool,
+}
+
+async fn read_consumer(obj: &BitbucketOAuthConsumer, secrets: &Api<Secret>) -> Result<Consumer> {
+    let ns = obj.namespace().unwrap_or_default();
+    let name = &obj.spec.consumer_secret_ref.name;
+    let consumer =
+        secrets.get_opt(name).await?.ok_or_else(|| Error::AuthSecretNotFound { namespace: ns.clone(), name: name.clone(), keys: KEYS })?;
     let field = |k: &str| {
         consumer
             .data
@@ -166,106 +207,47 @@ async fn apply(obj: &BitbucketOAuthConsumer, ctx: &Context) -> Result<Action> {
             .and_then(|v| SecretString::from_bytes(&v.0))
             .map(|s| SecretString::new(s.expose().trim()))
             .filter(|s| !s.expose().is_empty())
-            .ok_or_else(|| Error::AuthSecretInvalid { namespace: ns.clone(), name: consumer_name.clone(), key: k.into(), keys: KEYS })
+            .ok_or_else(|| Error::AuthSecretInvalid { namespace: ns.clone(), name: name.clone(), key: k.into(), keys: KEYS })
     };
     let (key, secret) = (field("key")?.expose().to_string(), field("secret")?);
-    if !consumer.labels().contains_key(CONSUMER_LABEL) {
-        let patch = json!({"metadata": {"labels": {CONSUMER_LABEL: "true"}}});
-        secrets.patch(consumer_name, &PatchParams::default(), &Patch::Merge(patch)).await?;
-    }
-    let rev = revision(&key, &secret);
+    Ok(Consumer { key, secret, labelled: consumer.labels().contains_key(CONSUMER_LABEL) })
+}
 
+/// One reconcile: observed, planned, then done step by step.
+async fn apply(obj: &BitbucketOAuthConsumer, ctx: &Context) -> Result<Action> {
+    let ns = obj.namespace().unwrap_or_default();
+    let ws = resolve(ctx, &ns, &obj.spec.workspace_ref).await?;
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
+    let consumer = read_consumer(obj, &secrets).await?;
     let out_name = obj.spec.secret.name.clone().unwrap_or_else(|| obj.name_any());
     let existing = secrets.get_opt(&out_name).await?;
     if let Some(s) = &existing
-        && !super::owned_by(s, &uid)
+        && !super::owned_by(s, &obj.uid().unwrap_or_default())
     {
         return Err(Error::SecretConflict(format!("{ns}/{out_name}")));
     }
-    let current = existing.as_ref().and_then(read_token);
-    let needs_token = |st: &OAuthConsumerStatus| {
-        let due = st.renewal_time.as_ref().is_none_or(|t| super::seconds_until(t) <= 0);
-        due || st.consumer_revision.as_deref() != Some(rev.as_str())
+    let revision = revision(&consumer.key, &consumer.secret);
+    let mut observed = Observed {
+        status: obj.status.clone().unwrap_or_default(),
+        labelled: consumer.labelled,
+        token: existing.as_ref().and_then(read_token),
+        revision,
     };
+    let now = jiff::Timestamp::now();
     // The object in the cache may predate the status written with the token now in the
     // Secret (that reconcile's own writes wake the object again): before minting another,
     // the status as stored.
-    if current.is_some() && needs_token(&st) {
+    if plan(&observed, now).contains(&Step::Mint) && observed.token.is_some() {
         let stored = Api::<BitbucketOAuthConsumer>::namespaced(ctx.client.clone(), &ns).get(&obj.name_any()).await?;
-        if let Some(stored) = stored.status.filter(|s| *s != original) {
-            original = stored.clone();
-            st = stored;
-        }
+        observed.status = stored.status.unwrap_or(observed.status);
     }
-    let renew = needs_token(&st);
-    let owner = obj.controller_owner_ref(&()).expect("a stored object has a name and uid");
-    let host = git_origin(&ws.site_url);
-    let render = |token: &str| {
-        let at = Placement { name: &out_name, namespace: &ns, owner: owner.clone(), user: &obj.spec.secret.metadata };
-        let target = HttpsTarget { origin: &host, workspace: &ws.workspace, argocd_project: obj.spec.secret.argocd_project.as_deref() };
-        token_secret(at, &obj.spec.secret.formats, token, &target)
-    };
-
-    let token = match current {
-        Some(t) if !renew => t,
-        _ => {
-            // The consumer's own credential, keyed like any other by its secret and the
-            // workspace's URLs: its token is never another consumer object's, and its
-            // secret goes only to the workspace's (allowed) site.
-            let workspace_credential = ws.client.credential();
-            let credential = ctx
-                .bitbucket
-                .credential(
-                    workspace_credential.api_url(),
-                    workspace_credential.site_url(),
-                    &Auth::OAuthConsumer { key: key.clone(), secret },
-                    workspace_credential.limiter_budget(),
-                )
-                .map_err(|e| Error::bitbucket(format!("OAuth consumer {key}"), e))?;
-            let minted = ctx.bitbucket.mint_token(&credential).await.map_err(|e| Error::bitbucket(format!("OAuth consumer {key}"), e))?;
-            let lifetime = minted.expires_in;
-            let refresh_before = refresh_before(&obj.spec);
-            st.expires_at = Some(super::time_after(lifetime));
-            st.renewal_time = Some(super::time_after(renewal_delay(lifetime, refresh_before)));
-            st.scopes = minted.scopes.clone();
-            st.consumer_revision = Some(rev);
-            ctx.event(obj, false, "TokenIssued", format!("new access token, valid for {}s", lifetime.as_secs())).await;
-            minted.access_token
-        }
-    };
-    let desired = render(token.expose());
-    if !existing.as_ref().is_some_and(|s| up_to_date(s, &desired) && !has_stale_fields(s, &desired, FIELD_MANAGER)) {
-        let mut body = serde_json::to_value(&desired).map_err(|e| Error::Finalizer(e.to_string()))?;
-        body["apiVersion"] = json!("v1");
-        body["kind"] = json!("Secret");
-        if existing.as_ref().is_some_and(|s| s.type_ != desired.type_) {
-            // A Secret's type cannot change: replace it.
-            secrets.delete(&out_name, &Default::default()).await?;
-        }
-        let ns = obj.namespace().unwrap_or_default();
-        ctx.caches.writing(&ns, &out_name);
-        let written = secrets
-            .patch(&out_name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(body))
-            .await
-            .inspect_err(|_| ctx.caches.write_failed(&ns, &out_name))?;
-        ctx.caches.wrote(&written);
+    let steps = plan(&observed, now);
+    let mut run =
+        Run { obj, ctx, ws: &ws, secrets, consumer, out_name, existing, st: observed.status.clone(), token: observed.token.clone() };
+    for step in steps {
+        run.act(step, &observed).await?;
     }
-    st.secret_name = Some(out_name);
-    st.observed_generation = obj.metadata.generation;
-    let expires = st.expires_at.clone();
-    let ready = condition(
-        &st.conditions,
-        "Ready",
-        true,
-        "TokenIssued",
-        format!("access token valid until {}", expires.as_ref().map(|t| t.0.to_string()).unwrap_or_default()),
-        obj.metadata.generation,
-    );
-    set_condition(&mut st.conditions, ready);
-    super::clear_degraded(&mut st.conditions);
-    if st != original {
-        patch_status(obj, ctx, &st).await?;
-    }
+    let st = run.st;
     if let Some(t) = &st.expires_at {
         METRICS.seconds_until_deadline.get_or_create(&object_labels(obj)).set(super::seconds_until(t));
         METRICS.expiration_timestamp.get_or_create(&object_labels(obj)).set(crate::metrics::unix(t) as i64);
@@ -274,10 +256,133 @@ async fn apply(obj: &BitbucketOAuthConsumer, ctx: &Context) -> Result<Action> {
     Ok(super::requeue(Duration::from_secs(next)))
 }
 
+/// The executor of a consumer's plan: what the steps so far did.
+struct Run<'a> {
+    obj: &'a BitbucketOAuthConsumer,
+    ctx: &'a Context,
+    ws: &'a super::workspace::Resolved,
+    secrets: Api<Secret>,
+    consumer: Consumer,
+    out_name: String,
+    existing: Option<Secret>,
+    st: OAuthConsumerStatus,
+    token: Option<SecretString>,
+}
+
+impl Run<'_> {
+    async fn act(&mut self, step: Step, observed: &Observed) -> Result<()> {
+        match step {
+            Step::LabelConsumerSecret => {
+                let patch = json!({"metadata": {"labels": {CONSUMER_LABEL: "true"}}});
+                self.secrets.patch(&self.obj.spec.consumer_secret_ref.name, &PatchParams::default(), &Patch::Merge(patch)).await?;
+            }
+            Step::Mint => self.mint(&observed.revision).await?,
+            Step::SyncSecret => self.sync_secret().await?,
+            Step::SaveStatus => self.save_status(&observed.status).await?,
+        }
+        Ok(())
+    }
+
+    /// The consumer's own credential, keyed like any other by its secret and the
+    /// workspace's URLs: its token is never another consumer object's, and its secret
+    /// goes only to the workspace's (allowed) site.
+    async fn mint(&mut self, revision: &str) -> Result<()> {
+        let key = self.consumer.key.clone();
+        let wrap = |e| Error::bitbucket(format!("OAuth consumer {key}"), e);
+        let workspace_credential = self.ws.client.credential();
+        let auth = Auth::OAuthConsumer { key: key.clone(), secret: self.consumer.secret.clone() };
+        let credential = self
+            .ctx
+            .bitbucket
+            .credential(workspace_credential.api_url(), workspace_credential.site_url(), &auth, workspace_credential.limiter_budget())
+            .map_err(wrap)?;
+        let minted = self.ctx.bitbucket.mint_token(&credential).await.map_err(wrap)?;
+        let lifetime = minted.expires_in;
+        self.st.expires_at = Some(super::time_after(lifetime));
+        self.st.renewal_time = Some(super::time_after(renewal_delay(lifetime, refresh_before(&self.obj.spec))));
+        self.st.scopes = minted.scopes.clone();
+        self.st.consumer_revision = Some(revision.to_string());
+        self.ctx.event(self.obj, false, "TokenIssued", format!("new access token, valid for {}s", lifetime.as_secs())).await;
+        self.token = Some(minted.access_token);
+        Ok(())
+    }
+
+    async fn sync_secret(&mut self) -> Result<()> {
+        let (obj, ns) = (self.obj, self.obj.namespace().unwrap_or_default());
+        let Some(token) = &self.token else { return Err(Error::Internal("no token to write".into())) };
+        let owner = obj.controller_owner_ref(&()).expect("a stored object has a name and uid");
+        let origin = git_origin(&self.ws.site_url);
+        let at = Placement { name: &self.out_name, namespace: &ns, owner, user: &obj.spec.secret.metadata };
+        let target =
+            HttpsTarget { origin: &origin, workspace: &self.ws.workspace, argocd_project: obj.spec.secret.argocd_project.as_deref() };
+        let desired = token_secret(at, &obj.spec.secret.formats, token.expose(), &target);
+        let existing = self.existing.as_ref();
+        if existing.is_some_and(|s| up_to_date(s, &desired) && !has_stale_fields(s, &desired, FIELD_MANAGER)) {
+            return Ok(());
+        }
+        let mut body = serde_json::to_value(&desired).map_err(|e| Error::Internal(e.to_string()))?;
+        body["apiVersion"] = json!("v1");
+        body["kind"] = json!("Secret");
+        if existing.is_some_and(|s| s.type_ != desired.type_) {
+            // A Secret's type cannot change: replace it.
+            self.secrets.delete(&self.out_name, &Default::default()).await?;
+        }
+        let caches = &self.ctx.caches;
+        caches.writing(&ns, &self.out_name);
+        let params = PatchParams::apply(FIELD_MANAGER).force();
+        let written = self
+            .secrets
+            .patch(&self.out_name, &params, &Patch::Apply(body))
+            .await
+            .inspect_err(|_| caches.write_failed(&ns, &self.out_name))?;
+        caches.wrote(&written);
+        self.existing = Some(desired);
+        Ok(())
+    }
+
+    async fn save_status(&mut self, observed: &OAuthConsumerStatus) -> Result<()> {
+        let generation = self.obj.metadata.generation;
+        let st = &mut self.st;
+        st.secret_name = Some(self.out_name.clone());
+        st.observed_generation = generation;
+        let expires = st.expires_at.as_ref().map(|t| t.0.to_string()).unwrap_or_default();
+        let ready = condition(&st.conditions, "Ready", true, "TokenIssued", format!("access token valid until {expires}"), generation);
+        set_condition(&mut st.conditions, ready);
+        super::clear_degraded(&mut st.conditions);
+        if *st != *observed {
+            patch_status(self.obj, self.ctx, st).await?;
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::api::TokenFormat;
+
+    #[test]
+    fn a_token_is_minted_only_when_the_secret_has_none_or_status_says_it_is_due() {
+        let now = jiff::Timestamp::from_second(1_800_000_000).unwrap();
+        let at = |s: i64| Time(jiff::Timestamp::from_second(s).unwrap());
+        let status =
+            OAuthConsumerStatus { renewal_time: Some(at(1_800_000_600)), consumer_revision: Some("r1".into()), ..Default::default() };
+        let obs = |token: bool, status: &OAuthConsumerStatus, revision: &str, labelled: bool| Observed {
+            status: status.clone(),
+            revision: revision.into(),
+            labelled,
+            token: token.then(|| SecretString::new("tok")),
+        };
+        let fresh = [Step::SyncSecret, Step::SaveStatus];
+        assert_eq!(plan(&obs(true, &status, "r1", true), now), fresh, "a valid token is kept (a restart mints nothing)");
+        let mint = [Step::Mint, Step::SyncSecret, Step::SaveStatus];
+        assert_eq!(plan(&obs(false, &status, "r1", true), now), mint, "the Secret lost its token");
+        assert_eq!(plan(&obs(true, &status, "r2", true), now), mint, "the consumer's secret was rotated");
+        let due = OAuthConsumerStatus { renewal_time: Some(at(1_800_000_000)), ..status.clone() };
+        assert_eq!(plan(&obs(true, &due, "r1", true), now), mint, "renewal time reached");
+        assert_eq!(plan(&obs(true, &OAuthConsumerStatus::default(), "r1", true), now), mint, "no status: nothing says the token is good");
+        assert_eq!(plan(&obs(true, &status, "r1", false), now)[0], Step::LabelConsumerSecret, "the consumer Secret is labelled first");
+    }
 
     #[test]
     fn renewal_comes_before_refresh_before_with_spread() {

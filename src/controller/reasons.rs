@@ -400,7 +400,7 @@ mod tests {
             Error::AuthSecretInvalid { namespace: s(), name: s(), key: s(), keys: "k" },
             Error::SecretConflict(s()),
             Error::Key(KeyError::Unreadable),
-            Error::Finalizer(s()),
+            Error::Finalizer(kube::Error::Api(Box::default())),
             Error::Internal(s()),
             Error::Deadline(Duration::ZERO),
         ]);

@@ -119,7 +119,7 @@ async fn json_patch_finalizers<K>(api: &Api<K>, name: &str, patch: serde_json::V
 where
     K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
 {
-    let patch: json_patch::Patch = serde_json::from_value(patch).map_err(|e| Error::Finalizer(e.to_string()))?;
+    let patch: json_patch::Patch = serde_json::from_value(patch).map_err(|e| Error::Internal(e.to_string()))?;
     match api.patch(name, &PatchParams::default(), &Patch::<()>::Json(patch)).await {
         Ok(_) => Ok(()),
         // Gone already: nothing to protect or release.
@@ -130,7 +130,7 @@ where
             tracing::debug!(object = name, "no permission to change finalizers; left as it is");
             Ok(())
         }
-        Err(e) => Err(Error::Finalizer(e.to_string())),
+        Err(e) => Err(Error::Finalizer(e)),
     }
 }
 

@@ -630,7 +630,7 @@ mod tests {
         }
         assert_converged(w, what);
         // After the grace period, one key per target is left.
-        w.now = w.now + jiff::SignedDuration::from_secs(3600);
+        w.now += jiff::SignedDuration::from_secs(3600);
         assert!(reconcile(w, None).await);
         assert_converged(w, what);
         assert!(w.status.retiring_keys.is_empty(), "{what}: retired keys removed");
