@@ -139,15 +139,17 @@ pub enum RunError {
 /// is ready to take over, so that `replicas: 2` and rolling updates trip no alert.
 #[derive(Default)]
 struct Health {
-    /// Holds the lease (or runs without leader election) and every watched kind can be listed.
-    synced: AtomicBool,
+    /// One per cache, set when it has its initial list; known once the controllers are
+    /// wired (after the lease, with leader election).
+    caches: std::sync::OnceLock<Vec<Arc<AtomicBool>>>,
     /// Reached the API server and reads the leader Lease, waiting for it.
     standby: AtomicBool,
 }
 
 impl Health {
     fn readyz(&self) -> (StatusCode, &'static str) {
-        if self.synced.load(Ordering::Relaxed) {
+        let caches = self.caches.get();
+        if caches.is_some_and(|c| c.iter().all(|synced| synced.load(Ordering::Relaxed))) {
             (StatusCode::OK, "ready")
         } else if self.standby.load(Ordering::Relaxed) {
             (StatusCode::OK, "ready: standby, waiting for the leader lease")
@@ -187,19 +189,45 @@ async fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
     }
 }
 
-fn namespaced_api<K>(client: &Client, namespaces: &[String]) -> Vec<Api<K>>
-where
-    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
-{
-    if namespaces.is_empty() {
-        vec![Api::all(client.clone())]
-    } else {
-        namespaces.iter().map(|ns| Api::namespaced(client.clone(), ns)).collect()
-    }
+/// The namespaces served, each as a scope of its own; `None` is all of them.
+fn scopes(namespaces: &[String]) -> Vec<Option<String>> {
+    if namespaces.is_empty() { vec![None] } else { namespaces.iter().cloned().map(Some).collect() }
 }
 
 pub async fn run(config: Config) -> Result<(), RunError> {
     let client = Client::try_default().await?;
+    let ctx = Arc::new(context(&config, &client)?);
+    let health = Arc::new(Health::default());
+    serve_endpoints(&config, &health).await?;
+    let leadership = if config.leader_elect {
+        let h = health.clone();
+        Some(crate::leader::wait_for_leadership(&client, move || h.standby.store(true, Ordering::Relaxed)).await?)
+    } else {
+        None
+    };
+    tracing::info!(cluster = %config.cluster_name, namespaces = ?config.watch_namespaces, "starting controllers");
+    let mut wiring = Wiring {
+        client: client.clone(),
+        ctx,
+        config: ControllerConfig::default().concurrency(config.concurrency),
+        shutdown: shutdown_signal(),
+        secret_selector: format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}"),
+        tasks: Vec::new(),
+        caches: Vec::new(),
+    };
+    wiring.controllers(&config.watch_namespaces);
+    // Ready once every cache has its initial list (which needs our permissions).
+    let _ = health.caches.set(std::mem::take(&mut wiring.caches));
+    futures::future::join_all(wiring.tasks).await;
+    tracing::info!("controllers stopped");
+    if let Some(leadership) = leadership {
+        leadership.release().await;
+    }
+    Ok(())
+}
+
+/// What every reconcile shares: the settings from the command line and the Bitbucket client.
+fn context(config: &Config, client: &Client) -> Result<Context, RunError> {
     let cluster_resource_namespace = config
         .cluster_resource_namespace
         .clone()
@@ -231,31 +259,24 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         allowed_urls,
         ..Default::default()
     })?);
-    let ctx = Arc::new(Context::new(client.clone(), bitbucket, settings));
-    let health = Arc::new(Health::default());
+    Ok(Context::new(client.clone(), bitbucket, settings))
+}
 
+async fn serve_endpoints(config: &Config, health: &Arc<Health>) -> Result<(), RunError> {
     serve(config.metrics_addr, Router::new().route("/metrics", get(|| async { METRICS.encode() }))).await?;
     let h = health.clone();
-    serve(
-        config.health_addr,
-        Router::new().route("/healthz", get(|| async { "ok" })).route(
-            "/readyz",
-            get(move || {
-                let answer = h.readyz();
-                async move { answer }
-            }),
-        ),
-    )
-    .await?;
+    let readyz = get(move || {
+        let answer = h.readyz();
+        async move { answer }
+    });
+    serve(config.health_addr, Router::new().route("/healthz", get(|| async { "ok" })).route("/readyz", readyz)).await
+}
 
-    let leadership = if config.leader_elect {
-        let h = health.clone();
-        Some(crate::leader::wait_for_leadership(&client, move || h.standby.store(true, Ordering::Relaxed)).await?)
-    } else {
-        None
-    };
-    tracing::info!(cluster = %config.cluster_name, namespaces = ?config.watch_namespaces, "starting controllers");
+type Task = futures::future::BoxFuture<'static, ()>;
+type Shutdown = futures::future::Shared<Task>;
 
+/// SIGTERM or Ctrl-C.
+fn shutdown_signal() -> Shutdown {
     let shutdown = async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
         tokio::select! {
@@ -264,128 +285,169 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         }
         tracing::info!("shutting down");
     };
-    let shutdown = futures::future::FutureExt::shared(Box::pin(shutdown));
-    let ctrl_config = ControllerConfig::default().concurrency(config.concurrency);
-    let secret_selector = format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}");
-    let mut tasks = Vec::new();
+    futures::future::FutureExt::shared(shutdown.boxed())
+}
 
-    for api in namespaced_api::<BitbucketAccessKey>(&client, &config.watch_namespaces) {
-        let ns = api.namespace().map(String::from);
-        let workspaces: Api<BitbucketWorkspace> = scoped(&client, &ns);
-        let controller = controller_for(api, scoped(&client, &ns), &secret_selector, ctrl_config.clone(), &ctx);
-        let store = controller.store();
-        // Workspaces are kept in stores that reconciles resolve them from.
-        let (ws_store, ws_writer) = reflector::store();
-        ctx.caches.add_workspace_store(ns.clone(), ws_store);
-        let ws_events = watcher(workspaces, watcher::Config::default()).default_backoff().modify(slim).reflect(ws_writer).touched_objects();
-        let by_ws = store.clone();
-        let controller = controller.watches_stream(ws_events, move |ws: BitbucketWorkspace| {
-            let (name, ns) = (ws.name_any(), ws.namespace());
-            by_ws
-                .state()
-                .into_iter()
-                .filter(|k| {
-                    k.spec.workspace_ref.kind == WorkspaceKind::BitbucketWorkspace
-                        && k.spec.workspace_ref.name == name
-                        && k.namespace() == ns
-                })
-                .map(|k| ObjectRef::from_obj(&*k))
-                .collect::<Vec<_>>()
-        });
-        let by_cws = store.clone();
-        let (cws_store, cws_writer) = reflector::store();
-        ctx.caches.set_cluster_workspace_store(cws_store);
-        let cws_events = watcher(Api::<ClusterBitbucketWorkspace>::all(client.clone()), watcher::Config::default())
-            .default_backoff()
-            .modify(slim)
-            .reflect(cws_writer)
-            .touched_objects();
-        let controller = controller.watches_stream(cws_events, move |ws: ClusterBitbucketWorkspace| {
-            let name = ws.name_any();
-            by_cws
-                .state()
-                .into_iter()
-                .filter(|k| k.spec.workspace_ref.kind == WorkspaceKind::ClusterBitbucketWorkspace && k.spec.workspace_ref.name == name)
-                .map(|k| ObjectRef::from_obj(&*k))
-                .collect::<Vec<_>>()
-        });
-        tasks.push(
-            controller
-                .graceful_shutdown_on(shutdown.clone())
-                .run(access_key::reconcile, workspace::error_policy, ctx.clone())
-                .for_each(|_| futures::future::ready(()))
-                .boxed(),
-        );
+/// Objects a shared watch may have broadcast that not every controller has taken yet.
+const SHARED_BUFFER: usize = 1024;
+
+/// The controllers and their watches as they are wired together: one watch per kind and
+/// scope, whose cache and events every controller that needs them shares.
+struct Wiring {
+    client: Client,
+    ctx: Arc<Context>,
+    config: ControllerConfig,
+    shutdown: Shutdown,
+    secret_selector: String,
+    tasks: Vec<Task>,
+    /// One per cache: set when it has its initial list.
+    caches: Vec<Arc<AtomicBool>>,
+}
+
+impl Wiring {
+    fn controllers(&mut self, namespaces: &[String]) {
+        let (cws_store, cws) = self.shared_watch(Api::<ClusterBitbucketWorkspace>::all(self.client.clone()), &None);
+        self.ctx.caches.set_cluster_workspace_store(cws_store.clone());
+        self.run(Controller::for_shared_stream(cws.clone(), cws_store).with_config(self.config.clone()), workspace::reconcile_cluster);
+        for ns in scopes(namespaces) {
+            let (ws_store, ws) = self.shared_watch(scoped::<BitbucketWorkspace>(&self.client, &ns), &ns);
+            self.ctx.caches.add_workspace_store(ns.clone(), ws_store.clone());
+            self.run(Controller::for_shared_stream(ws.clone(), ws_store).with_config(self.config.clone()), workspace::reconcile_namespaced);
+            self.access_keys(&ns, ws, cws.clone());
+            self.oauth_consumers(&ns);
+        }
     }
 
-    for api in namespaced_api::<BitbucketOAuthConsumer>(&client, &config.watch_namespaces) {
-        let ns = api.namespace().map(String::from);
-        let controller = controller_for(api, scoped(&client, &ns), &secret_selector, ctrl_config.clone(), &ctx);
-        // A consumer Secret rotated by an admin takes effect at once.
-        let consumer_events =
-            watcher(scoped::<PartialObjectMeta<Secret>>(&client, &ns), watcher::Config::default().labels(oauth_consumer::CONSUMER_LABEL))
-                .default_backoff()
-                .modify(|s| s.managed_fields_mut().clear())
-                .touched_objects();
+    /// One watch of `K` whose cache and events controllers share; driving it is a task.
+    fn shared_watch<K>(&mut self, api: Api<K>, scope: &Option<String>) -> (reflector::Store<K>, reflector::ReflectHandle<K>)
+    where
+        K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+    {
+        let (store, writer) = reflector::store_shared(SHARED_BUFFER);
+        let handle = writer.subscribe().expect("a shared store can be subscribed to");
+        let synced = self.synced_flag(scope);
+        let watch = watcher(api, watcher::Config::default()).default_backoff().modify(slim).inspect(synced).reflect_shared(writer);
+        self.tasks.push(watch.take_until(self.shutdown.clone()).for_each(|_| futures::future::ready(())).boxed());
+        (store, handle)
+    }
+
+    /// A flag that the watch sets on its first complete list. Not `Store::wait_until_ready`:
+    /// its readiness is a oneshot channel that keeps one waker, and the controller reading
+    /// the store waits on it already; a second waiter would take the controller's wake-up.
+    fn synced_flag<K: kube::Resource<DynamicType = ()>>(
+        &mut self,
+        scope: &Option<String>,
+    ) -> impl FnMut(&watcher::Result<watcher::Event<K>>) + use<K> {
+        let flag = Arc::new(AtomicBool::new(false));
+        self.caches.push(flag.clone());
+        let scope = scope.clone().unwrap_or_else(|| "all namespaces".into());
+        move |event| {
+            if matches!(event, Ok(watcher::Event::InitDone)) && !flag.swap(true, Ordering::Relaxed) {
+                tracing::debug!(kind = %K::kind(&()), %scope, "cache synced");
+            }
+        }
+    }
+
+    fn run<K, F, Fut>(&mut self, controller: Controller<K>, reconcile: F)
+    where
+        K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+        F: FnMut(Arc<K>, Arc<Context>) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = Result<kube::runtime::controller::Action, crate::controller::Error>> + Send + 'static,
+    {
+        let run = controller.graceful_shutdown_on(self.shutdown.clone()).run(reconcile, workspace::error_policy, self.ctx.clone());
+        self.tasks.push(run.for_each(|_| futures::future::ready(())).boxed());
+    }
+
+    /// Access keys, woken by their Secrets and by the workspace they reference.
+    fn access_keys(
+        &mut self,
+        ns: &Option<String>,
+        workspaces: reflector::ReflectHandle<BitbucketWorkspace>,
+        cluster_workspaces: reflector::ReflectHandle<ClusterBitbucketWorkspace>,
+    ) {
+        let controller = self.controller_for::<BitbucketAccessKey>(ns);
+        let by_ws = controller.store();
+        let controller = controller.watches_shared_stream(workspaces, move |ws: Arc<BitbucketWorkspace>| {
+            let (name, ns) = (ws.name_any(), ws.namespace());
+            let refers = |k: &BitbucketAccessKey| {
+                k.spec.workspace_ref.kind == WorkspaceKind::BitbucketWorkspace && k.spec.workspace_ref.name == name && k.namespace() == ns
+            };
+            by_ws.state().into_iter().filter(|k| refers(k)).map(|k| ObjectRef::from_obj(&*k)).collect::<Vec<_>>()
+        });
+        let by_cws = controller.store();
+        let controller = controller.watches_shared_stream(cluster_workspaces, move |ws: Arc<ClusterBitbucketWorkspace>| {
+            let name = ws.name_any();
+            let refers = |k: &BitbucketAccessKey| {
+                k.spec.workspace_ref.kind == WorkspaceKind::ClusterBitbucketWorkspace && k.spec.workspace_ref.name == name
+            };
+            by_cws.state().into_iter().filter(|k| refers(k)).map(|k| ObjectRef::from_obj(&*k)).collect::<Vec<_>>()
+        });
+        self.run(controller, access_key::reconcile);
+    }
+
+    /// OAuth consumers, woken by their Secrets and by their consumer Secret: one rotated
+    /// by an admin takes effect at once.
+    fn oauth_consumers(&mut self, ns: &Option<String>) {
+        let controller = self.controller_for::<BitbucketOAuthConsumer>(ns);
+        let consumer_events = watcher(
+            scoped::<PartialObjectMeta<Secret>>(&self.client, ns),
+            watcher::Config::default().labels(oauth_consumer::CONSUMER_LABEL),
+        )
+        .default_backoff()
+        .modify(|s| s.managed_fields_mut().clear())
+        .touched_objects();
         let by_secret = controller.store();
         let controller = controller.watches_stream(consumer_events, move |secret: PartialObjectMeta<Secret>| {
             let (name, ns) = (secret.name_any(), secret.namespace());
-            by_secret
-                .state()
-                .into_iter()
-                .filter(|c| c.spec.consumer_secret_ref.name == name && c.namespace() == ns)
-                .map(|c| ObjectRef::from_obj(&*c))
-                .collect::<Vec<_>>()
+            let refers = |c: &BitbucketOAuthConsumer| c.spec.consumer_secret_ref.name == name && c.namespace() == ns;
+            by_secret.state().into_iter().filter(|c| refers(c)).map(|c| ObjectRef::from_obj(&*c)).collect::<Vec<_>>()
         });
-        tasks.push(
-            controller
-                .graceful_shutdown_on(shutdown.clone())
-                .run(oauth_consumer::reconcile, workspace::error_policy, ctx.clone())
-                .for_each(|_| futures::future::ready(()))
-                .boxed(),
-        );
+        self.run(controller, oauth_consumer::reconcile);
     }
 
-    for api in namespaced_api::<BitbucketWorkspace>(&client, &config.watch_namespaces) {
-        tasks.push(
-            Controller::new(api, watcher::Config::default().any_semantic())
-                .with_config(ctrl_config.clone())
-                .graceful_shutdown_on(shutdown.clone())
-                .run(workspace::reconcile_namespaced, workspace::error_policy, ctx.clone())
-                .for_each(|_| futures::future::ready(()))
-                .boxed(),
-        );
+    /// A controller for `K` in `ns` that owns the Secrets the operator labels.
+    fn controller_for<K>(&mut self, ns: &Option<String>) -> Controller<K>
+    where
+        K: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+            + Clone
+            + serde::de::DeserializeOwned
+            + std::fmt::Debug
+            + Send
+            + Sync
+            + 'static,
+    {
+        // Secrets are watched as metadata only, and only those the operator labels: a
+        // cluster full of other Secrets costs nothing. The echo of the operator's own
+        // write wakes nobody (the reconcile that wrote it knows what it wrote).
+        let caches = self.ctx.clone();
+        let secret_events =
+            watcher(scoped::<PartialObjectMeta<Secret>>(&self.client, ns), watcher::Config::default().labels(&self.secret_selector))
+                .default_backoff()
+                .modify(|s| s.managed_fields_mut().clear())
+                .touched_objects()
+                .filter(move |s| {
+                    let own = matches!(s, Ok(s) if caches.caches.is_own_write(s));
+                    if let Ok(s) = s
+                        && !own
+                    {
+                        tracing::debug!(secret = %s.name_any(), resource_version = ?s.resource_version(), "Secret changed");
+                    }
+                    futures::future::ready(!own)
+                });
+        // Status writes must not wake the object up again (a failing object would loop),
+        // nor does the finalizer the reconcile adds itself: only spec (generation, which
+        // deletion bumps too) and annotations (manual rotation) do.
+        let (reader, writer) = reflector::store();
+        let synced = self.synced_flag(ns);
+        let objects = watcher(scoped::<K>(&self.client, ns), watcher::Config::default())
+            .default_backoff()
+            .modify(slim)
+            .inspect(synced)
+            .reflect(writer)
+            .applied_objects()
+            .predicate_filter(predicates::generation.combine(predicates::annotations), Default::default());
+        Controller::for_stream(objects, reader).with_config(self.config.clone()).owns_stream(secret_events)
     }
-    tasks.push(
-        Controller::new(Api::<ClusterBitbucketWorkspace>::all(client.clone()), watcher::Config::default().any_semantic())
-            .with_config(ctrl_config.clone())
-            .graceful_shutdown_on(shutdown.clone())
-            .run(workspace::reconcile_cluster, workspace::error_policy, ctx.clone())
-            .for_each(|_| futures::future::ready(()))
-            .boxed(),
-    );
-
-    let h = health.clone();
-    let probe = client.clone();
-    let namespaces = config.watch_namespaces.clone();
-    tokio::spawn(async move {
-        // Ready once every watched kind can be listed with our permissions, which is what
-        // the initial sync of the watches does first.
-        loop {
-            if can_list_everything(&probe, &namespaces).await {
-                break;
-            }
-            tokio::time::sleep(Duration::from_secs(1)).await;
-        }
-        h.synced.store(true, Ordering::Relaxed);
-        tracing::info!("watches synced; ready");
-    });
-    futures::future::join_all(tasks).await;
-    tracing::info!("controllers stopped");
-    if let Some(leadership) = leadership {
-        leadership.release().await;
-    }
-    Ok(())
 }
 
 use futures::FutureExt as _;
@@ -409,65 +471,4 @@ where
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
     }
-}
-
-/// A controller for `K` that owns the Secrets the operator labels.
-fn controller_for<K>(
-    api: Api<K>,
-    secrets: Api<PartialObjectMeta<Secret>>,
-    selector: &str,
-    config: ControllerConfig,
-    ctx: &Arc<Context>,
-) -> Controller<K>
-where
-    K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
-{
-    // Secrets are watched as metadata only, and only those the operator labels: a
-    // cluster full of other Secrets costs nothing. The echo of the operator's own write
-    // wakes nobody (the reconcile that wrote it knows what it wrote).
-    let caches = ctx.clone();
-    let secret_events = watcher(secrets, watcher::Config::default().labels(selector))
-        .default_backoff()
-        .modify(|s| s.managed_fields_mut().clear())
-        .touched_objects()
-        .filter(move |s| {
-            let own = matches!(s, Ok(s) if caches.caches.is_own_write(s));
-            if let Ok(s) = s
-                && !own
-            {
-                tracing::debug!(secret = %s.name_any(), resource_version = ?s.resource_version(), "Secret changed");
-            }
-            futures::future::ready(!own)
-        });
-    // Status writes must not wake the object up again (a failing object would loop), nor
-    // does the finalizer the reconcile adds itself: only spec (generation, which deletion
-    // bumps too) and annotations (manual rotation) do.
-    let (reader, writer) = reflector::store();
-    let objects = watcher(api, watcher::Config::default())
-        .default_backoff()
-        .modify(slim)
-        .reflect(writer)
-        .applied_objects()
-        .predicate_filter(predicates::generation.combine(predicates::annotations), Default::default());
-    Controller::for_stream(objects, reader).with_config(config).owns_stream(secret_events)
-}
-
-async fn can_list_everything(client: &Client, namespaces: &[String]) -> bool {
-    let lp = kube::api::ListParams::default().limit(1);
-    for api in namespaced_api::<BitbucketAccessKey>(client, namespaces) {
-        if api.list_metadata(&lp).await.is_err() {
-            return false;
-        }
-    }
-    for api in namespaced_api::<BitbucketOAuthConsumer>(client, namespaces) {
-        if api.list_metadata(&lp).await.is_err() {
-            return false;
-        }
-    }
-    for api in namespaced_api::<BitbucketWorkspace>(client, namespaces) {
-        if api.list_metadata(&lp).await.is_err() {
-            return false;
-        }
-    }
-    Api::<ClusterBitbucketWorkspace>::all(client.clone()).list_metadata(&lp).await.is_ok()
 }

@@ -9,7 +9,7 @@
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::Secret;
@@ -31,7 +31,7 @@ use crate::api::{
 };
 use crate::bitbucket::{self, DeployKey, Target};
 use crate::keys::{KeyPair, KeySpec, fingerprint_of_public};
-use crate::metrics::{ControllerLabels, ErrorLabels, METRICS, unix, unix_now};
+use crate::metrics::{METRICS, unix, unix_now};
 use crate::secret::{PENDING_KEY, Placement, SshTarget, access_key_secret, has_stale_fields, up_to_date};
 
 const CONTROLLER: &str = "accesskey";
@@ -40,31 +40,32 @@ pub const DEFAULT_GRACE_PERIOD: Duration = Duration::from_secs(600);
 const TARGET_CONCURRENCY: usize = 4;
 
 pub async fn reconcile(obj: Arc<BitbucketAccessKey>, ctx: Arc<Context>) -> Result<Action> {
-    let ns = obj.namespace().unwrap_or_default();
-    let Some(_slot) = ctx.workspace_slot(super::workspace_key(CONTROLLER, &ns, &obj.spec.workspace_ref)).await else {
-        return Ok(super::requeue(jitter(super::SLOT_RETRY)));
-    };
-    let started = Instant::now();
-    let labels = ControllerLabels { controller: CONTROLLER.into() };
-    METRICS.reconciles.get_or_create(&labels).inc();
-    tracing::debug!(object = %super::display_name(&*obj), "reconciling");
-    let work = {
-        let (obj, ctx) = (obj.clone(), ctx.clone());
-        async move { with_finalizer(&obj, &ctx).await }
-    };
-    let result = super::guarded(ctx.settings.reconcile_timeout, work).await;
-    METRICS.reconcile_duration.get_or_create(&labels).observe(started.elapsed().as_secs_f64());
-    let error = match result {
-        Ok(action) => {
-            ctx.succeeded(&*obj);
-            return Ok(action);
-        }
-        Err(e) => e,
-    };
-    METRICS.reconcile_errors.get_or_create(&ErrorLabels { controller: CONTROLLER.into(), reason: error.reason().into() }).inc();
-    let delay = ctx.backoff(&*obj, &error);
-    report_failure(&obj, &ctx, &error, delay).await;
-    Ok(super::requeue(delay))
+    super::reconcile(obj, ctx, |obj, ctx| async move { with_finalizer(&obj, &ctx).await }).await
+}
+
+impl super::Reconciled for BitbucketAccessKey {
+    const CONTROLLER: &'static str = CONTROLLER;
+
+    fn slot(&self) -> Option<String> {
+        Some(super::workspace_key(CONTROLLER, &self.namespace().unwrap_or_default(), &self.spec.workspace_ref))
+    }
+
+    fn api(&self, client: kube::Client) -> Api<Self> {
+        Api::namespaced(client, &self.namespace().unwrap_or_default())
+    }
+
+    /// Ready=False with the error's reason and when the next attempt comes; a registered
+    /// key keeps working through Bitbucket's own failures (Degraded).
+    async fn record_failure(&self, ctx: &Context, error: &Error, delay: Duration) -> Result<bool> {
+        // The status as stored now: the cached copy this reconcile started from may
+        // predate the last status write.
+        let latest = self.api(ctx.client.clone()).get_status(&self.name_any()).await.ok().filter(|o| o.metadata.uid == self.metadata.uid);
+        let mut status = latest.and_then(|o| o.status).or_else(|| self.status.clone()).unwrap_or_default();
+        let message = super::failure_message(error, delay, "");
+        let changed = super::record_failure(&mut status.conditions, error, message, self.metadata.generation, true);
+        super::patch_status(self, ctx, &status).await?;
+        Ok(changed)
+    }
 }
 
 /// The finalizer around the work: cleanup and release when the object is being deleted;
@@ -104,41 +105,6 @@ async fn withdrawn(obj: &BitbucketAccessKey, ctx: &Context, inputs: Result<Input
 async fn patch_finalizers(api: &Api<BitbucketAccessKey>, obj: &BitbucketAccessKey, patch: serde_json::Value) -> Result<()> {
     let patch: json_patch::Patch = serde_json::from_value(patch).map_err(|e| Error::Internal(e.to_string()))?;
     api.patch::<BitbucketAccessKey>(&obj.name_any(), &PatchParams::default(), &Patch::Json(patch)).await.map_err(Error::Finalizer)?;
-    Ok(())
-}
-
-/// Ready=False with the error's reason and when the next attempt comes, and a Warning event.
-async fn report_failure(obj: &BitbucketAccessKey, ctx: &Context, error: &Error, delay: Duration) {
-    // The status as stored now: the cached copy this reconcile started from may predate
-    // the last status write.
-    let api: Api<BitbucketAccessKey> = Api::namespaced(ctx.client.clone(), &obj.namespace().unwrap_or_default());
-    let latest = api.get_status(&obj.name_any()).await.ok().filter(|o| o.metadata.uid == obj.metadata.uid);
-    let mut status = latest.and_then(|o| o.status).or_else(|| obj.status.clone()).unwrap_or_default();
-    let retry = if error.is_transient() {
-        format!("; retrying in {}s", delay.as_secs())
-    } else {
-        format!("; checking again in {}s", delay.as_secs())
-    };
-    let message = format!("{error}{retry}");
-    // A registered key keeps working through Bitbucket's own failures.
-    let changed = super::record_failure(&mut status.conditions, error, message, obj.metadata.generation, true);
-    if let Err(e) = patch_status(obj, ctx, &status).await {
-        tracing::warn!(object = %super::display_name(obj), error = %e, "cannot record failure in status");
-    }
-    tracing::warn!(object = %super::display_name(obj), reason = error.reason(), error = %error, "reconcile failed");
-    if changed {
-        ctx.event(obj, true, error.reason(), error.to_string()).await;
-    }
-}
-
-async fn patch_status(obj: &BitbucketAccessKey, ctx: &Context, status: &AccessKeyStatus) -> Result<()> {
-    let api: Api<BitbucketAccessKey> = Api::namespaced(ctx.client.clone(), &obj.namespace().unwrap_or_default());
-    let patch = json!({
-        "apiVersion": BitbucketAccessKey::api_version(&()),
-        "kind": BitbucketAccessKey::kind(&()),
-        "status": status,
-    });
-    api.patch_status(&obj.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(patch)).await?;
     Ok(())
 }
 
@@ -485,7 +451,7 @@ impl Effects for Run<'_> {
     }
 
     async fn save_status(&mut self, status: &AccessKeyStatus) -> Result<()> {
-        patch_status(self.obj, self.ctx, status).await
+        super::patch_status(self.obj, self.ctx, status).await
     }
 
     async fn event(&mut self, warning: bool, reason: &'static str, message: String) {
@@ -823,7 +789,7 @@ async fn revoke(obj: &BitbucketAccessKey, ctx: &Context, why: Error) -> Error {
         k.registrations.retain(|r| !gone(r));
     }
     status.retiring_keys.retain(|k| !k.registrations.is_empty());
-    if let Err(e) = patch_status(obj, ctx, &status).await {
+    if let Err(e) = super::patch_status(obj, ctx, &status).await {
         return e;
     }
     let on = revoked.iter().map(|t| t.to_string()).collect::<Vec<_>>().join(", ");

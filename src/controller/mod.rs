@@ -18,13 +18,14 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
-use kube::{Client, Resource, ResourceExt};
+use kube::{Api, Client, Resource, ResourceExt};
 use rand::Rng;
 use thiserror::Error;
+use tracing::Instrument;
 
 use crate::bitbucket::{self, Bitbucket};
 use crate::keys::KeyError;
-use crate::metrics::METRICS;
+use crate::metrics::{ControllerLabels, ErrorLabels, METRICS};
 
 pub const FIELD_MANAGER: &str = "bitbucket-credentials-operator";
 
@@ -203,6 +204,81 @@ async fn publish_events(queue: tokio::sync::mpsc::Receiver<(Event, ObjectReferen
             }
         })
         .await;
+}
+
+/// What a kind brings to the reconcile that every controller shares (`reconcile`).
+pub trait Reconciled: Resource<DynamicType = ()> + Clone + Send + Sync + std::fmt::Debug + 'static {
+    /// The controller's name in metrics.
+    const CONTROLLER: &'static str;
+
+    /// The workspace object whose share of the workers this object's reconciles take.
+    fn slot(&self) -> Option<String>;
+
+    /// The API of this kind where the object is.
+    fn api(&self, client: Client) -> Api<Self>;
+
+    /// Records a failure in status: Ready=False (or Degraded) with the error's reason and
+    /// when the next attempt comes. Returns whether the condition changed (worth an event).
+    fn record_failure(&self, ctx: &Context, error: &Error, delay: Duration) -> impl std::future::Future<Output = Result<bool>> + Send;
+}
+
+/// One reconcile of any kind: the object's share of the workers, metrics, a tracing span,
+/// a deadline and a panic guard; on failure the condition with its event (when it
+/// changed) and a backoff that grows until a success, cleanup included, resets it.
+pub async fn reconcile<K, F, Fut>(obj: Arc<K>, ctx: Arc<Context>, work: F) -> Result<Action>
+where
+    K: Reconciled,
+    F: FnOnce(Arc<K>, Arc<Context>) -> Fut,
+    Fut: std::future::Future<Output = Result<Action>> + Send + 'static,
+{
+    let _slot = match obj.slot() {
+        Some(key) => match ctx.workspace_slot(key).await {
+            Some(permit) => Some(permit),
+            None => return Ok(requeue(jitter(SLOT_RETRY))),
+        },
+        None => None,
+    };
+    let labels = ControllerLabels { controller: K::CONTROLLER.into() };
+    METRICS.reconciles.get_or_create(&labels).inc();
+    let started = std::time::Instant::now();
+    let span = tracing::debug_span!("reconcile", controller = K::CONTROLLER, object = %display_name(&*obj));
+    let result = guarded(ctx.settings.reconcile_timeout, work(obj.clone(), ctx.clone()).instrument(span)).await;
+    METRICS.reconcile_duration.get_or_create(&labels).observe(started.elapsed().as_secs_f64());
+    let error = match result {
+        Ok(action) => {
+            ctx.succeeded(&*obj);
+            return Ok(action);
+        }
+        Err(e) => e,
+    };
+    METRICS.reconcile_errors.get_or_create(&ErrorLabels { controller: K::CONTROLLER.into(), reason: error.reason().into() }).inc();
+    let delay = ctx.backoff(&*obj, &error);
+    tracing::warn!(object = %display_name(&*obj), reason = error.reason(), error = %error, "reconcile failed");
+    let changed = obj.record_failure(&ctx, &error, delay).await.unwrap_or_else(|e| {
+        tracing::warn!(object = %display_name(&*obj), error = %e, "cannot record failure in status");
+        true
+    });
+    if changed {
+        ctx.event(&*obj, true, error.reason(), error.to_string()).await;
+    }
+    Ok(requeue(delay))
+}
+
+/// The message of a failure condition: the error and when the next attempt comes.
+pub fn failure_message(error: &Error, delay: Duration, kept: &str) -> String {
+    let when = if error.is_transient() { "retrying" } else { "checking again" };
+    format!("{error}{kept}; {when} in {}s", delay.as_secs())
+}
+
+/// Applies `status` as the operator's field manager.
+pub async fn patch_status<K>(obj: &K, ctx: &Context, status: &impl serde::Serialize) -> Result<()>
+where
+    K: Reconciled + serde::de::DeserializeOwned,
+{
+    let api = obj.api(ctx.client.clone());
+    let patch = serde_json::json!({"apiVersion": K::api_version(&()), "kind": K::kind(&()), "status": status});
+    api.patch_status(&obj.name_any(), &kube::api::PatchParams::apply(FIELD_MANAGER).force(), &kube::api::Patch::Apply(patch)).await?;
+    Ok(())
 }
 
 /// ±20 % so that work scheduled together spreads out.

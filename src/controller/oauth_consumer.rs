@@ -5,7 +5,7 @@
 //! until the renewal time; a failed renewal leaves the last good token in place.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -20,7 +20,7 @@ use super::workspace::resolve;
 use super::{Context, Error, FIELD_MANAGER, Result, condition, set_condition};
 use crate::api::{BitbucketOAuthConsumer, OAuthConsumerStatus};
 use crate::bitbucket::Auth;
-use crate::metrics::{ControllerLabels, ErrorLabels, METRICS, ObjectLabels};
+use crate::metrics::METRICS;
 use crate::secret::{HttpsTarget, Placement, TOKEN_USERNAME, has_stale_fields, token_secret, up_to_date};
 use crate::sensitive::SecretString;
 
@@ -31,62 +31,39 @@ pub const CONSUMER_LABEL: &str = "bitbucket.credentials.dev/oauth-consumer-secre
 const KEYS: &str = "`key` and `secret`";
 
 pub async fn reconcile(obj: Arc<BitbucketOAuthConsumer>, ctx: Arc<Context>) -> Result<Action> {
-    if obj.meta().deletion_timestamp.is_some() {
-        METRICS.forget_object(&object_labels(&obj));
-        ctx.succeeded(&*obj);
-        return Ok(Action::await_change());
-    }
-    let ns = obj.namespace().unwrap_or_default();
-    let Some(_slot) = ctx.workspace_slot(super::workspace_key(CONTROLLER, &ns, &obj.spec.workspace_ref)).await else {
-        return Ok(super::requeue(super::jitter(super::SLOT_RETRY)));
-    };
-    let started = Instant::now();
-    let labels = ControllerLabels { controller: CONTROLLER.into() };
-    METRICS.reconciles.get_or_create(&labels).inc();
-    let work = {
-        let (obj, ctx) = (obj.clone(), ctx.clone());
-        async move { apply(&obj, &ctx).await }
-    };
-    let result = super::guarded(ctx.settings.reconcile_timeout, work).await;
-    METRICS.reconcile_duration.get_or_create(&labels).observe(started.elapsed().as_secs_f64());
-    match result {
-        Ok(a) => {
-            ctx.succeeded(&*obj);
-            Ok(a)
+    super::reconcile(obj, ctx, |obj, ctx| async move {
+        if obj.meta().deletion_timestamp.is_some() {
+            METRICS.forget_object(&super::object_labels(&*obj));
+            return Ok(Action::await_change());
         }
-        Err(error) => {
-            METRICS.reconcile_errors.get_or_create(&ErrorLabels { controller: CONTROLLER.into(), reason: error.reason().into() }).inc();
-            let delay = ctx.backoff(&*obj, &error);
-            let mut status = obj.status.clone().unwrap_or_default();
-            let valid = status.expires_at.as_ref().is_some_and(|t| super::seconds_until(t) > 0);
-            let kept = if valid { "; the last token stays in place until it expires" } else { "" };
-            let message = format!("{error}{kept}; retrying in {}s", delay.as_secs());
-            let changed = super::record_failure(&mut status.conditions, &error, message, obj.metadata.generation, valid);
-            if let Err(e) = patch_status(&obj, &ctx, &status).await {
-                tracing::warn!(error = %e, "cannot record failure in status");
-            }
-            tracing::warn!(object = %super::display_name(&*obj), reason = error.reason(), error = %error, "reconcile failed");
-            if changed {
-                ctx.event(&*obj, true, error.reason(), error.to_string()).await;
-            }
-            Ok(super::requeue(delay))
-        }
-    }
+        apply(&obj, &ctx).await
+    })
+    .await
 }
 
-fn object_labels(obj: &BitbucketOAuthConsumer) -> ObjectLabels {
-    ObjectLabels { kind: "BitbucketOAuthConsumer".into(), namespace: obj.namespace().unwrap_or_default(), name: obj.name_any() }
-}
+impl super::Reconciled for BitbucketOAuthConsumer {
+    const CONTROLLER: &'static str = CONTROLLER;
 
-async fn patch_status(obj: &BitbucketOAuthConsumer, ctx: &Context, status: &OAuthConsumerStatus) -> Result<()> {
-    let api: Api<BitbucketOAuthConsumer> = Api::namespaced(ctx.client.clone(), &obj.namespace().unwrap_or_default());
-    let patch = json!({
-        "apiVersion": BitbucketOAuthConsumer::api_version(&()),
-        "kind": BitbucketOAuthConsumer::kind(&()),
-        "status": status,
-    });
-    api.patch_status(&obj.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(patch)).await?;
-    Ok(())
+    fn slot(&self) -> Option<String> {
+        let deleted = self.meta().deletion_timestamp.is_some();
+        (!deleted).then(|| super::workspace_key(CONTROLLER, &self.namespace().unwrap_or_default(), &self.spec.workspace_ref))
+    }
+
+    fn api(&self, client: kube::Client) -> Api<Self> {
+        Api::namespaced(client, &self.namespace().unwrap_or_default())
+    }
+
+    /// Ready=False, or Degraded while the last token is still valid and the failure is
+    /// Bitbucket's own: that token stays in place until it expires.
+    async fn record_failure(&self, ctx: &Context, error: &Error, delay: Duration) -> Result<bool> {
+        let mut status = self.status.clone().unwrap_or_default();
+        let valid = status.expires_at.as_ref().is_some_and(|t| super::seconds_until(t) > 0);
+        let kept = if valid { "; the last token stays in place until it expires" } else { "" };
+        let message = super::failure_message(error, delay, kept);
+        let changed = super::record_failure(&mut status.conditions, error, message, self.metadata.generation, valid);
+        super::patch_status(self, ctx, &status).await?;
+        Ok(changed)
+    }
 }
 
 /// A short digest of the consumer credentials, to notice a rotated secret. Not reversible.
@@ -249,8 +226,8 @@ async fn apply(obj: &BitbucketOAuthConsumer, ctx: &Context) -> Result<Action> {
     }
     let st = run.st;
     if let Some(t) = &st.expires_at {
-        METRICS.seconds_until_deadline.get_or_create(&object_labels(obj)).set(super::seconds_until(t));
-        METRICS.expiration_timestamp.get_or_create(&object_labels(obj)).set(crate::metrics::unix(t) as i64);
+        METRICS.seconds_until_deadline.get_or_create(&super::object_labels(obj)).set(super::seconds_until(t));
+        METRICS.expiration_timestamp.get_or_create(&super::object_labels(obj)).set(crate::metrics::unix(t) as i64);
     }
     let next = st.renewal_time.as_ref().map(|t: &Time| super::seconds_until(t).max(1).unsigned_abs()).unwrap_or(60);
     Ok(super::requeue(Duration::from_secs(next)))
@@ -350,7 +327,7 @@ impl Run<'_> {
         set_condition(&mut st.conditions, ready);
         super::clear_degraded(&mut st.conditions);
         if *st != *observed {
-            patch_status(self.obj, self.ctx, st).await?;
+            super::patch_status(self.obj, self.ctx, st).await?;
         }
         Ok(())
     }

@@ -17,7 +17,6 @@ use crate::api::{
     WorkspaceSettings, WorkspaceStatus, ready_condition,
 };
 use crate::bitbucket::{Auth, WorkspaceClient};
-use crate::metrics::{ErrorLabels, METRICS};
 use crate::sensitive::SecretString;
 
 /// How often a Ready workspace checks its credentials again.
@@ -373,38 +372,70 @@ where
         Ok::<(), Error>(())
     }
     .await;
+    // A failure is recorded by the reconcile around this (`Reconciled::record_failure`).
+    outcome?;
     let previous = obj.status().map(|s| s.conditions.clone()).unwrap_or_default();
     let mut conditions = previous.clone();
-    match &outcome {
-        Ok(()) => {
-            set_condition(
-                &mut conditions,
-                condition(&previous, "Ready", true, "Verified", "credentials verified with Bitbucket".into(), generation),
-            );
-            super::clear_degraded(&mut conditions);
-        }
-        // Credentials verified for this spec stay good while Bitbucket itself fails:
-        // Ready stays, Degraded says why (and the keys that use the workspace go on).
-        Err(e) => {
-            super::record_failure(&mut conditions, e, e.to_string(), generation, true);
-        }
-    }
+    set_condition(
+        &mut conditions,
+        condition(&previous, "Ready", true, "Verified", "credentials verified with Bitbucket".into(), generation),
+    );
+    super::clear_degraded(&mut conditions);
     let status = WorkspaceStatus { conditions, observed_generation: generation };
     if obj.status() != Some(&status) {
         let was_ready = obj.status().and_then(|s| ready_condition(&s.conditions)).map(|c| c.status == "True");
         api.patch_status(&obj.name_any(), &PatchParams::apply(super::FIELD_MANAGER), &Patch::Merge(json!({ "status": status }))).await?;
-        match &outcome {
-            Ok(()) if was_ready != Some(true) => ctx.event(&*obj, false, "Verified", "credentials verified with Bitbucket".into()).await,
-            Err(e) => ctx.event(&*obj, true, e.reason(), e.to_string()).await,
-            _ => {}
+        if was_ready != Some(true) {
+            ctx.event(&*obj, false, "Verified", "credentials verified with Bitbucket".into()).await;
         }
     }
-    match outcome {
-        Ok(()) => {
-            ctx.succeeded(&*obj);
-            Ok(super::requeue(super::jitter(RECHECK)))
-        }
-        Err(e) => Ok(super::requeue(ctx.backoff(&*obj, &e))),
+    Ok(super::requeue(super::jitter(RECHECK)))
+}
+
+/// Credentials verified for this spec stay good while Bitbucket itself fails: Ready
+/// stays, Degraded says why (and the keys that use the workspace go on). Anything else
+/// (the credentials refused, a panic, the API server) is Ready=False.
+async fn record_workspace_failure<K>(obj: &K, api: Api<K>, error: &Error, delay: Duration) -> Result<bool>
+where
+    K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug + HasWorkspaceStatus,
+{
+    let generation = obj.meta().generation;
+    let mut conditions = obj.status().map(|s| s.conditions.clone()).unwrap_or_default();
+    let changed = super::record_failure(&mut conditions, error, super::failure_message(error, delay, ""), generation, true);
+    let status = WorkspaceStatus { conditions, observed_generation: generation };
+    api.patch_status(&obj.name_any(), &PatchParams::apply(super::FIELD_MANAGER), &Patch::Merge(json!({ "status": status }))).await?;
+    Ok(changed)
+}
+
+impl super::Reconciled for BitbucketWorkspace {
+    const CONTROLLER: &'static str = "workspace";
+
+    fn slot(&self) -> Option<String> {
+        None
+    }
+
+    fn api(&self, client: kube::Client) -> Api<Self> {
+        Api::namespaced(client, &self.namespace().unwrap_or_default())
+    }
+
+    async fn record_failure(&self, ctx: &Context, error: &Error, delay: Duration) -> Result<bool> {
+        record_workspace_failure(self, self.api(ctx.client.clone()), error, delay).await
+    }
+}
+
+impl super::Reconciled for ClusterBitbucketWorkspace {
+    const CONTROLLER: &'static str = "clusterworkspace";
+
+    fn slot(&self) -> Option<String> {
+        None
+    }
+
+    fn api(&self, client: kube::Client) -> Api<Self> {
+        Api::all(client)
+    }
+
+    async fn record_failure(&self, ctx: &Context, error: &Error, delay: Duration) -> Result<bool> {
+        record_workspace_failure(self, self.api(ctx.client.clone()), error, delay).await
     }
 }
 
@@ -423,40 +454,31 @@ impl HasWorkspaceStatus for ClusterBitbucketWorkspace {
 }
 
 pub async fn reconcile_namespaced(obj: Arc<BitbucketWorkspace>, ctx: Arc<Context>) -> Result<Action> {
-    let ns = obj.namespace().unwrap_or_default();
-    let api: Api<BitbucketWorkspace> = Api::namespaced(ctx.client.clone(), &ns);
-    if obj.meta().deletion_timestamp.is_some() {
-        let secret = auth_secret_name(&obj.spec.settings());
-        return release_when_unused(&*obj, &ctx, &api, WorkspaceKind::BitbucketWorkspace, &ns, &secret).await;
-    }
-    let work = {
-        let (obj, ctx, api) = (obj.clone(), ctx.clone(), api.clone());
-        async move {
-            let spec = obj.spec.clone();
-            check(obj, ctx, spec.settings(), &ns, api).await
+    super::reconcile(obj, ctx, |obj, ctx| async move {
+        let ns = obj.namespace().unwrap_or_default();
+        let api: Api<BitbucketWorkspace> = Api::namespaced(ctx.client.clone(), &ns);
+        let spec = obj.spec.clone();
+        if obj.meta().deletion_timestamp.is_some() {
+            let secret = auth_secret_name(&spec.settings());
+            return release_when_unused(&*obj, &ctx, &api, WorkspaceKind::BitbucketWorkspace, &ns, &secret).await;
         }
-    };
-    let result = super::guarded(ctx.settings.reconcile_timeout, work).await;
-    settle(obj, &ctx, api, result).await
+        check(obj, ctx, spec.settings(), &ns, api).await
+    })
+    .await
 }
 
 pub async fn reconcile_cluster(obj: Arc<ClusterBitbucketWorkspace>, ctx: Arc<Context>) -> Result<Action> {
-    let api: Api<ClusterBitbucketWorkspace> = Api::all(ctx.client.clone());
-    if obj.meta().deletion_timestamp.is_some() {
-        let secret = auth_secret_name(&obj.spec.settings());
+    super::reconcile(obj, ctx, |obj, ctx| async move {
+        let api: Api<ClusterBitbucketWorkspace> = Api::all(ctx.client.clone());
         let ns = ctx.settings.cluster_resource_namespace.clone();
-        return release_when_unused(&*obj, &ctx, &api, WorkspaceKind::ClusterBitbucketWorkspace, &ns, &secret).await;
-    }
-    let work = {
-        let (obj, ctx, api) = (obj.clone(), ctx.clone(), api.clone());
-        async move {
-            let ns = ctx.settings.cluster_resource_namespace.clone();
-            let spec = obj.spec.clone();
-            check(obj, ctx, spec.settings(), &ns, api).await
+        let spec = obj.spec.clone();
+        if obj.meta().deletion_timestamp.is_some() {
+            let secret = auth_secret_name(&spec.settings());
+            return release_when_unused(&*obj, &ctx, &api, WorkspaceKind::ClusterBitbucketWorkspace, &ns, &secret).await;
         }
-    };
-    let result = super::guarded(ctx.settings.reconcile_timeout, work).await;
-    settle(obj, &ctx, api, result).await
+        check(obj, ctx, spec.settings(), &ns, api).await
+    })
+    .await
 }
 
 /// How often a workspace being deleted looks again whether its users are gone.
@@ -567,31 +589,6 @@ async fn secrets_still_protected(ctx: &Context, kind: WorkspaceKind, except: &st
         );
     }
     Ok(names)
-}
-
-/// A check that failed as a whole (a panic, its deadline, the API server) still ends in
-/// Ready=False with the reason, an event and a metric, and a backoff.
-async fn settle<K>(obj: Arc<K>, ctx: &Context, api: Api<K>, result: Result<Action>) -> Result<Action>
-where
-    K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug + HasWorkspaceStatus,
-{
-    let error = match result {
-        Ok(action) => return Ok(action),
-        Err(e) => e,
-    };
-    METRICS.reconcile_errors.get_or_create(&ErrorLabels { controller: "workspace".into(), reason: error.reason().into() }).inc();
-    let previous = obj.status().map(|s| s.conditions.clone()).unwrap_or_default();
-    let mut conditions = previous.clone();
-    set_condition(&mut conditions, condition(&previous, "Ready", false, error.reason(), error.to_string(), obj.meta().generation));
-    let status = WorkspaceStatus { conditions, observed_generation: obj.meta().generation };
-    if let Err(e) =
-        api.patch_status(&obj.name_any(), &PatchParams::apply(super::FIELD_MANAGER), &Patch::Merge(json!({ "status": status }))).await
-    {
-        tracing::warn!(error = %e, "cannot record failure in status");
-    }
-    tracing::warn!(workspace = %obj.name_any(), reason = error.reason(), error = %error, "workspace check failed");
-    ctx.event(&*obj, true, error.reason(), error.to_string()).await;
-    Ok(super::requeue(ctx.backoff(&*obj, &error)))
 }
 
 pub fn error_policy<K: Resource<DynamicType = ()>>(obj: Arc<K>, error: &Error, ctx: Arc<Context>) -> Action {

@@ -182,21 +182,8 @@ impl Simulator {
         if !lock(&self.limiter).admit(&credential, Instant::now()) {
             return (SimResponse::rate_limited(), Some(credential));
         }
-        let missing = missing_scopes(required_scopes(op, &principal.credential), &principal.scopes);
-        if !missing.is_empty() && lock(&self.error_variants).scope_errors == ScopeErrors::Real {
-            // FACTS.md: a generic message, the scopes in a structured `detail`.
-            let body = serde_json::json!({"type": "error", "error": {
-                "message": "Your credentials lack one or more required privilege scopes.",
-                "detail": {"required": required_scopes(op, &principal.credential), "granted": principal.scopes},
-            }});
-            return (SimResponse::json(StatusCode::FORBIDDEN, &body), Some(credential));
-        }
-        if !missing.is_empty() {
-            let message = format!("Your credentials lack one or more required privilege scopes: {}.", missing.join(", "));
-            let detail =
-                format!("Required: {}. Granted: {}.", required_scopes(op, &principal.credential).join(", "), principal.scopes.join(", "));
-            let body = model::error_body(&message, Some(&detail), None);
-            return (SimResponse::json(StatusCode::FORBIDDEN, &body), Some(credential));
+        if let Some(response) = self.scope_error(op, &principal) {
+            return (response, Some(credential));
         }
         if let Some(home) = self.consumer_home(&principal.credential)
             && route_workspace(route).is_some_and(|ws| ws != home)
@@ -228,6 +215,27 @@ impl Simulator {
             },
         );
         (response, Some(credential))
+    }
+
+    /// The 403 of a credential that lacks a scope `op` needs, in the shape the errors
+    /// variant chooses (FACTS.md: Bitbucket's is a generic message, the scopes in a
+    /// structured `detail`).
+    fn scope_error(&self, op: Operation, principal: &crate::sim::auth::Principal) -> Option<SimResponse> {
+        let required = required_scopes(op, &principal.credential);
+        let missing = missing_scopes(required, &principal.scopes);
+        if missing.is_empty() {
+            return None;
+        }
+        if lock(&self.error_variants).scope_errors == ScopeErrors::Real {
+            let body = serde_json::json!({"type": "error", "error": {
+                "message": "Your credentials lack one or more required privilege scopes.",
+                "detail": {"required": required, "granted": principal.scopes},
+            }});
+            return Some(SimResponse::json(StatusCode::FORBIDDEN, &body));
+        }
+        let message = format!("Your credentials lack one or more required privilege scopes: {}.", missing.join(", "));
+        let detail = format!("Required: {}. Granted: {}.", required.join(", "), principal.scopes.join(", "));
+        Some(SimResponse::json(StatusCode::FORBIDDEN, &model::error_body(&message, Some(&detail), None)))
     }
 
     fn issue_token(&self, request: &SimRequest) -> (SimResponse, Option<String>) {

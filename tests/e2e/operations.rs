@@ -183,3 +183,43 @@ async fn a_ca_bundle_and_https_proxy_reach_bitbucket_behind_a_tls_inspecting_pro
     assert!(tunnels.iter().any(|t| t == &format!("localhost:{port}")), "requests to Bitbucket must use HTTPS_PROXY: {tunnels:?}");
     assert!(tunnels.iter().all(|t| t.starts_with("localhost:")), "the API server must be reached directly: {tunnels:?}");
 }
+
+/// `/readyz` waits for the first list of every cache: an operator that may not list one of
+/// its kinds is not Ready while the others work, and is Ready once it may.
+#[tokio::test]
+async fn not_ready_until_every_cache_has_its_first_list() {
+    use crate::support::{cluster, kubectl, kubectl_stdin};
+    let mut env = Env::new("ops-ready").await;
+    let kc = &cluster().kubeconfig;
+    let mut role = format!("bco-{}", env.ns);
+    role.truncate(63);
+    let role = role.trim_end_matches('-').to_string();
+    let out = kubectl(kc, &["get", "clusterrole", &role, "-o", "json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let mut original: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    original["metadata"].as_object_mut().unwrap().remove("resourceVersion");
+    let mut without = original.clone();
+    for rule in without["rules"].as_array_mut().unwrap() {
+        rule["resources"].as_array_mut().unwrap().retain(|r| r != "bitbucketoauthconsumers");
+    }
+    without["rules"].as_array_mut().unwrap().retain(|r| !r["resources"].as_array().unwrap().is_empty());
+    let (ok, err) = kubectl_stdin(kc, &["replace", "-f", "-"], &without.to_string());
+    assert!(ok, "{err}");
+    env.operator.kill();
+    env.operator.restart();
+    env.workspace().await;
+    env.apply("apiVersion: bitbucket.credentials.dev/v1alpha1\nkind: BitbucketAccessKey\nmetadata: {name: ci}\nspec:\n  workspaceRef: {name: acme}\n  repositories: [api]\n").await;
+    env.wait_ready("bitbucketaccesskeys", "ci", Duration::from_secs(60)).await;
+    let readyz = |port: u16| async move {
+        let r = reqwest::get(format!("http://127.0.0.1:{port}/readyz")).await.ok()?;
+        Some((r.status().as_u16(), r.text().await.ok()?))
+    };
+    let port = env.operator.health_port;
+    assert_eq!(readyz(port).await, Some((503, "watches not synced".to_string())), "Ready without a cache of OAuth consumers");
+    let (ok, err) = kubectl_stdin(kc, &["replace", "-f", "-"], &original.to_string());
+    assert!(ok, "{err}");
+    eventually("Ready once the consumers can be listed", Duration::from_secs(90), || async {
+        readyz(port).await.filter(|(s, _)| *s == 200).map(|_| ())
+    })
+    .await;
+}
