@@ -394,16 +394,21 @@ where
 
 /// Credentials verified for this spec stay good while Bitbucket itself fails: Ready
 /// stays, Degraded says why (and the keys that use the workspace go on). Anything else
-/// (the credentials refused, a panic, the API server) is Ready=False.
-async fn record_workspace_failure<K>(obj: &K, api: Api<K>, error: &Error, delay: Duration) -> Result<bool>
+/// (the credentials refused, a panic, the API server) is Ready=False. The message is the
+/// error alone (the access keys that use the workspace quote it), and status is written
+/// only when it changes: the workspace controller wakes on every change of its objects,
+/// so a write per failure would retry at once instead of after the backoff.
+async fn record_workspace_failure<K>(obj: &K, api: Api<K>, error: &Error) -> Result<bool>
 where
     K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug + HasWorkspaceStatus,
 {
     let generation = obj.meta().generation;
     let mut conditions = obj.status().map(|s| s.conditions.clone()).unwrap_or_default();
-    let changed = super::record_failure(&mut conditions, error, super::failure_message(error, delay, ""), generation, true);
+    let changed = super::record_failure(&mut conditions, error, error.to_string(), generation, true);
     let status = WorkspaceStatus { conditions, observed_generation: generation };
-    api.patch_status(&obj.name_any(), &PatchParams::apply(super::FIELD_MANAGER), &Patch::Merge(json!({ "status": status }))).await?;
+    if obj.status() != Some(&status) {
+        api.patch_status(&obj.name_any(), &PatchParams::apply(super::FIELD_MANAGER), &Patch::Merge(json!({ "status": status }))).await?;
+    }
     Ok(changed)
 }
 
@@ -418,8 +423,8 @@ impl super::Reconciled for BitbucketWorkspace {
         Api::namespaced(client, &self.namespace().unwrap_or_default())
     }
 
-    async fn record_failure(&self, ctx: &Context, error: &Error, delay: Duration) -> Result<bool> {
-        record_workspace_failure(self, self.api(ctx.client.clone()), error, delay).await
+    async fn record_failure(&self, ctx: &Context, error: &Error, _: Duration) -> Result<bool> {
+        record_workspace_failure(self, self.api(ctx.client.clone()), error).await
     }
 }
 
@@ -434,8 +439,8 @@ impl super::Reconciled for ClusterBitbucketWorkspace {
         Api::all(client)
     }
 
-    async fn record_failure(&self, ctx: &Context, error: &Error, delay: Duration) -> Result<bool> {
-        record_workspace_failure(self, self.api(ctx.client.clone()), error, delay).await
+    async fn record_failure(&self, ctx: &Context, error: &Error, _: Duration) -> Result<bool> {
+        record_workspace_failure(self, self.api(ctx.client.clone()), error).await
     }
 }
 
