@@ -38,6 +38,7 @@ test-unit:
 	$(CARGO) test --lib --bins
 
 test-e2e: control-plane
+	$(CARGO) build --bins
 	$(CARGO) test --test e2e -- --test-threads=4
 
 test-packaging: control-plane
@@ -77,6 +78,7 @@ demo-down:
 
 ## The scale benchmarks (release build); sizes from BENCH_OBJECTS, BENCH_UNRELATED_SECRETS.
 bench: control-plane
+	$(CARGO) build --release --bins
 	BCO_OPERATOR_LOG=$${BCO_OPERATOR_LOG:-info} $(CARGO) bench --bench scale
 
 ## Property-based fuzzing of every parser of outside input (Bitbucket responses, OpenSSH
@@ -85,5 +87,6 @@ fuzz:
 	PROPTEST_CASES=$${PROPTEST_CASES:-20000} $(CARGO) test --release --lib never_panic -- --test-threads=2
 
 lint:
-	$(CARGO) fmt --check
+	$(CARGO) fmt --all --check
+	python3 hack/unused-deps.py
 	$(CARGO) clippy --all-targets -- -D warnings

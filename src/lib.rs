@@ -12,5 +12,4 @@ pub mod metrics;
 pub mod operator;
 pub mod secret;
 pub mod sensitive;
-pub mod sim;
 pub mod telemetry;

@@ -6,7 +6,7 @@ use std::time::Duration;
 use bitbucket_credentials_operator::bitbucket::{AllowedUrls, Auth, Bitbucket, ClientOptions, Error, Target, WorkspaceClient};
 use bitbucket_credentials_operator::keys::{KeyPair, KeySpec};
 use bitbucket_credentials_operator::sensitive::SecretString;
-use bitbucket_credentials_operator::sim::{SimConfig, serve};
+use bitbucket_sim::{SimConfig, serve};
 
 const CONFIG: &str = r#"
 workspaces:

@@ -138,6 +138,14 @@ impl Drop for Proc {
     }
 }
 
+/// The `bitbucket-sim` binary: built beside the operator's by `cargo build --bins` (the
+/// simulator is the workspace member `sim/`, a package of its own).
+pub fn sim_bin() -> PathBuf {
+    let bin = Path::new(env!("CARGO_BIN_EXE_bitbucket-credentials-operator")).with_file_name("bitbucket-sim");
+    assert!(bin.exists(), "{} is missing: build it with `cargo build --bins` (add --release for the benchmarks)", bin.display());
+    bin
+}
+
 /// A running `bitbucket-sim`.
 pub struct Sim {
     pub url: String,
@@ -149,7 +157,7 @@ impl Sim {
     pub fn start(dir: &Path, config: &str) -> Sim {
         let cfg = dir.join("sim.yaml");
         std::fs::write(&cfg, config).unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_bitbucket-sim"))
+        let mut child = Command::new(sim_bin())
             .args(["--config", cfg.to_str().unwrap(), "--state", dir.join("sim-state.json").to_str().unwrap()])
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(dir.join("sim.log")).unwrap())

@@ -128,10 +128,10 @@ impl Simulator {
                 .with_header(WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"Bitbucket.org HTTP\""))
         };
         let token = match parse_authorization(&request.headers) {
-            crate::sim::auth::Authorization::Basic { user, secret } if user == "x-token-auth" => secret,
+            crate::auth::Authorization::Basic { user, secret } if user == "x-token-auth" => secret,
             _ => return (challenge(), None),
         };
-        let bearer = crate::sim::auth::Authorization::Bearer(token);
+        let bearer = crate::auth::Authorization::Bearer(token);
         let now = jiff::Timestamp::now();
         match self.credentials.authenticate(&bearer, false, &lock(&self.state), now.as_millisecond()) {
             Ok(principal) => (
@@ -220,7 +220,7 @@ impl Simulator {
     /// The 403 of a credential that lacks a scope `op` needs, in the shape the errors
     /// variant chooses (FACTS.md: Bitbucket's is a generic message, the scopes in a
     /// structured `detail`).
-    fn scope_error(&self, op: Operation, principal: &crate::sim::auth::Principal) -> Option<SimResponse> {
+    fn scope_error(&self, op: Operation, principal: &crate::auth::Principal) -> Option<SimResponse> {
         let required = required_scopes(op, &principal.credential);
         let missing = missing_scopes(required, &principal.scopes);
         if missing.is_empty() {
@@ -247,7 +247,7 @@ impl Simulator {
                 let response = match code {
                     OAuthClientError::InvalidClient => oauth::oauth_error("invalid_client", &description),
                     // bitbucket.org's words (FACTS.md).
-                    OAuthClientError::UnauthorizedClient if matches!(authorization, crate::sim::auth::Authorization::Basic { .. }) => {
+                    OAuthClientError::UnauthorizedClient if matches!(authorization, crate::auth::Authorization::Basic { .. }) => {
                         oauth::oauth_error("unauthorized_client", "Invalid OAuth client credentials")
                     }
                     OAuthClientError::UnauthorizedClient => {
@@ -282,8 +282,8 @@ impl Simulator {
     }
 
     /// The workspace an OAuth consumer's tokens are confined to, if any.
-    fn consumer_home(&self, credential: &crate::sim::auth::Credential) -> Option<String> {
-        let crate::sim::auth::Credential::OAuthConsumer { key } = credential else { return None };
+    fn consumer_home(&self, credential: &crate::auth::Credential) -> Option<String> {
+        let crate::auth::Credential::OAuthConsumer { key } = credential else { return None };
         lock(&self.state).consumers().iter().find(|c| &c.key == key).and_then(|c| c.workspace.clone())
     }
 

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use bitbucket_credentials_operator::sim::{SimConfig, serve_with_shutdown};
+use bitbucket_sim::{SimConfig, serve_with_shutdown};
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
