@@ -16,7 +16,6 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::{Api, Resource, ResourceExt};
-use serde_json::json;
 
 mod plan;
 
@@ -286,22 +285,6 @@ impl<'a> Run<'a> {
         secret
     }
 
-    async fn write_secret(&self, desired: &Secret) -> Result<()> {
-        let mut body = serde_json::to_value(desired).map_err(|e| Error::Internal(e.to_string()))?;
-        body["apiVersion"] = json!("v1");
-        body["kind"] = json!("Secret");
-        let ns = self.obj.namespace().unwrap_or_default();
-        self.ctx.caches.writing(&ns, &self.secret_name);
-        let written = self
-            .secrets
-            .patch(&self.secret_name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(body))
-            .await
-            .inspect_err(|_| self.ctx.caches.write_failed(&ns, &self.secret_name))?;
-        tracing::debug!(secret = %self.secret_name, resource_version = ?written.resource_version(), "Secret written");
-        self.ctx.caches.wrote(&written);
-        Ok(())
-    }
-
     /// Makes sure `key` is registered on every target and returns the registrations.
     /// With a listing, each target's keys are read first: the key is adopted if it is
     /// there, and keys of this object that are not in `keep` (fingerprints) are removed.
@@ -420,7 +403,7 @@ impl<'a> Run<'a> {
 impl Effects for Run<'_> {
     async fn write_secret(&mut self, current: &KeyPair, pending: Option<&KeyPair>, targets: &BTreeSet<Target>) -> Result<()> {
         let desired = self.desired_secret(current, pending, targets);
-        Run::write_secret(self, &desired).await?;
+        super::apply_secret(self.ctx, &self.secrets, &desired).await?;
         self.secret = Some(desired);
         Ok(())
     }
@@ -439,7 +422,7 @@ impl Effects for Run<'_> {
         if stored.is_some_and(|s| up_to_date(s, &desired) && !has_stale_fields(s, &desired, FIELD_MANAGER)) {
             return Ok(());
         }
-        Run::write_secret(self, &desired).await?;
+        super::apply_secret(self.ctx, &self.secrets, &desired).await?;
         let mut edited = desired.clone();
         edited.metadata.annotations.get_or_insert_default().remove(TARGETS_ANNOTATION);
         if self.secret.as_ref().is_some_and(|s| !up_to_date(s, &edited)) {

@@ -281,6 +281,26 @@ where
     Ok(())
 }
 
+/// Writes an output Secret (server-side apply as the operator, taking over its fields),
+/// telling the cache that the echo of this write is the operator's own.
+pub async fn apply_secret(
+    ctx: &Context,
+    secrets: &Api<k8s_openapi::api::core::v1::Secret>,
+    desired: &k8s_openapi::api::core::v1::Secret,
+) -> Result<()> {
+    let (ns, name) = (desired.metadata.namespace.clone().unwrap_or_default(), desired.name_any());
+    let mut body = serde_json::to_value(desired).map_err(|e| Error::Internal(e.to_string()))?;
+    body["apiVersion"] = "v1".into();
+    body["kind"] = "Secret".into();
+    ctx.caches.writing(&ns, &name);
+    let params = kube::api::PatchParams::apply(FIELD_MANAGER).force();
+    let written =
+        secrets.patch(&name, &params, &kube::api::Patch::Apply(body)).await.inspect_err(|_| ctx.caches.write_failed(&ns, &name))?;
+    tracing::debug!(secret = %name, resource_version = ?written.resource_version(), "Secret written");
+    ctx.caches.wrote(&written);
+    Ok(())
+}
+
 /// ±20 % so that work scheduled together spreads out.
 pub fn jitter(d: Duration) -> Duration {
     let f = rand::thread_rng().gen_range(0.8..1.2);

@@ -297,22 +297,11 @@ impl Run<'_> {
         if existing.is_some_and(|s| up_to_date(s, &desired) && !has_stale_fields(s, &desired, FIELD_MANAGER)) {
             return Ok(());
         }
-        let mut body = serde_json::to_value(&desired).map_err(|e| Error::Internal(e.to_string()))?;
-        body["apiVersion"] = json!("v1");
-        body["kind"] = json!("Secret");
         if existing.is_some_and(|s| s.type_ != desired.type_) {
             // A Secret's type cannot change: replace it.
             self.secrets.delete(&self.out_name, &Default::default()).await?;
         }
-        let caches = &self.ctx.caches;
-        caches.writing(&ns, &self.out_name);
-        let params = PatchParams::apply(FIELD_MANAGER).force();
-        let written = self
-            .secrets
-            .patch(&self.out_name, &params, &Patch::Apply(body))
-            .await
-            .inspect_err(|_| caches.write_failed(&ns, &self.out_name))?;
-        caches.wrote(&written);
+        super::apply_secret(self.ctx, &self.secrets, &desired).await?;
         self.existing = Some(desired);
         Ok(())
     }
