@@ -38,7 +38,7 @@ test-unit:
 	$(CARGO) test --lib --bins
 
 test-e2e: control-plane
-	$(CARGO) build --bins
+	$(CARGO) build --bins --tests
 	$(CARGO) test --test e2e -- --test-threads=4
 
 test-packaging: control-plane
@@ -77,8 +77,10 @@ demo-down:
 	bash hack/demo.sh down
 
 ## The scale benchmarks (release build); sizes from BENCH_OBJECTS, BENCH_UNRELATED_SECRETS.
+## The bench builds the operator's binaries itself (as for every test target, with the crash
+## points: tests and benches share dev-dependencies); the simulator is another package.
 bench: control-plane
-	$(CARGO) build --release --bins
+	$(CARGO) build --release -p bitbucket-sim
 	BCO_OPERATOR_LOG=$${BCO_OPERATOR_LOG:-info} $(CARGO) bench --bench scale
 
 ## Property-based fuzzing of every parser of outside input (Bitbucket responses, OpenSSH

@@ -170,6 +170,8 @@ build_operator() {
     log "cargo build --release --locked --bin $bin_name"
     (cd "$root" && cargo build --release --locked --bin "$bin_name") >&2
     bin=$target/release/$bin_name
+    # The crash points are for tests only (the `failpoints` feature); a release build has none.
+    if grep -q BCO_FAILPOINT "$bin"; then die "$bin was built with the failpoints feature"; fi
   fi
   [ -f "$bin" ] && [ -x "$bin" ] || die "no operator binary at $bin"
   local df_from df_copy_src df_bin_path df_user df_args df
