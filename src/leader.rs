@@ -10,11 +10,11 @@ use kube::{Api, Client};
 use kube_lease_manager::LeaseManagerBuilder;
 use tokio::sync::oneshot;
 
-pub const LEASE_NAME: &str = "bitbucket-credentials-operator";
+pub(crate) const LEASE_NAME: &str = "bitbucket-credentials-operator";
 const RETRY_PERIOD: Duration = Duration::from_secs(2);
 
 /// The lease, held. [`Leadership::release`] gives it up.
-pub struct Leadership {
+pub(crate) struct Leadership {
     stop: oneshot::Sender<()>,
     released: oneshot::Receiver<()>,
 }
@@ -22,7 +22,7 @@ pub struct Leadership {
 /// Blocks until this process holds the lease, then watches it in the background.
 /// `standby` runs once the lease could be read, before waiting: the replica is then a
 /// working standby.
-pub async fn wait_for_leadership(client: &Client, standby: impl Fn()) -> Result<Leadership, kube::Error> {
+pub(crate) async fn wait_for_leadership(client: &Client, standby: impl Fn()) -> Result<Leadership, kube::Error> {
     let namespace = std::env::var("POD_NAMESPACE").unwrap_or_else(|_| client.default_namespace().to_string());
     let identity = std::env::var("POD_NAME").unwrap_or_else(|_| format!("{}-{}", hostname(), std::process::id()));
     let leases: Api<Lease> = Api::namespaced(client.clone(), &namespace);
@@ -91,7 +91,7 @@ pub async fn wait_for_leadership(client: &Client, standby: impl Fn()) -> Result<
 
 impl Leadership {
     /// Gives the lease up (waits a few seconds at most).
-    pub async fn release(self) {
+    pub(crate) async fn release(self) {
         drop(self.stop);
         let _ = tokio::time::timeout(Duration::from_secs(5), self.released).await;
     }

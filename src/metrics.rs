@@ -11,40 +11,40 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct RequestLabels {
+pub(crate) struct RequestLabels {
     pub operation: String,
     pub status: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ControllerLabels {
+pub(crate) struct ControllerLabels {
     pub controller: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ErrorLabels {
+pub(crate) struct ErrorLabels {
     pub controller: String,
     pub reason: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct CredentialLabels {
+pub(crate) struct CredentialLabels {
     pub credential: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct BuildLabels {
+pub(crate) struct BuildLabels {
     pub version: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ObjectLabels {
+pub(crate) struct ObjectLabels {
     pub kind: String,
     pub namespace: String,
     pub name: String,
 }
 
-pub struct Metrics {
+pub(crate) struct Metrics {
     pub bitbucket_requests: Family<RequestLabels, Counter>,
     pub reconciles: Family<ControllerLabels, Counter>,
     pub reconcile_errors: Family<ErrorLabels, Counter>,
@@ -62,7 +62,7 @@ pub struct Metrics {
     registry: Mutex<Registry>,
 }
 
-pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
+pub(crate) static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
     let m = Metrics {
         bitbucket_requests: Family::default(),
         reconciles: Family::default(),
@@ -138,7 +138,7 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
 });
 
 impl Metrics {
-    pub fn encode(&self) -> String {
+    pub(crate) fn encode(&self) -> String {
         let mut out = String::new();
         let r = self.registry.lock().unwrap_or_else(|e| e.into_inner());
         // Encoding into a String cannot fail.
@@ -146,14 +146,14 @@ impl Metrics {
         out
     }
 
-    pub fn request(&self, operation: &str, status: &str) {
+    pub(crate) fn request(&self, operation: &str, status: &str) {
         self.bitbucket_requests.get_or_create(&RequestLabels { operation: operation.into(), status: status.into() }).inc();
     }
 }
 
 impl Metrics {
     /// The object reconciled (`ok`) or failed; an object being deleted loses its series.
-    pub fn object_outcome(&self, labels: &ObjectLabels, ok: bool, deleting: bool) {
+    pub(crate) fn object_outcome(&self, labels: &ObjectLabels, ok: bool, deleting: bool) {
         if deleting {
             self.forget_object(labels);
             return;
@@ -165,7 +165,7 @@ impl Metrics {
     }
 
     /// Every per-object series of an object that is gone.
-    pub fn forget_object(&self, labels: &ObjectLabels) {
+    pub(crate) fn forget_object(&self, labels: &ObjectLabels) {
         for f in [
             &self.ready_status,
             &self.last_success_timestamp,
@@ -179,11 +179,11 @@ impl Metrics {
 }
 
 /// Seconds since the Unix epoch.
-pub fn unix_now() -> f64 {
+pub(crate) fn unix_now() -> f64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
 }
 
 /// A timestamp as Unix seconds.
-pub fn unix(t: &k8s_openapi::apimachinery::pkg::apis::meta::v1::Time) -> f64 {
+pub(crate) fn unix(t: &k8s_openapi::apimachinery::pkg::apis::meta::v1::Time) -> f64 {
     t.0.as_millisecond() as f64 / 1000.0
 }

@@ -9,15 +9,15 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference}
 use crate::api::{AccessKeyFormat, MANAGED_BY_LABEL, MANAGED_BY_VALUE, SecretMetadata, TokenFormat};
 use crate::keys::KeyPair;
 
-pub const SSH_AUTH_TYPE: &str = "kubernetes.io/ssh-auth";
-pub const BASIC_AUTH_TYPE: &str = "kubernetes.io/basic-auth";
+pub(crate) const SSH_AUTH_TYPE: &str = "kubernetes.io/ssh-auth";
+pub(crate) const BASIC_AUTH_TYPE: &str = "kubernetes.io/basic-auth";
 /// Where a rotation's new private key waits, persisted before it is registered, until the
 /// Secret switches to it.
-pub const PENDING_KEY: &str = "rotation-pending-privatekey";
-pub const TOKEN_USERNAME: &str = "x-token-auth";
+pub(crate) const PENDING_KEY: &str = "rotation-pending-privatekey";
+pub(crate) const TOKEN_USERNAME: &str = "x-token-auth";
 
 /// Where the access key's Secret points SSH clients.
-pub struct SshTarget<'a> {
+pub(crate) struct SshTarget<'a> {
     pub ssh_host: &'a str,
     pub known_hosts: &'a str,
     pub workspace: &'a str,
@@ -26,7 +26,7 @@ pub struct SshTarget<'a> {
 }
 
 /// Where an OAuth token is used over HTTPS.
-pub struct HttpsTarget<'a> {
+pub(crate) struct HttpsTarget<'a> {
     /// `scheme://host[:port]` of the site (`https://bitbucket.org`).
     pub origin: &'a str,
     pub workspace: &'a str,
@@ -37,7 +37,7 @@ pub struct HttpsTarget<'a> {
 const ARGOCD_SECRET_TYPE: &str = "argocd.argoproj.io/secret-type";
 
 /// Where a Secret goes and what the user asked to put on it.
-pub struct Placement<'a> {
+pub(crate) struct Placement<'a> {
     pub name: &'a str,
     pub namespace: &'a str,
     pub owner: OwnerReference,
@@ -71,7 +71,7 @@ impl Placement<'_> {
 }
 
 /// The data, labels and annotations of an access key's Secret.
-pub fn access_key_secret(
+pub(crate) fn access_key_secret(
     at: Placement<'_>,
     formats: &[AccessKeyFormat],
     key: &KeyPair,
@@ -124,7 +124,7 @@ pub fn access_key_secret(
 
 /// known_hosts lines, rewritten for a non-default port as `[host]:port` the way OpenSSH
 /// looks them up.
-pub fn known_hosts_for(known_hosts: &str, ssh_host: &str) -> String {
+pub(crate) fn known_hosts_for(known_hosts: &str, ssh_host: &str) -> String {
     let mut out = known_hosts.trim_end().to_string();
     out.push('\n');
     if let Some((host, port)) = ssh_host.rsplit_once(':')
@@ -144,7 +144,7 @@ pub fn known_hosts_for(known_hosts: &str, ssh_host: &str) -> String {
 }
 
 /// The data of an OAuth token Secret, and its type.
-pub fn token_secret(at: Placement<'_>, formats: &[TokenFormat], token: &str, target: &HttpsTarget<'_>) -> Secret {
+pub(crate) fn token_secret(at: Placement<'_>, formats: &[TokenFormat], token: &str, target: &HttpsTarget<'_>) -> Secret {
     let mut data = BTreeMap::new();
     let mut type_ = "Opaque";
     let mut labels = at.user.labels.clone();
@@ -189,7 +189,7 @@ fn git_credentials_line(origin: &str, token: &str) -> String {
 
 /// Whether `actual` already holds everything `desired` says (data equal, labels and
 /// annotations present, same type and owner), so a write would change nothing.
-pub fn up_to_date(actual: &Secret, desired: &Secret) -> bool {
+pub(crate) fn up_to_date(actual: &Secret, desired: &Secret) -> bool {
     let subset = |want: &Option<BTreeMap<String, String>>, have: &Option<BTreeMap<String, String>>| {
         want.iter().flatten().all(|(k, v)| have.as_ref().and_then(|h| h.get(k)) == Some(v))
     };
@@ -208,7 +208,7 @@ pub fn up_to_date(actual: &Secret, desired: &Secret) -> bool {
 /// Whether `actual` carries a label or annotation that `manager` applied before and
 /// `desired` no longer has (one removed from `spec.secret`): an apply removes it, so the
 /// Secret needs one although `up_to_date` says it holds everything.
-pub fn has_stale_fields(actual: &Secret, desired: &Secret, manager: &str) -> bool {
+pub(crate) fn has_stale_fields(actual: &Secret, desired: &Secret, manager: &str) -> bool {
     let owned = |field: &str| -> Vec<String> {
         actual
             .metadata

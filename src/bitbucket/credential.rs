@@ -189,8 +189,8 @@ impl Limits {
 }
 
 /// Bitbucket's 429 carries no Retry-After: the first cool-down, and the longest.
-pub const COOLDOWN: Duration = Duration::from_secs(60);
-pub const COOLDOWN_MAX: Duration = Duration::from_secs(15 * 60);
+pub(super) const COOLDOWN: Duration = Duration::from_secs(60);
+pub(super) const COOLDOWN_MAX: Duration = Duration::from_secs(15 * 60);
 
 /// After Bitbucket's own 429, no request with the credential goes out until `until`.
 #[derive(Default)]
@@ -201,7 +201,7 @@ struct Cooldown {
 }
 
 /// Bitbucket's budget window: requests per hour.
-pub const HOUR: Duration = Duration::from_secs(3600);
+pub(super) const HOUR: Duration = Duration::from_secs(3600);
 
 fn limiter_for(per_window: u32, window: Duration) -> Arc<DefaultDirectRateLimiter> {
     let per_window = NonZeroU32::new(per_window.max(1)).unwrap_or(NonZeroU32::MIN);

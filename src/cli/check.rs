@@ -66,7 +66,7 @@ impl Spec {
     }
 }
 
-pub async fn check(client: &Client, ns: &str, args: CheckArgs) -> Result<Report, CliError> {
+pub(super) async fn check(client: &Client, ns: &str, args: CheckArgs) -> Result<Report, CliError> {
     let found = find(client, ns, &args).await?;
     let settings = found.spec.settings();
     let mut out = String::new();

@@ -13,7 +13,7 @@ use super::{CliError, ObjectKind, Report, relative, when, write_conditions};
 use crate::api::{BitbucketAccessKey, BitbucketOAuthConsumer, ROTATE_ANNOTATION, WorkspaceRef, ready_condition};
 use crate::controller::access_key::target_of;
 
-pub async fn status(client: &Client, ns: &str, name: &str, kind: Option<ObjectKind>, events: usize) -> Result<Report, CliError> {
+pub(super) async fn status(client: &Client, ns: &str, name: &str, kind: Option<ObjectKind>, events: usize) -> Result<Report, CliError> {
     let keys: Api<BitbucketAccessKey> = Api::namespaced(client.clone(), ns);
     let consumers: Api<BitbucketOAuthConsumer> = Api::namespaced(client.clone(), ns);
     let key = if kind != Some(ObjectKind::OAuthConsumer) { keys.get_opt(name).await? } else { None };
@@ -117,7 +117,7 @@ async fn write_events(out: &mut String, client: &Client, ns: &str, uid: Option<&
 
 /// Sets the rotate annotation to a new value; with `wait`, waits until the operator has
 /// acted on it: the new key in the Secret, registered everywhere, Ready.
-pub async fn rotate(client: &Client, ns: &str, name: &str, wait: Option<Duration>) -> Result<Report, CliError> {
+pub(super) async fn rotate(client: &Client, ns: &str, name: &str, wait: Option<Duration>) -> Result<Report, CliError> {
     let keys: Api<BitbucketAccessKey> = Api::namespaced(client.clone(), ns);
     let Some(before) = keys.get_opt(name).await? else {
         let consumers: Api<BitbucketOAuthConsumer> = Api::namespaced(client.clone(), ns);

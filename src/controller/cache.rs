@@ -25,7 +25,7 @@ const OWN_WRITES_MAX: usize = 100_000;
 const IN_FLIGHT: &str = "";
 
 #[derive(Default)]
-pub struct Caches {
+pub(crate) struct Caches {
     /// Stores of namespaced workspaces: one per watched namespace, or one for all (None).
     workspaces: Mutex<Vec<(Option<String>, Store<BitbucketWorkspace>)>>,
     cluster_workspaces: Mutex<Option<Store<ClusterBitbucketWorkspace>>>,
@@ -38,28 +38,28 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Caches {
-    pub fn add_workspace_store(&self, namespace: Option<String>, store: Store<BitbucketWorkspace>) {
+    pub(crate) fn add_workspace_store(&self, namespace: Option<String>, store: Store<BitbucketWorkspace>) {
         lock(&self.workspaces).push((namespace, store));
     }
 
-    pub fn set_cluster_workspace_store(&self, store: Store<ClusterBitbucketWorkspace>) {
+    pub(crate) fn set_cluster_workspace_store(&self, store: Store<ClusterBitbucketWorkspace>) {
         lock(&self.cluster_workspaces).get_or_insert(store);
     }
 
     /// The workspace as last seen by the watch; None when unknown (not synced yet, or
     /// just created), and the caller asks the API server.
-    pub fn workspace(&self, namespace: &str, name: &str) -> Option<std::sync::Arc<BitbucketWorkspace>> {
+    pub(crate) fn workspace(&self, namespace: &str, name: &str) -> Option<std::sync::Arc<BitbucketWorkspace>> {
         let key = ObjectRef::new(name).within(namespace);
         lock(&self.workspaces).iter().filter(|(ns, _)| ns.as_deref().is_none_or(|n| n == namespace)).find_map(|(_, s)| s.get(&key))
     }
 
-    pub fn cluster_workspace(&self, name: &str) -> Option<std::sync::Arc<ClusterBitbucketWorkspace>> {
+    pub(crate) fn cluster_workspace(&self, name: &str) -> Option<std::sync::Arc<ClusterBitbucketWorkspace>> {
         lock(&self.cluster_workspaces).as_ref().and_then(|s| s.get(&ObjectRef::new(name)))
     }
 
     /// A target's keys, listed at most `max_age` ago: concurrent callers share one
     /// listing, later ones reuse it until it is too old. A failed listing is not kept.
-    pub async fn listing<F, Fut>(&self, key: String, max_age: Duration, fetch: F) -> Result<Arc<Vec<DeployKey>>, bitbucket::Error>
+    pub(crate) async fn listing<F, Fut>(&self, key: String, max_age: Duration, fetch: F) -> Result<Arc<Vec<DeployKey>>, bitbucket::Error>
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<Vec<DeployKey>, bitbucket::Error>>,
@@ -74,23 +74,23 @@ impl Caches {
     }
 
     /// Whether a listing under `key` younger than `max_age` is there to share.
-    pub fn has_listing(&self, key: &str, max_age: Duration) -> bool {
+    pub(crate) fn has_listing(&self, key: &str, max_age: Duration) -> bool {
         lock(&self.listings).get(key).and_then(|c| c.get()).is_some_and(|(at, _)| at.elapsed() < max_age)
     }
 
     /// Marks a Secret as being written: its watch event may arrive before the write's
     /// answer does, and is that write's echo.
-    pub fn writing(&self, namespace: &str, name: &str) {
+    pub(crate) fn writing(&self, namespace: &str, name: &str) {
         self.remember_write(namespace.to_string(), name.to_string(), IN_FLIGHT.into());
     }
 
     /// A write that failed leaves no echo to wait for.
-    pub fn write_failed(&self, namespace: &str, name: &str) {
+    pub(crate) fn write_failed(&self, namespace: &str, name: &str) {
         lock(&self.own_writes).remove(&(namespace.to_string(), name.to_string()));
     }
 
     /// Records the version of a Secret this operator just wrote.
-    pub fn wrote(&self, secret: &Secret) {
+    pub(crate) fn wrote(&self, secret: &Secret) {
         let (Some(ns), Some(rv)) = (secret.namespace(), secret.resource_version()) else { return };
         self.remember_write(ns, secret.name_any(), rv);
     }
@@ -104,7 +104,7 @@ impl Caches {
     }
 
     /// Whether a watch event is the echo of this operator's own write.
-    pub fn is_own_write(&self, secret: &PartialObjectMeta<Secret>) -> bool {
+    pub(crate) fn is_own_write(&self, secret: &PartialObjectMeta<Secret>) -> bool {
         let key = (secret.namespace().unwrap_or_default(), secret.name_any());
         let map = lock(&self.own_writes);
         if secret.meta().deletion_timestamp.is_some() {

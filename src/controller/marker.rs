@@ -14,7 +14,7 @@ const LEGACY_UID: &str = "uid=";
 
 /// Who a key belongs to.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Marker {
+pub(crate) struct Marker {
     pub uid: String,
     pub cluster: String,
     pub namespace: String,
@@ -22,13 +22,13 @@ pub struct Marker {
 }
 
 impl Marker {
-    pub fn new(uid: &str, cluster: &str, namespace: &str, name: &str) -> Self {
+    pub(crate) fn new(uid: &str, cluster: &str, namespace: &str, name: &str) -> Self {
         Self { uid: uid.into(), cluster: cluster.into(), namespace: namespace.into(), name: name.into() }
     }
 
     /// The one-word form. A cluster name is reduced to letters, digits, `.`, `_` and `-`
     /// (anything else becomes `-`), so the word has no space and no `:` inside a part.
-    pub fn token(&self) -> String {
+    pub(crate) fn token(&self) -> String {
         let clean =
             |s: &str| -> String { s.chars().map(|c| if c.is_ascii_alphanumeric() || "._-".contains(c) { c } else { '-' }).collect() };
         format!("{PREFIX}{}:{}:{}/{}", clean(&self.uid), clean(&self.cluster), clean(&self.namespace), clean(&self.name))
@@ -36,7 +36,7 @@ impl Marker {
 
     /// A marker word as `token` writes it; `None` for anything else. A token cut short
     /// after the UID still yields the UID (with empty other parts).
-    pub fn parse(word: &str) -> Option<Marker> {
+    pub(crate) fn parse(word: &str) -> Option<Marker> {
         let rest = word.trim().strip_prefix(PREFIX)?;
         let mut parts = rest.splitn(3, ':');
         let uid = parts.next().filter(|u| !u.is_empty())?;
@@ -48,7 +48,7 @@ impl Marker {
 
 /// Whether `text` (a key's comment or label) marks a key of the object with `uid`: a
 /// marker word of this UID, or the `uid=` word of earlier versions.
-pub fn marks(text: &str, uid: &str) -> bool {
+pub(crate) fn marks(text: &str, uid: &str) -> bool {
     !uid.is_empty()
         && text
             .split_whitespace()

@@ -1,12 +1,14 @@
 //! The controllers and what they share: the context, the error type with its condition
 //! reasons, conditions, events and backoff.
 
-pub mod access_key;
-pub mod cache;
+pub(crate) mod access_key;
+pub(crate) mod cache;
 pub(crate) mod marker;
-pub mod oauth_consumer;
-pub mod reasons;
-pub mod workspace;
+pub(crate) mod oauth_consumer;
+/// The table of reasons, checked against the errors and rendered as docs/troubleshooting.md.
+#[cfg(test)]
+mod reasons;
+pub(crate) mod workspace;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -27,11 +29,11 @@ use crate::bitbucket::{self, Bitbucket};
 use crate::keys::KeyError;
 use crate::metrics::{ControllerLabels, ErrorLabels, METRICS};
 
-pub const FIELD_MANAGER: &str = "bitbucket-credentials-operator";
+pub(crate) const FIELD_MANAGER: &str = "bitbucket-credentials-operator";
 
 /// Settings of the controllers that come from the command line.
 #[derive(Clone, Debug)]
-pub struct Settings {
+pub(crate) struct Settings {
     pub cluster_name: String,
     pub cluster_resource_namespace: String,
     /// How often a Ready access key is compared with Bitbucket: from a share of its
@@ -54,10 +56,10 @@ const EVENT_PUBLISHERS: usize = 8;
 /// How long a reconcile waits for its workspace's share of the workers before it goes
 /// back to the queue, and how soon it comes back.
 const SLOT_WAIT: Duration = Duration::from_millis(500);
-pub const SLOT_RETRY: Duration = Duration::from_secs(3);
+pub(crate) const SLOT_RETRY: Duration = Duration::from_secs(3);
 
 /// Names the workspace object a reference in `namespace` points at, per controller.
-pub fn workspace_key(controller: &str, namespace: &str, r: &crate::api::WorkspaceRef) -> String {
+pub(crate) fn workspace_key(controller: &str, namespace: &str, r: &crate::api::WorkspaceRef) -> String {
     match r.kind {
         crate::api::WorkspaceKind::BitbucketWorkspace => format!("{controller} BitbucketWorkspace {namespace}/{}", r.name),
         crate::api::WorkspaceKind::ClusterBitbucketWorkspace => format!("{controller} ClusterBitbucketWorkspace {}", r.name),
@@ -65,7 +67,7 @@ pub fn workspace_key(controller: &str, namespace: &str, r: &crate::api::Workspac
 }
 
 /// What every reconcile gets.
-pub struct Context {
+pub(crate) struct Context {
     pub client: Client,
     pub bitbucket: Arc<Bitbucket>,
     pub settings: Settings,
@@ -83,7 +85,7 @@ type VerifiedStamp = (usize, Option<i64>);
 
 impl Context {
     /// Needs a Tokio runtime: it starts the task that publishes events.
-    pub fn new(client: Client, bitbucket: Arc<Bitbucket>, settings: Settings) -> Self {
+    pub(crate) fn new(client: Client, bitbucket: Arc<Bitbucket>, settings: Settings) -> Self {
         let reporter = Reporter { controller: FIELD_MANAGER.into(), instance: None };
         let (events, queue) = tokio::sync::mpsc::channel(EVENT_QUEUE);
         tokio::spawn(publish_events(queue, client.clone(), reporter));
@@ -101,12 +103,12 @@ impl Context {
 
     /// Whether workspace `uid` was verified with the same credential and generation
     /// within `max_age`.
-    pub fn recently_verified(&self, uid: &str, stamp: VerifiedStamp, max_age: Duration) -> bool {
+    pub(crate) fn recently_verified(&self, uid: &str, stamp: VerifiedStamp, max_age: Duration) -> bool {
         let v = self.verified.lock().unwrap_or_else(|e| e.into_inner());
         v.get(uid).is_some_and(|(s, at)| *s == stamp && at.elapsed() < max_age)
     }
 
-    pub fn verified(&self, uid: &str, stamp: VerifiedStamp) {
+    pub(crate) fn verified(&self, uid: &str, stamp: VerifiedStamp) {
         let mut v = self.verified.lock().unwrap_or_else(|e| e.into_inner());
         // Entries older than any use are dropped (bounded by the workspaces that exist).
         v.retain(|_, (_, at)| at.elapsed() < Duration::from_secs(3600));
@@ -117,7 +119,7 @@ impl Context {
     /// already has its share of the workers in flight for a moment: a slow or
     /// rate-limited tenant cannot occupy every worker; its objects wait in the queue, not
     /// in a worker.
-    pub async fn workspace_slot(&self, key: String) -> Option<tokio::sync::OwnedSemaphorePermit> {
+    pub(crate) async fn workspace_slot(&self, key: String) -> Option<tokio::sync::OwnedSemaphorePermit> {
         let slot = {
             let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
             // Forget the slots of workspaces nobody is using (bounded by what is in flight).
@@ -133,7 +135,7 @@ impl Context {
 
     /// Queues an Event: neither its round trip nor its failure holds up or fails a
     /// reconcile.
-    pub async fn event<K: Resource<DynamicType = ()>>(&self, obj: &K, warning: bool, reason: &str, note: String) {
+    pub(crate) async fn event<K: Resource<DynamicType = ()>>(&self, obj: &K, warning: bool, reason: &str, note: String) {
         let ev = Event {
             type_: if warning { EventType::Warning } else { EventType::Normal },
             reason: reason.into(),
@@ -149,7 +151,7 @@ impl Context {
 
     /// The delay before retrying after `error`, growing with consecutive failures of the
     /// same object, with jitter so that many failing objects do not retry in step.
-    pub fn backoff<K: Resource<DynamicType = ()>>(&self, obj: &K, error: &Error) -> Duration {
+    pub(crate) fn backoff<K: Resource<DynamicType = ()>>(&self, obj: &K, error: &Error) -> Duration {
         METRICS.object_outcome(&object_labels(obj), false, obj.meta().deletion_timestamp.is_some());
         let key = ObjectRef::from_obj(obj).to_string();
         let mut failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
@@ -171,7 +173,7 @@ impl Context {
     }
 
     /// Clears the object's failure count (after a success, or when it goes away).
-    pub fn succeeded<K: Resource<DynamicType = ()>>(&self, obj: &K) {
+    pub(crate) fn succeeded<K: Resource<DynamicType = ()>>(&self, obj: &K) {
         let key = ObjectRef::from_obj(obj).to_string();
         self.failures.lock().unwrap_or_else(|e| e.into_inner()).remove(&key);
         METRICS.object_outcome(&object_labels(obj), true, obj.meta().deletion_timestamp.is_some());
@@ -179,7 +181,7 @@ impl Context {
 }
 
 /// The labels of an object's own series.
-pub fn object_labels<K: Resource<DynamicType = ()>>(obj: &K) -> crate::metrics::ObjectLabels {
+pub(crate) fn object_labels<K: Resource<DynamicType = ()>>(obj: &K) -> crate::metrics::ObjectLabels {
     crate::metrics::ObjectLabels {
         kind: K::kind(&()).to_string(),
         namespace: obj.meta().namespace.clone().unwrap_or_default(),
@@ -207,7 +209,7 @@ async fn publish_events(queue: tokio::sync::mpsc::Receiver<(Event, ObjectReferen
 }
 
 /// What a kind brings to the reconcile that every controller shares (`reconcile`).
-pub trait Reconciled: Resource<DynamicType = ()> + Clone + Send + Sync + std::fmt::Debug + 'static {
+pub(crate) trait Reconciled: Resource<DynamicType = ()> + Clone + Send + Sync + std::fmt::Debug + 'static {
     /// The controller's name in metrics.
     const CONTROLLER: &'static str;
 
@@ -225,7 +227,7 @@ pub trait Reconciled: Resource<DynamicType = ()> + Clone + Send + Sync + std::fm
 /// One reconcile of any kind: the object's share of the workers, metrics, a tracing span,
 /// a deadline and a panic guard; on failure the condition with its event (when it
 /// changed) and a backoff that grows until a success, cleanup included, resets it.
-pub async fn reconcile<K, F, Fut>(obj: Arc<K>, ctx: Arc<Context>, work: F) -> Result<Action>
+pub(crate) async fn reconcile<K, F, Fut>(obj: Arc<K>, ctx: Arc<Context>, work: F) -> Result<Action>
 where
     K: Reconciled,
     F: FnOnce(Arc<K>, Arc<Context>) -> Fut,
@@ -265,13 +267,13 @@ where
 }
 
 /// The message of a failure condition: the error and when the next attempt comes.
-pub fn failure_message(error: &Error, delay: Duration, kept: &str) -> String {
+pub(crate) fn failure_message(error: &Error, delay: Duration, kept: &str) -> String {
     let when = if error.is_transient() { "retrying" } else { "checking again" };
     format!("{error}{kept}; {when} in {}s", delay.as_secs())
 }
 
 /// Applies `status` as the operator's field manager.
-pub async fn patch_status<K>(obj: &K, ctx: &Context, status: &impl serde::Serialize) -> Result<()>
+pub(crate) async fn patch_status<K>(obj: &K, ctx: &Context, status: &impl serde::Serialize) -> Result<()>
 where
     K: Reconciled + serde::de::DeserializeOwned,
 {
@@ -283,7 +285,7 @@ where
 
 /// Writes an output Secret (server-side apply as the operator, taking over its fields),
 /// telling the cache that the echo of this write is the operator's own.
-pub async fn apply_secret(
+pub(crate) async fn apply_secret(
     ctx: &Context,
     secrets: &Api<k8s_openapi::api::core::v1::Secret>,
     desired: &k8s_openapi::api::core::v1::Secret,
@@ -302,17 +304,17 @@ pub async fn apply_secret(
 }
 
 /// ±20 % so that work scheduled together spreads out.
-pub fn jitter(d: Duration) -> Duration {
+pub(crate) fn jitter(d: Duration) -> Duration {
     let f = rand::thread_rng().gen_range(0.8..1.2);
     Duration::try_from_secs_f64(d.as_secs_f64() * f).unwrap_or(d)
 }
 
 /// The longest a requeue waits: the controller's queue cannot schedule years ahead (and a
 /// reconcile a week later finds nothing it would not have found then).
-pub const MAX_REQUEUE: Duration = Duration::from_secs(7 * 24 * 3600);
+pub(crate) const MAX_REQUEUE: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// A requeue after `d`, at least a second and at most `MAX_REQUEUE` away.
-pub fn requeue(d: Duration) -> Action {
+pub(crate) fn requeue(d: Duration) -> Action {
     Action::requeue(d.clamp(Duration::from_secs(1), MAX_REQUEUE))
 }
 
@@ -320,7 +322,7 @@ pub fn requeue(d: Duration) -> Action {
 /// an input nobody foresaw) becomes that object's `InternalError`, and a reconcile stuck
 /// on a slow server is stopped, instead of ending the process or holding a worker.
 /// Stopping a reconcile anywhere is safe: the order of its steps is crash-safe.
-pub async fn guarded<T, F>(timeout: Duration, work: F) -> Result<T>
+pub(crate) async fn guarded<T, F>(timeout: Duration, work: F) -> Result<T>
 where
     T: Send + 'static,
     F: std::future::Future<Output = Result<T>> + Send + 'static,
@@ -349,7 +351,7 @@ where
 /// Everything a reconcile can fail with. Each variant names its condition reason and
 /// knows whether it is worth retrying soon.
 #[derive(Debug, Error)]
-pub enum Error {
+pub(crate) enum Error {
     #[error("Kubernetes API error: {}", kube_message(.0))]
     Kube(#[from] kube::Error),
     #[error("{target}: {source}")]
@@ -396,11 +398,11 @@ fn forbidden(e: &kube::Error) -> bool {
 }
 
 impl Error {
-    pub fn bitbucket(target: impl ToString, source: bitbucket::Error) -> Self {
+    pub(crate) fn bitbucket(target: impl ToString, source: bitbucket::Error) -> Self {
         Error::Bitbucket { target: target.to_string(), source }
     }
 
-    pub fn reason(&self) -> &'static str {
+    pub(crate) fn reason(&self) -> &'static str {
         match self {
             Error::Kube(e) if forbidden(e) => "OperatorForbidden",
             Error::Kube(_) => "KubernetesError",
@@ -419,7 +421,7 @@ impl Error {
         }
     }
 
-    pub fn is_transient(&self) -> bool {
+    pub(crate) fn is_transient(&self) -> bool {
         match self {
             Error::Kube(_) | Error::Finalizer(_) | Error::Key(_) | Error::Deadline(_) => true,
             Error::Bitbucket { source, .. } => source.is_transient(),
@@ -433,7 +435,7 @@ impl Error {
 impl Error {
     /// A failure of Bitbucket itself (5xx, timeout, 429, the operator's own budget) or a
     /// reconcile cut short: it says nothing about the credentials already handed out.
-    pub fn keeps_secret_usable(&self) -> bool {
+    pub(crate) fn keeps_secret_usable(&self) -> bool {
         match self {
             Error::Bitbucket { source, .. } => source.is_transient(),
             Error::Deadline(_) => true,
@@ -442,7 +444,7 @@ impl Error {
     }
 
     /// When the operator's own rate budget allows the next request, if that is why this failed.
-    pub fn retry_after(&self) -> Option<Duration> {
+    pub(crate) fn retry_after(&self) -> Option<Duration> {
         match self {
             Error::Bitbucket { source, .. } => source.retry_after(),
             _ => None,
@@ -450,17 +452,23 @@ impl Error {
     }
 }
 
-pub type Result<T, E = Error> = std::result::Result<T, E>;
+pub(crate) type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// The condition of a failure that leaves the Secret usable.
-pub const DEGRADED: &str = "Degraded";
+pub(crate) const DEGRADED: &str = "Degraded";
 
 /// Records a failed reconcile in `conditions`; returns whether the condition changed
 /// (worth an event). A failure that says nothing about the credential in the Secret
 /// (`Error::keeps_secret_usable`), while `Ready=True` for this generation and
 /// `still_valid` (an unexpired token, say), leaves Ready alone and sets `Degraded=True`:
 /// Ready means a consumer can rely on the Secret. Anything else sets `Ready=False`.
-pub fn record_failure(conditions: &mut Vec<Condition>, error: &Error, message: String, generation: Option<i64>, still_valid: bool) -> bool {
+pub(crate) fn record_failure(
+    conditions: &mut Vec<Condition>,
+    error: &Error,
+    message: String,
+    generation: Option<i64>,
+    still_valid: bool,
+) -> bool {
     let ready_now = crate::api::ready_condition(conditions).is_some_and(|c| c.status == "True" && c.observed_generation == generation);
     let usable = still_valid && ready_now && error.keeps_secret_usable();
     let (type_, status) = if usable { (DEGRADED, "True") } else { ("Ready", "False") };
@@ -474,52 +482,53 @@ pub fn record_failure(conditions: &mut Vec<Condition>, error: &Error, message: S
 }
 
 /// After a success (or when Ready=False says it all): no `Degraded` condition.
-pub fn clear_degraded(conditions: &mut Vec<Condition>) {
+pub(crate) fn clear_degraded(conditions: &mut Vec<Condition>) {
     conditions.retain(|c| c.type_ != DEGRADED);
 }
 
 /// A `metav1.Condition`, keeping `lastTransitionTime` when the status does not change.
-pub fn condition(previous: &[Condition], type_: &str, status: bool, reason: &str, message: String, generation: Option<i64>) -> Condition {
+pub(crate) fn condition(
+    previous: &[Condition],
+    type_: &str,
+    status: bool,
+    reason: &str,
+    message: String,
+    generation: Option<i64>,
+) -> Condition {
     let status = if status { "True" } else { "False" }.to_string();
     let last = previous.iter().find(|c| c.type_ == type_ && c.status == status).map(|c| c.last_transition_time.clone()).unwrap_or_else(now);
     Condition { type_: type_.into(), status, reason: reason.into(), message, observed_generation: generation, last_transition_time: last }
 }
 
 /// Replaces the condition of the same type in `conditions`.
-pub fn set_condition(conditions: &mut Vec<Condition>, c: Condition) {
+pub(crate) fn set_condition(conditions: &mut Vec<Condition>, c: Condition) {
     conditions.retain(|x| x.type_ != c.type_);
     conditions.push(c);
     conditions.sort_by(|a, b| a.type_.cmp(&b.type_));
 }
 
-pub fn now() -> Time {
+pub(crate) fn now() -> Time {
     Time(Timestamp::now())
 }
 
-pub fn time_after(d: Duration) -> Time {
+pub(crate) fn time_after(d: Duration) -> Time {
     add(&now(), d)
 }
 
 /// `t + d`, saturating at the largest time a timestamp holds instead of panicking.
-pub fn add(t: &Time, d: Duration) -> Time {
+pub(crate) fn add(t: &Time, d: Duration) -> Time {
     let d = jiff::SignedDuration::try_from(d).unwrap_or(jiff::SignedDuration::MAX);
     Time(t.0.checked_add(d).unwrap_or(Timestamp::MAX))
 }
 
-/// Whether `t + d` has passed.
-pub fn has_passed(t: &Time, d: Duration) -> bool {
-    let due = add(t, d);
-    due.0 <= Timestamp::now()
-}
-
 /// A duration from the spec, parsed and brought within `[min, max]`: objects stored before
 /// the CRD's bounds existed (or past them by any other path) get the nearest sane value.
-pub fn bounded_duration(s: &str, min: Duration, max: Duration) -> Option<Duration> {
+pub(crate) fn bounded_duration(s: &str, min: Duration, max: Duration) -> Option<Duration> {
     parse_duration_saturating(s).map(|d| d.clamp(min, max))
 }
 
 /// Parses a Go duration (`2160h`, `10m`, `1h30m`), as the schema's pattern admits.
-pub fn parse_duration(s: &str) -> Option<Duration> {
+pub(crate) fn parse_duration(s: &str) -> Option<Duration> {
     let mut total = Duration::ZERO;
     let mut rest = s.trim();
     if rest.is_empty() {
@@ -554,13 +563,13 @@ fn parse_duration_saturating(s: &str) -> Option<Duration> {
 }
 
 /// Seconds from now until `t` (negative if past).
-pub fn seconds_until(t: &Time) -> i64 {
+pub(crate) fn seconds_until(t: &Time) -> i64 {
     t.0.as_second() - Timestamp::now().as_second()
 }
 
 /// A JSON patch that adds `finalizer` to an object whose finalizers are `current`; its
 /// test makes a stale view fail instead of dropping someone else's finalizer.
-pub fn finalizer_added(current: &[String], finalizer: &str) -> serde_json::Value {
+pub(crate) fn finalizer_added(current: &[String], finalizer: &str) -> serde_json::Value {
     if current.is_empty() {
         serde_json::json!([
             {"op": "test", "path": "/metadata/finalizers", "value": null},
@@ -575,7 +584,7 @@ pub fn finalizer_added(current: &[String], finalizer: &str) -> serde_json::Value
 }
 
 /// A JSON patch that removes the finalizer at index `i`, if it still is `finalizer` there.
-pub fn finalizer_removed(i: usize, finalizer: &str) -> serde_json::Value {
+pub(crate) fn finalizer_removed(i: usize, finalizer: &str) -> serde_json::Value {
     serde_json::json!([
         {"op": "test", "path": format!("/metadata/finalizers/{i}"), "value": finalizer},
         {"op": "remove", "path": format!("/metadata/finalizers/{i}")},
@@ -583,12 +592,12 @@ pub fn finalizer_removed(i: usize, finalizer: &str) -> serde_json::Value {
 }
 
 /// Whether an object is owned (as controller) by the object with `uid`.
-pub fn owned_by<K: Resource>(obj: &K, uid: &str) -> bool {
+pub(crate) fn owned_by<K: Resource>(obj: &K, uid: &str) -> bool {
     obj.owner_references().iter().any(|o| o.uid == uid)
 }
 
 /// The name of an object for messages: namespace/name.
-pub fn display_name<K: Resource + ResourceExt>(obj: &K) -> String {
+pub(crate) fn display_name<K: Resource + ResourceExt>(obj: &K) -> String {
     format!("{}/{}", obj.namespace().unwrap_or_default(), obj.name_any())
 }
 

@@ -27,10 +27,10 @@ use crate::sensitive::SecretString;
 const CONTROLLER: &str = "oauthconsumer";
 /// Label the operator puts on a consumer Secret so that a change to it (an admin rotating
 /// the consumer's secret) reaches the operator at once.
-pub const CONSUMER_LABEL: &str = "bitbucket.credentials.dev/oauth-consumer-secret";
+pub(crate) const CONSUMER_LABEL: &str = "bitbucket.credentials.dev/oauth-consumer-secret";
 const KEYS: &str = "`key` and `secret`";
 
-pub async fn reconcile(obj: Arc<BitbucketOAuthConsumer>, ctx: Arc<Context>) -> Result<Action> {
+pub(crate) async fn reconcile(obj: Arc<BitbucketOAuthConsumer>, ctx: Arc<Context>) -> Result<Action> {
     super::reconcile(obj, ctx, |obj, ctx| async move {
         if obj.meta().deletion_timestamp.is_some() {
             METRICS.forget_object(&super::object_labels(&*obj));
@@ -73,16 +73,16 @@ fn revision(key: &str, secret: &SecretString) -> String {
 }
 
 /// The bounds of `refreshBefore`, enforced here too (objects stored before the CRD had them).
-pub const MAX_REFRESH_BEFORE: Duration = Duration::from_secs(24 * 3600);
+pub(crate) const MAX_REFRESH_BEFORE: Duration = Duration::from_secs(24 * 3600);
 /// The soonest a token is renewed (or half its life, if shorter): a token endpoint
 /// answering `expires_in: 0` must not make the operator mint in a loop.
-pub const MIN_RENEWAL: Duration = Duration::from_secs(30);
+pub(crate) const MIN_RENEWAL: Duration = Duration::from_secs(30);
 
 /// When to renew a token that lives `lifetime`: `refresh_before` ahead of its expiry, a
 /// little earlier by a random amount so that many consumers spread out; at half-life if
 /// `refresh_before` is longer than the token lives; never sooner than `MIN_RENEWAL` or
 /// half its life, whichever is shorter.
-pub fn renewal_delay(lifetime: Duration, refresh_before: Duration) -> Duration {
+pub(crate) fn renewal_delay(lifetime: Duration, refresh_before: Duration) -> Duration {
     let base = lifetime.checked_sub(refresh_before).filter(|d| !d.is_zero()).unwrap_or(lifetime / 2);
     let spread = (base / 10).min(Duration::from_secs(300));
     let spread = Duration::try_from_secs_f64(spread.as_secs_f64() * rand::thread_rng().gen_range(0.0..1.0)).unwrap_or_default();
@@ -92,7 +92,7 @@ pub fn renewal_delay(lifetime: Duration, refresh_before: Duration) -> Duration {
     base.saturating_sub(spread).max(floor)
 }
 
-pub fn refresh_before(spec: &crate::api::BitbucketOAuthConsumerSpec) -> Duration {
+pub(crate) fn refresh_before(spec: &crate::api::BitbucketOAuthConsumerSpec) -> Duration {
     super::bounded_duration(&spec.refresh_before, Duration::ZERO, MAX_REFRESH_BEFORE).unwrap_or(Duration::from_secs(900))
 }
 

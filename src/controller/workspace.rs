@@ -23,14 +23,13 @@ use crate::sensitive::SecretString;
 const RECHECK: Duration = Duration::from_secs(600);
 
 /// A workspace object resolved for use: a client with its credential, and the settings.
-pub struct Resolved {
+pub(crate) struct Resolved {
     pub client: WorkspaceClient,
     pub workspace: String,
     pub ssh_host: String,
     pub known_hosts: String,
     pub site_url: String,
     pub allowed: Vec<String>,
-    pub display: String,
     /// What carries the in-use finalizer while keys registered through it exist.
     pub protection: Protection,
 }
@@ -38,7 +37,7 @@ pub struct Resolved {
 /// The workspace object and its auth Secret, and whether each already carries
 /// `IN_USE_FINALIZER`.
 #[derive(Clone, Debug)]
-pub struct Protection {
+pub(crate) struct Protection {
     pub kind: WorkspaceKind,
     /// The workspace's namespace (None for a ClusterBitbucketWorkspace).
     pub namespace: Option<String>,
@@ -60,7 +59,7 @@ impl Protection {
 
 /// Puts the in-use finalizer on the workspace and its auth Secret if either lacks it.
 /// Called before anything is registered through the workspace.
-pub async fn protect(ctx: &Context, p: &Protection) -> Result<()> {
+pub(crate) async fn protect(ctx: &Context, p: &Protection) -> Result<()> {
     if p.protected(&ctx.settings) {
         return Ok(());
     }
@@ -135,7 +134,7 @@ where
 
 impl Resolved {
     /// Refuses a repository slug or project key the workspace's policy does not allow.
-    pub fn check_allowed(&self, target: &str) -> Result<()> {
+    pub(crate) fn check_allowed(&self, target: &str) -> Result<()> {
         let allowed = self.allowed.iter().any(|p| crate::api::glob_match(p, target));
         if allowed { Ok(()) } else { Err(Error::RepositoryNotAllowed(target.into(), self.allowed.clone())) }
     }
@@ -152,7 +151,11 @@ async fn read_auth(ctx: &Context, namespace: &str, settings: &WorkspaceSettings<
 
 /// The credential and the finalizers of the Secret that holds it (in `namespace`: the
 /// workspace's own, or the cluster-resource namespace for a ClusterBitbucketWorkspace).
-pub async fn read_auth_secret(client: &kube::Client, namespace: &str, settings: &WorkspaceSettings<'_>) -> Result<(Auth, Vec<String>)> {
+pub(crate) async fn read_auth_secret(
+    client: &kube::Client,
+    namespace: &str,
+    settings: &WorkspaceSettings<'_>,
+) -> Result<(Auth, Vec<String>)> {
     let (source, keys) = match (&settings.auth.api_token, &settings.auth.oauth_consumer) {
         (Some(s), _) => (s, API_TOKEN_KEYS),
         (None, Some(s)) => (s, OAUTH_KEYS),
@@ -190,7 +193,7 @@ pub async fn read_auth_secret(client: &kube::Client, namespace: &str, settings: 
 }
 
 /// The name of the Secret a workspace's auth refers to.
-pub fn auth_secret_name(settings: &WorkspaceSettings<'_>) -> String {
+pub(crate) fn auth_secret_name(settings: &WorkspaceSettings<'_>) -> String {
     settings.auth.api_token.as_ref().or(settings.auth.oauth_consumer.as_ref()).map(|s| s.secret_ref.name.clone()).unwrap_or_default()
 }
 
@@ -211,7 +214,7 @@ fn check_urls(ctx: &Context, settings: &WorkspaceSettings<'_>) -> Result<()> {
     Ok(())
 }
 
-fn resolved(settings: &WorkspaceSettings<'_>, client: WorkspaceClient, display: String, protection: Protection) -> Resolved {
+fn resolved(settings: &WorkspaceSettings<'_>, client: WorkspaceClient, protection: Protection) -> Resolved {
     Resolved {
         protection,
         client,
@@ -220,7 +223,6 @@ fn resolved(settings: &WorkspaceSettings<'_>, client: WorkspaceClient, display: 
         known_hosts: settings.known_hosts.into(),
         site_url: settings.site_url.into(),
         allowed: settings.allowed_repositories.to_vec(),
-        display,
     }
 }
 
@@ -233,7 +235,7 @@ fn require_ready(status: Option<&WorkspaceStatus>, display: &str) -> Result<()> 
 }
 
 /// Resolves the workspace an object in `namespace` refers to, enforcing who may use it.
-pub async fn resolve(ctx: &Context, namespace: &str, r: &WorkspaceRef) -> Result<Resolved> {
+pub(crate) async fn resolve(ctx: &Context, namespace: &str, r: &WorkspaceRef) -> Result<Resolved> {
     let (resolved, admitted) = resolve_with(ctx, namespace, r, true).await?;
     if !admitted {
         return Err(Error::WorkspaceNotAllowed(r.name.clone(), namespace.into()));
@@ -245,7 +247,7 @@ pub async fn resolve(ctx: &Context, namespace: &str, r: &WorkspaceRef) -> Result
 /// not it still admits the object's namespace or is Ready now (revocation, deletion);
 /// says whether the namespace is still admitted. Callers restrict what they do with it
 /// when it is not: only the operator's own record of registrations is acted on.
-pub async fn resolve_for_removal(ctx: &Context, namespace: &str, r: &WorkspaceRef) -> Result<(Resolved, bool)> {
+pub(crate) async fn resolve_for_removal(ctx: &Context, namespace: &str, r: &WorkspaceRef) -> Result<(Resolved, bool)> {
     resolve_with(ctx, namespace, r, false).await
 }
 
@@ -278,7 +280,7 @@ async fn resolve_with(ctx: &Context, namespace: &str, r: &WorkspaceRef, need_rea
                 secret_name: auth_secret_name(&settings),
                 secret_finalizers,
             };
-            Ok((resolved(&settings, client_for(ctx, &settings, &auth)?, display, protection), true))
+            Ok((resolved(&settings, client_for(ctx, &settings, &auth)?, protection), true))
         }
         WorkspaceKind::ClusterBitbucketWorkspace => {
             let cached = ctx.caches.cluster_workspace(&r.name);
@@ -314,7 +316,7 @@ async fn resolve_with(ctx: &Context, namespace: &str, r: &WorkspaceRef, need_rea
                 secret_namespace,
                 secret_finalizers,
             };
-            Ok((resolved(&settings, client_for(ctx, &settings, &auth)?, display, protection), admitted))
+            Ok((resolved(&settings, client_for(ctx, &settings, &auth)?, protection), admitted))
         }
     }
 }
@@ -330,7 +332,7 @@ async fn admits(ctx: &Context, ws: &ClusterBitbucketWorkspace, namespace: &str) 
 }
 
 /// `metav1.LabelSelector` semantics. An empty selector matches everything.
-pub fn selector_matches(
+pub(crate) fn selector_matches(
     selector: &k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector,
     labels: &std::collections::BTreeMap<String, String>,
 ) -> bool {
@@ -444,7 +446,7 @@ impl super::Reconciled for ClusterBitbucketWorkspace {
     }
 }
 
-pub trait HasWorkspaceStatus {
+pub(crate) trait HasWorkspaceStatus {
     fn status(&self) -> Option<&WorkspaceStatus>;
 }
 impl HasWorkspaceStatus for BitbucketWorkspace {
@@ -458,7 +460,7 @@ impl HasWorkspaceStatus for ClusterBitbucketWorkspace {
     }
 }
 
-pub async fn reconcile_namespaced(obj: Arc<BitbucketWorkspace>, ctx: Arc<Context>) -> Result<Action> {
+pub(crate) async fn reconcile_namespaced(obj: Arc<BitbucketWorkspace>, ctx: Arc<Context>) -> Result<Action> {
     super::reconcile(obj, ctx, |obj, ctx| async move {
         let ns = obj.namespace().unwrap_or_default();
         let api: Api<BitbucketWorkspace> = Api::namespaced(ctx.client.clone(), &ns);
@@ -472,7 +474,7 @@ pub async fn reconcile_namespaced(obj: Arc<BitbucketWorkspace>, ctx: Arc<Context
     .await
 }
 
-pub async fn reconcile_cluster(obj: Arc<ClusterBitbucketWorkspace>, ctx: Arc<Context>) -> Result<Action> {
+pub(crate) async fn reconcile_cluster(obj: Arc<ClusterBitbucketWorkspace>, ctx: Arc<Context>) -> Result<Action> {
     super::reconcile(obj, ctx, |obj, ctx| async move {
         let api: Api<ClusterBitbucketWorkspace> = Api::all(ctx.client.clone());
         let ns = ctx.settings.cluster_resource_namespace.clone();
@@ -596,6 +598,6 @@ async fn secrets_still_protected(ctx: &Context, kind: WorkspaceKind, except: &st
     Ok(names)
 }
 
-pub fn error_policy<K: Resource<DynamicType = ()>>(obj: Arc<K>, error: &Error, ctx: Arc<Context>) -> Action {
+pub(crate) fn error_policy<K: Resource<DynamicType = ()>>(obj: Arc<K>, error: &Error, ctx: Arc<Context>) -> Action {
     super::requeue(ctx.backoff(&*obj, error))
 }

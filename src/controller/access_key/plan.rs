@@ -21,11 +21,11 @@ use crate::controller::{Result, add, clear_degraded, condition, set_condition};
 use crate::keys::{KeyPair, KeySpec};
 
 /// The id a planned registration has until its `Register` step returns Bitbucket's.
-pub const REGISTERING: i64 = -1;
+pub(super) const REGISTERING: i64 = -1;
 
 /// Whether this reconcile compares every target with Bitbucket (a drift check).
 #[derive(Clone, Copy, Debug, PartialEq)]
-pub enum Drift {
+pub(super) enum Drift {
     NotDue,
     Due,
     /// Due, but its share of the credential's budget is spent: it waits this long.
@@ -33,7 +33,7 @@ pub enum Drift {
 }
 
 /// What a reconcile observed: the spec's decisions, status as stored, and the Secret.
-pub struct Observed {
+pub(super) struct Observed {
     pub targets: Vec<Target>,
     pub generation: Option<i64>,
     pub status: AccessKeyStatus,
@@ -58,11 +58,11 @@ pub struct Observed {
 
 /// `plan` needs a new key pair: make one into `Observed::new_key` and plan again.
 #[derive(Debug)]
-pub struct NeedsKey;
+pub(super) struct NeedsKey;
 
 /// One thing a reconcile does. `point` names the failpoint after the step.
 #[derive(Debug)]
-pub enum Step<'a> {
+pub(super) enum Step<'a> {
     /// The Secret holding `current` (and `pending`), listing `targets`.
     WriteSecret {
         current: &'a KeyPair,
@@ -101,7 +101,7 @@ pub enum Step<'a> {
 }
 
 impl Step<'_> {
-    pub fn point(&self) -> &'static str {
+    pub(super) fn point(&self) -> &'static str {
         match self {
             Step::WriteSecret { point, .. } | Step::Register { point, .. } => point,
             Step::Unregister { .. } => "keys-unregistered",
@@ -114,18 +114,18 @@ impl Step<'_> {
 }
 
 /// The steps, and the status they lead to (ids of new registrations are `REGISTERING`).
-pub struct Plan<'a> {
+pub(super) struct Plan<'a> {
     pub steps: Vec<Step<'a>>,
     pub status: AccessKeyStatus,
 }
 
 /// Whether the spec changed since status was last written for it.
-pub fn spec_changed(status: &AccessKeyStatus, generation: Option<i64>) -> bool {
+pub(super) fn spec_changed(status: &AccessKeyStatus, generation: Option<i64>) -> bool {
     status.observed_generation.is_some() && status.observed_generation != generation
 }
 
 /// Moves the current key of `status` into `retiringKeys`, to be removed `grace` after `now`.
-pub fn retire_current(status: &mut AccessKeyStatus, grace: Duration, now: Timestamp) {
+pub(super) fn retire_current(status: &mut AccessKeyStatus, grace: Duration, now: Timestamp) {
     if let Some(fp) = status.fingerprint.take() {
         status.retiring_keys.push(RetiringKey {
             fingerprint: fp,
@@ -157,7 +157,7 @@ struct Planner<'a> {
 }
 
 /// What to do, from what was observed at `now`.
-pub fn plan(obs: &Observed, now: Timestamp) -> std::result::Result<Plan<'_>, NeedsKey> {
+pub(super) fn plan(obs: &Observed, now: Timestamp) -> std::result::Result<Plan<'_>, NeedsKey> {
     let mut p = Planner {
         obs,
         now,
@@ -370,7 +370,7 @@ impl<'a> Planner<'a> {
 /// What the executor does a step with: Kubernetes and Bitbucket in the operator, a model
 /// of them in the tests.
 #[allow(async_fn_in_trait)]
-pub trait Effects {
+pub(super) trait Effects {
     async fn write_secret(&mut self, current: &KeyPair, pending: Option<&KeyPair>, targets: &BTreeSet<Target>) -> Result<()>;
     async fn register(&mut self, key: &KeyPair, targets: &[Target], lookup: Lookup, keep: &BTreeSet<String>) -> Result<Vec<Registration>>;
     async fn unregister(&mut self, registrations: &[Registration], fingerprint: Option<&str>, on_record: &BTreeSet<Target>) -> Result<()>;
@@ -384,7 +384,7 @@ pub trait Effects {
 
 /// Performs the steps in order, stopping at the first failure; returns the status they
 /// led to (stored by `SaveStatus` if it changed from `observed`).
-pub async fn execute<E: Effects>(plan: Plan<'_>, observed: &AccessKeyStatus, fx: &mut E) -> Result<AccessKeyStatus> {
+pub(super) async fn execute<E: Effects>(plan: Plan<'_>, observed: &AccessKeyStatus, fx: &mut E) -> Result<AccessKeyStatus> {
     let Plan { steps, mut status } = plan;
     for step in steps {
         let point = step.point();
