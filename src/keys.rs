@@ -80,9 +80,7 @@ impl KeyPair {
         let mut rng = OsRng;
         let data = match spec.key_type {
             KeyType::Ed25519 => KeypairData::from(Ed25519Keypair::random(&mut rng)),
-            KeyType::Rsa => {
-                KeypairData::from(RsaKeypair::random(&mut rng, spec.rsa_bits as usize).map_err(|e| KeyError::Generate(e.to_string()))?)
-            }
+            KeyType::Rsa => KeypairData::from(rsa_keypair(spec.rsa_bits)?),
             KeyType::Ecdsa => {
                 KeypairData::from(EcdsaKeypair::random(&mut rng, ssh_curve(spec.curve)).map_err(|e| KeyError::Generate(e.to_string()))?)
             }
@@ -137,6 +135,24 @@ impl KeyPair {
     }
 }
 
+/// An RSA key pair made by AWS-LC (with its pairwise consistency check), handed to
+/// ssh-key as PKCS#8. Every buffer that holds the private key is zeroized when dropped.
+fn rsa_keypair(bits: u32) -> Result<RsaKeypair, KeyError> {
+    use aws_lc_rs::encoding::{AsDer, Pkcs8V1Der};
+    use aws_lc_rs::rsa::{KeyPair as AwsKeyPair, KeySize};
+    use rsa::pkcs8::DecodePrivateKey;
+    let size = match bits {
+        2048 => KeySize::Rsa2048,
+        3072 => KeySize::Rsa3072,
+        4096 => KeySize::Rsa4096,
+        other => return Err(KeyError::Generate(format!("RSA keys of {other} bits are not made"))),
+    };
+    let generated = AwsKeyPair::generate(size).map_err(|_| KeyError::Generate("the RSA generator failed".into()))?;
+    let der: Pkcs8V1Der<'static> = generated.as_der().map_err(|_| KeyError::Generate("cannot encode the RSA key".into()))?;
+    let key = rsa::RsaPrivateKey::from_pkcs8_der(der.as_ref()).map_err(|_| KeyError::Generate("cannot read the RSA key".into()))?;
+    RsaKeypair::try_from(&key).map_err(|e| KeyError::Generate(e.to_string()))
+}
+
 /// SHA256 fingerprint of an authorized_keys line, or `None` if it does not parse.
 pub fn fingerprint_of_public(line: &str) -> Option<String> {
     PublicKey::from_openssh(line.trim()).ok().map(|k| k.fingerprint(HashAlg::Sha256).to_string())
@@ -165,6 +181,7 @@ mod tests {
             KeySpec::new(KeyType::Ecdsa, None, Some(EcdsaCurve::P384)),
             KeySpec::new(KeyType::Ecdsa, None, Some(EcdsaCurve::P521)),
             KeySpec::new(KeyType::Rsa, Some(2048), None),
+            KeySpec::new(KeyType::Rsa, Some(3072), None),
         ] {
             let k = KeyPair::generate(spec, "bco test").expect("generate");
             let back = KeyPair::from_openssh(k.private_openssh().expose().as_bytes()).expect("parse");
