@@ -15,4 +15,5 @@ pub(crate) mod metrics;
 pub mod operator;
 pub(crate) mod secret;
 pub mod sensitive;
+pub(crate) mod sync;
 pub mod telemetry;

@@ -10,6 +10,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+use crate::sync::Locked;
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct RequestLabels {
     pub operation: String,
@@ -81,7 +83,7 @@ pub(crate) static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         registry: Mutex::new(Registry::with_prefix("bitbucket_credentials_operator")),
     };
     {
-        let mut r = m.registry.lock().unwrap_or_else(|e| e.into_inner());
+        let mut r = m.registry.locked();
         r.register("bitbucket_requests", "Bitbucket API requests by operation and HTTP status", m.bitbucket_requests.clone());
         r.register("reconciles", "Reconciles by controller", m.reconciles.clone());
         r.register("reconcile_errors", "Failed reconciles by controller and reason", m.reconcile_errors.clone());
@@ -140,7 +142,7 @@ pub(crate) static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
 impl Metrics {
     pub(crate) fn encode(&self) -> String {
         let mut out = String::new();
-        let r = self.registry.lock().unwrap_or_else(|e| e.into_inner());
+        let r = self.registry.locked();
         // Encoding into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &r);
         out

@@ -12,6 +12,7 @@ use super::types::{DeployKey, ErrorBody, OAuthErrorBody, Page, Target, TokenBody
 use super::{Error, Result};
 use crate::metrics::METRICS;
 use crate::sensitive::SecretString;
+use crate::sync::Locked;
 
 /// Timeouts and retry policy for every Bitbucket call.
 #[derive(Clone, Debug)]
@@ -98,7 +99,7 @@ impl Bitbucket {
         let api = self.options.allowed_urls.check(api_url)?;
         let site = self.options.allowed_urls.check(site_url)?;
         let key = CredentialKey::new(api, site, auth);
-        let mut credentials = self.credentials.lock().unwrap_or_else(|e| e.into_inner());
+        let mut credentials = self.credentials.locked();
         self.sweep(&mut credentials);
         let cred = credentials
             .map
@@ -136,7 +137,7 @@ impl Bitbucket {
     /// How many credentials are cached (for tests of the bound).
     #[doc(hidden)]
     pub fn cached_credentials(&self) -> usize {
-        self.credentials.lock().unwrap_or_else(|e| e.into_inner()).map.len()
+        self.credentials.locked().map.len()
     }
 
     /// A client for `workspace` at the credential's own URLs: a secret only ever goes to

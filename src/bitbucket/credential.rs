@@ -12,6 +12,7 @@ use super::Error;
 use super::allowed::Location;
 use crate::metrics::{CredentialLabels, METRICS};
 use crate::sensitive::SecretString;
+use crate::sync::Locked;
 
 /// How requests authenticate.
 #[derive(Clone, Debug, PartialEq)]
@@ -239,7 +240,7 @@ impl Credential {
 
     /// The hourly budget this credential was configured with.
     pub fn limiter_budget(&self) -> u32 {
-        self.limiter.lock().unwrap_or_else(|e| e.into_inner()).0
+        self.limiter.locked().0
     }
 
     pub fn auth(&self) -> &Auth {
@@ -258,19 +259,19 @@ impl Credential {
 
     /// Takes a changed budget into account (workspaces sharing the credential share it).
     pub(crate) fn set_budget(&self, requests_per_hour: u32) {
-        let mut l = self.limiter.lock().unwrap_or_else(|e| e.into_inner());
+        let mut l = self.limiter.locked();
         if l.0 != requests_per_hour {
             *l = (requests_per_hour, limiter_for(requests_per_hour, self.limits.window));
         }
     }
 
     pub(crate) fn touch(&self) {
-        *self.last_used.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+        *self.last_used.locked() = Instant::now();
     }
 
     /// Unused for longer than `idle`.
     pub(crate) fn idle_for(&self, idle: Duration) -> bool {
-        self.last_used.lock().unwrap_or_else(|e| e.into_inner()).elapsed() > idle
+        self.last_used.locked().elapsed() > idle
     }
 
     /// Takes one request from the operator's own budget, or says when the next may go:
@@ -281,7 +282,7 @@ impl Credential {
             return Err(Error::RateLimited { retry_after });
         }
         let (budget, limiter) = {
-            let l = self.limiter.lock().unwrap_or_else(|e| e.into_inner());
+            let l = self.limiter.locked();
             (l.0, l.1.clone())
         };
         if let Err(not_until) = limiter.check() {
@@ -289,7 +290,7 @@ impl Credential {
             return Err(Error::BudgetExhausted { retry_after });
         }
         let now = Instant::now();
-        let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+        let mut recent = self.recent.locked();
         recent.push_back(now);
         while recent.front().is_some_and(|t| now.duration_since(*t) > self.limits.window) {
             recent.pop_front();
@@ -303,7 +304,7 @@ impl Credential {
 
     /// What is left of a cool-down, if one is on.
     pub fn cooling_down(&self) -> Option<Duration> {
-        let c = self.cooldown.lock().unwrap_or_else(|e| e.into_inner());
+        let c = self.cooldown.locked();
         c.until.and_then(|u| u.checked_duration_since(Instant::now())).filter(|d| !d.is_zero())
     }
 
@@ -313,7 +314,7 @@ impl Credential {
     pub(crate) fn rate_limited(&self) -> Duration {
         let labels = CredentialLabels { credential: self.label.clone() };
         METRICS.rate_limited.get_or_create(&labels).inc();
-        let mut c = self.cooldown.lock().unwrap_or_else(|e| e.into_inner());
+        let mut c = self.cooldown.locked();
         let now = Instant::now();
         if let Some(left) = c.until.and_then(|u| u.checked_duration_since(now)).filter(|d| !d.is_zero()) {
             return left;
@@ -336,7 +337,7 @@ impl Credential {
     /// cool-down again. An answer to a request sent before the cool-down began changes
     /// nothing.
     pub(crate) fn answered(&self) {
-        let mut c = self.cooldown.lock().unwrap_or_else(|e| e.into_inner());
+        let mut c = self.cooldown.locked();
         if c.level > 0 && c.until.is_none_or(|u| u <= Instant::now()) {
             c.level = 0;
         }
@@ -346,7 +347,7 @@ impl Credential {
     /// share. A target nobody named for twice the longest interval is forgotten.
     pub fn note_drift_targets<'a>(&self, keys: impl IntoIterator<Item = &'a str>, pace: &DriftPace) {
         let now = Instant::now();
-        let mut d = self.drift.lock().unwrap_or_else(|e| e.into_inner());
+        let mut d = self.drift.locked();
         for k in keys {
             match d.targets.get_mut(k) {
                 Some(entry) => entry.0 = now,
@@ -367,7 +368,7 @@ impl Credential {
 
     /// A target was listed in `pages` pages.
     pub(crate) fn listed(&self, key: &str, pages: u32) {
-        let mut d = self.drift.lock().unwrap_or_else(|e| e.into_inner());
+        let mut d = self.drift.locked();
         let Some(entry) = d.targets.get_mut(key) else { return };
         let before = std::mem::replace(&mut entry.1, pages.max(1));
         d.cost = d.cost.saturating_sub(u64::from(before)) + u64::from(pages.max(1));
@@ -375,7 +376,7 @@ impl Credential {
 
     /// How often each object of this credential is compared with Bitbucket.
     pub fn drift_interval(&self, pace: &DriftPace) -> Duration {
-        let d = self.drift.lock().unwrap_or_else(|e| e.into_inner());
+        let d = self.drift.locked();
         let interval = self.drift_interval_locked(&d, pace);
         METRICS
             .drift_check_interval
@@ -397,7 +398,7 @@ impl Credential {
         }
         let per_window = u32::try_from(share_per_window(self.limiter_budget(), pace)).unwrap_or(u32::MAX);
         let limiter = {
-            let mut d = self.drift.lock().unwrap_or_else(|e| e.into_inner());
+            let mut d = self.drift.locked();
             match &d.limiter {
                 Some((n, l)) if *n == per_window => l.clone(),
                 _ => {

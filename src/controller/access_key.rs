@@ -32,6 +32,7 @@ use crate::bitbucket::{self, DeployKey, Target};
 use crate::keys::{KeyPair, KeySpec, fingerprint_of_public};
 use crate::metrics::{METRICS, unix, unix_now};
 use crate::secret::{PENDING_KEY, Placement, SshTarget, access_key_secret, has_stale_fields, up_to_date};
+use crate::sync::Locked;
 
 const CONTROLLER: &str = "accesskey";
 pub(crate) const DEFAULT_GRACE_PERIOD: Duration = Duration::from_secs(600);
@@ -328,10 +329,7 @@ impl<'a> Run<'a> {
                     }
                     match client.create_key(&target, key.public_key(), &label).await {
                         Ok(k) => {
-                            self.created
-                                .lock()
-                                .unwrap_or_else(|e| e.into_inner())
-                                .push((key.fingerprint().to_string(), target.to_string()));
+                            self.created.locked().push((key.fingerprint().to_string(), target.to_string()));
                             Ok(registration(&target, k.id))
                         }
                         // Any 400 may mean "already there" (an earlier attempt whose answer
@@ -442,7 +440,7 @@ impl Effects for Run<'_> {
     }
 
     async fn announce_created(&mut self) {
-        let created = std::mem::take(&mut *self.created.lock().unwrap_or_else(|e| e.into_inner()));
+        let created = std::mem::take(&mut *self.created.locked());
         let mut by_key: std::collections::BTreeMap<String, Vec<String>> = Default::default();
         for (fingerprint, target) in created {
             by_key.entry(fingerprint).or_default().push(target);

@@ -15,6 +15,7 @@ use kube::{Resource, ResourceExt};
 
 use crate::api::{BitbucketWorkspace, ClusterBitbucketWorkspace};
 use crate::bitbucket::{self, DeployKey};
+use crate::sync::Locked;
 
 type Listing = Arc<tokio::sync::OnceCell<(Instant, Arc<Vec<DeployKey>>)>>;
 
@@ -34,7 +35,7 @@ pub(crate) struct Caches {
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
+    m.locked()
 }
 
 impl Caches {

@@ -28,6 +28,7 @@ use tracing::Instrument;
 use crate::bitbucket::{self, Bitbucket};
 use crate::keys::KeyError;
 use crate::metrics::{ControllerLabels, ErrorLabels, METRICS};
+use crate::sync::Locked;
 
 pub(crate) const FIELD_MANAGER: &str = "bitbucket-credentials-operator";
 
@@ -104,12 +105,12 @@ impl Context {
     /// Whether workspace `uid` was verified with the same credential and generation
     /// within `max_age`.
     pub(crate) fn recently_verified(&self, uid: &str, stamp: VerifiedStamp, max_age: Duration) -> bool {
-        let v = self.verified.lock().unwrap_or_else(|e| e.into_inner());
+        let v = self.verified.locked();
         v.get(uid).is_some_and(|(s, at)| *s == stamp && at.elapsed() < max_age)
     }
 
     pub(crate) fn verified(&self, uid: &str, stamp: VerifiedStamp) {
-        let mut v = self.verified.lock().unwrap_or_else(|e| e.into_inner());
+        let mut v = self.verified.locked();
         // Entries older than any use are dropped (bounded by the workspaces that exist).
         v.retain(|_, (_, at)| at.elapsed() < Duration::from_secs(3600));
         v.insert(uid.to_string(), (stamp, std::time::Instant::now()));
@@ -121,7 +122,7 @@ impl Context {
     /// in a worker.
     pub(crate) async fn workspace_slot(&self, key: String) -> Option<tokio::sync::OwnedSemaphorePermit> {
         let slot = {
-            let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+            let mut slots = self.slots.locked();
             // Forget the slots of workspaces nobody is using (bounded by what is in flight).
             slots.retain(|_, s| Arc::strong_count(s) > 1 || s.available_permits() < self.settings.per_workspace_concurrency.max(1));
             let limit = self.settings.per_workspace_concurrency.max(1);
@@ -154,7 +155,7 @@ impl Context {
     pub(crate) fn backoff<K: Resource<DynamicType = ()>>(&self, obj: &K, error: &Error) -> Duration {
         METRICS.object_outcome(&object_labels(obj), false, obj.meta().deletion_timestamp.is_some());
         let key = ObjectRef::from_obj(obj).to_string();
-        let mut failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        let mut failures = self.failures.locked();
         let n = failures.entry(key).or_insert(0);
         *n = n.saturating_add(1);
         let (base, max) = if error.is_transient() {
@@ -175,7 +176,7 @@ impl Context {
     /// Clears the object's failure count (after a success, or when it goes away).
     pub(crate) fn succeeded<K: Resource<DynamicType = ()>>(&self, obj: &K) {
         let key = ObjectRef::from_obj(obj).to_string();
-        self.failures.lock().unwrap_or_else(|e| e.into_inner()).remove(&key);
+        self.failures.locked().remove(&key);
         METRICS.object_outcome(&object_labels(obj), true, obj.meta().deletion_timestamp.is_some());
     }
 }
