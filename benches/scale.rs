@@ -1,11 +1,11 @@
 //! `make bench`: the operator at scale against the real local control plane and
 //! `bitbucket-sim`. Every figure is a ratio against a baseline measured in the same run
 //! (the machine is shared and noisy), printed as a table and written to
-//! target/bench/results.json. Sizes: BENCH_OBJECTS (comma-separated, default
-//! "1000,10000"; memory and restart use the last), BENCH_UNRELATED_SECRETS (default
-//! 50000), BENCH_LATENCY_SAMPLES (default 50), BENCH_RATE_OBJECTS (default 500),
-//! BENCH_DRIFT_TARGETS (default 10000; 0 leaves the drift figure out). BENCH_ONLY=drift
-//! measures the drift figure alone.
+//! target/bench/results.json; the throughput runs' curves go to target/bench/throughput.svg.
+//! Sizes: BENCH_OBJECTS (comma-separated, default "1000,10000"; memory and restart use the
+//! last), BENCH_UNRELATED_SECRETS (default 50000), BENCH_LATENCY_SAMPLES (default 50),
+//! BENCH_RATE_OBJECTS (default 500), BENCH_DRIFT_TARGETS (default 10000; 0 leaves the drift
+//! figure out). BENCH_ONLY=drift measures the drift figure alone.
 
 #[path = "../tests/e2e/support.rs"]
 #[allow(dead_code)]
@@ -74,11 +74,19 @@ fn is_ready(o: &DynamicObject) -> bool {
     o.data["status"]["conditions"].as_array().is_some_and(|c| c.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
 }
 
+/// Points of a curve: (seconds since the run's start, value).
+type Curve = Vec<(f64, f64)>;
+
+/// At most this many points per curve in the picture and in results.json.
+const CURVE_POINTS: usize = 1000;
+
 /// Waits until `n` objects are Ready, following a watch (polling lists of thousands of
-/// objects would load the API server more than the operator does).
-async fn wait_all_ready(client: &Client, ns: &str, n: usize, timeout: Duration) -> Duration {
+/// objects would load the API server more than the operator does): the time, and how many
+/// were Ready when (a point whenever the count reached a new high, thinned).
+async fn wait_all_ready(client: &Client, ns: &str, n: usize, timeout: Duration) -> (Duration, Curve) {
     let start = Instant::now();
     let mut ready = std::collections::HashSet::new();
+    let mut curve = vec![(0.0, 0.0)];
     let events = watcher(access_keys(client, ns), watcher::Config::default()).default_backoff().applied_objects();
     let mut events = std::pin::pin!(events);
     let all = async {
@@ -89,13 +97,24 @@ async fn wait_all_ready(client: &Client, ns: &str, n: usize, timeout: Duration) 
             } else {
                 ready.remove(&o.name_any());
             }
+            if ready.len() as f64 > curve.last().map_or(0.0, |p| p.1) {
+                curve.push((start.elapsed().as_secs_f64(), ready.len() as f64));
+            }
             if ready.len() >= n {
                 return;
             }
         }
     };
     tokio::time::timeout(timeout, all).await.unwrap_or_else(|_| panic!("not all {n} objects Ready within {timeout:?}"));
-    start.elapsed()
+    (start.elapsed(), thin(&curve, CURVE_POINTS))
+}
+
+/// At most `max` (at least 2) of `points`, evenly spaced, the first and the last kept.
+fn thin<T: Copy>(points: &[T], max: usize) -> Vec<T> {
+    if points.len() <= max {
+        return points.to_vec();
+    }
+    (0..max).map(|i| points[i * (points.len() - 1) / (max - 1)]).collect()
 }
 
 /// When each object of a namespace was first seen Ready, from one watch that runs for
@@ -165,15 +184,16 @@ async fn one_to_ready(client: &Client, ns: &str, watch: &ReadyWatch, name: &str,
 
 /// The minimal API round trips one Ready access key needs, done by a plain client in a
 /// namespace no operator watches: apply the object (as its user does), apply its Secret,
-/// and patch its status to Ready. `read_back` adds the read a client makes to see it.
-async fn baseline(client: &Client, ns: &str, names: &[String], concurrency: usize, read_back: bool) -> Duration {
+/// and patch its status to Ready. `read_back` adds the read a client makes to see it. The
+/// time, and how many objects were done when (thinned).
+async fn baseline(client: &Client, ns: &str, names: &[String], concurrency: usize, read_back: bool) -> (Duration, Curve) {
     let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
     let keys = access_keys(client, ns);
     let key = KeyPair::generate(KeySpec::new(KeyType::Ed25519, None, None), "bench").unwrap();
     let pem = key.private_openssh().expose().to_string();
     let (fingerprint, public) = (key.fingerprint().to_string(), key.public_key().to_string());
     let start = Instant::now();
-    futures::stream::iter(names)
+    let mut done: Vec<f64> = futures::stream::iter(names)
         .map(|name| {
             let (secrets, keys) = (secrets.clone(), keys.clone());
             let (pem, fingerprint, public) = (pem.clone(), fingerprint.clone(), public.clone());
@@ -191,12 +211,16 @@ async fn baseline(client: &Client, ns: &str, names: &[String], concurrency: usiz
                 if read_back {
                     keys.get(name).await.unwrap();
                 }
+                start.elapsed().as_secs_f64()
             }
         })
         .buffer_unordered(concurrency)
-        .collect::<Vec<_>>()
+        .collect()
         .await;
-    start.elapsed()
+    let took = start.elapsed();
+    done.sort_by(f64::total_cmp);
+    let curve: Curve = std::iter::once((0.0, 0.0)).chain(done.iter().enumerate().map(|(i, t)| (*t, (i + 1) as f64))).collect();
+    (took, thin(&curve, CURVE_POINTS))
 }
 
 /// An operator, a simulator and a Ready workspace `acme` with a budget of
@@ -212,15 +236,17 @@ async fn bench_env(name: &str, sim_config: &str, rate_window: &str, requests_per
 }
 
 /// Applies `n` objects named `{prefix}{i}` (one repository each, four repositories in
-/// turn) and waits until all are Ready: the time, and the simulator's request log before
-/// and after.
-async fn all_to_ready(env: &Env, prefix: &str, n: usize, concurrency: usize) -> (Duration, Value, Value) {
+/// turn) and waits until all are Ready, watching from the start (for the curve): the time,
+/// how many were Ready when, and the simulator's request log before and after.
+async fn all_to_ready(env: &Env, prefix: &str, n: usize, concurrency: usize) -> (Duration, Curve, Value, Value) {
     let names: Vec<String> = (0..n).map(|i| format!("{prefix}{i}")).collect();
     let before = requests(env).await;
     let t = Instant::now();
-    create_keys(&env.client, &env.ns, &names, &["api", "web", "tools", "infra"], concurrency).await;
-    let took = wait_all_ready(&env.client, &env.ns, n, Duration::from_secs(3600)).await.max(t.elapsed());
-    (took, before, requests(env).await)
+    let ((_, curve), ()) = tokio::join!(
+        wait_all_ready(&env.client, &env.ns, n, Duration::from_secs(3600)),
+        create_keys(&env.client, &env.ns, &names, &["api", "web", "tools", "infra"], concurrency)
+    );
+    (t.elapsed(), curve, before, requests(env).await)
 }
 
 /// Drift pacing (figure 7): `targets` repositories, ten per object, on one credential with a
@@ -301,6 +327,179 @@ async fn drift_pacing(targets: usize, concurrency: usize, rows: &mut Vec<Row>, r
     raw.insert("drift_interval_at_default_budget_hours".into(), json!(at_defaults.as_secs_f64() / 3600.0));
 }
 
+/// One throughput size's curves, for the picture.
+struct Curves {
+    objects: usize,
+    ours: Curve,
+    theirs: Curve,
+    /// The operator's RSS (MiB) during its run and during the baseline's (when it is idle).
+    rss_ours: Curve,
+    rss_theirs: Curve,
+}
+
+/// Throughput at `objects`: the time to Ready against the baseline's, and the API server's
+/// requests per object for both. The environment, and the curves.
+async fn throughput(objects: usize, concurrency: usize, rows: &mut Vec<Row>, raw: &mut BTreeMap<String, Value>) -> (Env, Curves) {
+    let sim = SIM_CONFIG.replace("requestsPerWindow: 100000", "requestsPerWindow: 100000000");
+    let env = bench_env("bench-throughput", &sim, "--rate-window=60s", 100000).await;
+    let names: Vec<String> = (0..objects).map(|i| format!("k{i}")).collect();
+    let base_ns = format!("{}-base", env.ns);
+    support::create_namespace(&env.client, &base_ns, &[]).await;
+    let pid = env.operator.proc.as_ref().unwrap().child.id();
+
+    let api_before = api_requests(&env.client).await;
+    let rss = RssSampler::start(pid);
+    let (ready, ours, before, after) = all_to_ready(&env, "k", objects, concurrency).await;
+    let rss_ours = rss.stop().await;
+    // Events are published in the background: let the last ones land in this run's counts.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let api_ours = per_object(&api_before, &api_requests(&env.client).await, objects);
+
+    let api_before = api_requests(&env.client).await;
+    let rss = RssSampler::start(pid);
+    let (base, theirs) = baseline(&env.client, &base_ns, &names, concurrency, false).await;
+    let rss_theirs = rss.stop().await;
+    let api_theirs = per_object(&api_before, &api_requests(&env.client).await, objects);
+
+    let ratio = ready.as_secs_f64() / base.as_secs_f64();
+    rows.push(Row {
+        name: format!("throughput: {objects} objects to Ready (s) vs plain apply + Secret + status"),
+        value: ready.as_secs_f64(),
+        baseline: base.as_secs_f64(),
+        unit: "s",
+        target: "ratio <= 1.5".into(),
+        met: ratio <= 1.5,
+    });
+    rows.push(Row {
+        name: format!("API writes per object, operator vs baseline ({objects} objects)"),
+        value: api_ours["writes_total"].as_f64().unwrap_or(0.0),
+        baseline: api_theirs["writes_total"].as_f64().unwrap_or(0.0),
+        unit: "requests",
+        target: "report".into(),
+        met: true,
+    });
+    println!("API requests per object, {objects} objects: operator {}", summary(&api_ours));
+    println!("API requests per object, {objects} objects: baseline {}", summary(&api_theirs));
+    let bb = after["total"].as_u64().unwrap_or(0) - before["total"].as_u64().unwrap_or(0);
+    raw.insert(format!("throughput_{objects}_bitbucket_requests"), json!(bb));
+    raw.insert(format!("throughput_{objects}_operator_metrics"), json!(reconcile_counts(&env.operator.metrics().await)));
+    raw.insert(format!("throughput_{objects}_api_requests_per_object"), json!({"operator": api_ours, "baseline": api_theirs}));
+    raw.insert(format!("throughput_{objects}_ready_over_time"), json!({"operator": curve_json(&ours), "baseline": curve_json(&theirs)}));
+    raw.insert(
+        format!("throughput_{objects}_operator_rss_mib_over_time"),
+        json!({"operator_run": curve_json(&rss_ours), "baseline_run": curve_json(&rss_theirs)}),
+    );
+    (env, Curves { objects, ours, theirs, rss_ours, rss_theirs })
+}
+
+/// Requests counted by (resource with its subresource, verb, code).
+type ApiCounts = BTreeMap<(String, String, String), f64>;
+
+/// The API server's request counters (`apiserver_request_total`): the server's own count
+/// of every request, whoever made it.
+async fn api_requests(client: &Client) -> ApiCounts {
+    // A request for the path `/metrics`, built without naming the http crate.
+    let request = kube::core::Request::new("").get("metrics", &Default::default()).unwrap();
+    let text = client.request_text(request).await.expect("the API server's /metrics");
+    text.lines()
+        .filter_map(|l| l.strip_prefix("apiserver_request_total{"))
+        .filter_map(|l| {
+            let (labels, value) = l.rsplit_once("} ")?;
+            let labels: BTreeMap<&str, &str> =
+                labels.split("\",").filter_map(|kv| kv.split_once("=\"")).map(|(k, v)| (k, v.trim_end_matches('"'))).collect();
+            // A non-resource request (`/healthz`, discovery) has its path as the subresource.
+            let resource = match (labels.get("resource").copied().unwrap_or(""), labels.get("subresource").copied().unwrap_or("")) {
+                ("", one) | (one, "") => one.to_string(),
+                (r, sub) => format!("{r}/{sub}"),
+            };
+            let key = (resource, labels.get("verb")?.to_string(), labels.get("code")?.to_string());
+            Some((key, value.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+/// The requests between two scrapes per object, as writes and reads by resource and verb
+/// (a code other than 2xx named beside the verb), with their totals. WATCH is left out: one
+/// watch is one request however long it runs and whatever it carries.
+fn per_object(before: &ApiCounts, after: &ApiCounts, objects: usize) -> Value {
+    let mut out = json!({"writes": {}, "reads": {}, "writes_total": 0.0, "reads_total": 0.0});
+    for ((resource, verb, code), n) in after {
+        let n = n - before.get(&(resource.clone(), verb.clone(), code.clone())).unwrap_or(&0.0);
+        let kind = match verb.as_str() {
+            "POST" | "PUT" | "PATCH" | "APPLY" | "DELETE" | "DELETECOLLECTION" => "writes",
+            "GET" | "LIST" => "reads",
+            _ => continue,
+        };
+        if n <= 0.0 {
+            continue;
+        }
+        let label = if code.starts_with('2') { verb.clone() } else { format!("{verb} {code}") };
+        let per = n / objects as f64;
+        let slot = &mut out[kind][resource.as_str()][label.as_str()];
+        *slot = json!(slot.as_f64().unwrap_or(0.0) + per);
+        let total = &mut out[format!("{kind}_total")];
+        *total = json!(total.as_f64().unwrap_or(0.0) + per);
+    }
+    out
+}
+
+/// One line of `per_object`'s figures: "writes 5.00 (secrets APPLY 1.00, ...), reads ...".
+fn summary(per_object: &Value) -> String {
+    ["writes", "reads"]
+        .iter()
+        .map(|kind| {
+            let parts: Vec<String> = per_object[*kind]
+                .as_object()
+                .into_iter()
+                .flatten()
+                .flat_map(|(resource, verbs)| {
+                    verbs
+                        .as_object()
+                        .into_iter()
+                        .flatten()
+                        .map(move |(verb, n)| format!("{resource} {verb} {:.2}", n.as_f64().unwrap_or(0.0)))
+                })
+                .collect();
+            format!("{kind} {:.2} ({})", per_object[format!("{kind}_total")].as_f64().unwrap_or(0.0), parts.join(", "))
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Samples a process's RSS every 250 ms until stopped: (seconds since the start, MiB).
+struct RssSampler {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<Curve>,
+}
+
+impl RssSampler {
+    fn start(pid: u32) -> RssSampler {
+        let (stop, mut stopped) = tokio::sync::oneshot::channel();
+        let task = tokio::spawn(async move {
+            let start = Instant::now();
+            let mut tick = tokio::time::interval(Duration::from_millis(250));
+            let mut samples = Vec::new();
+            loop {
+                tokio::select! {
+                    _ = &mut stopped => return thin(&samples, CURVE_POINTS),
+                    _ = tick.tick() => samples.push((start.elapsed().as_secs_f64(), rss_kib(pid, "VmRSS:") as f64 / 1024.0)),
+                }
+            }
+        });
+        RssSampler { stop, task }
+    }
+
+    async fn stop(self) -> Curve {
+        let _ = self.stop.send(());
+        self.task.await.unwrap()
+    }
+}
+
+/// A curve for results.json: [seconds, value] pairs, to the millisecond.
+fn curve_json(curve: &Curve) -> Value {
+    curve.iter().map(|(t, v)| json!([(t * 1000.0).round() / 1000.0, (v * 1000.0).round() / 1000.0])).collect()
+}
+
 async fn requests(env: &Env) -> Value {
     env.sim.requests().await
 }
@@ -375,7 +574,7 @@ async fn main() {
             .replace("requestsPerWindow: 100000, windowSeconds: 3600", &format!("requestsPerWindow: {limit}, windowSeconds: {window}"));
         let env = bench_env("bench-rate", &sim, &format!("--rate-window={window}s"), budget).await;
         tokio::time::sleep(Duration::from_secs(8)).await; // the burst refills
-        let (took, before, after) = all_to_ready(&env, "r", rate_objects, concurrency).await;
+        let (took, _, before, after) = all_to_ready(&env, "r", rate_objects, concurrency).await;
         let total = after["total"].as_u64().unwrap_or(0) - before["total"].as_u64().unwrap_or(0);
         let throttled = count(&after, "byStatus", &["429"]) - count(&before, "byStatus", &["429"]);
         // The fastest the budget allows: a burst of a tenth of the window, then the rate.
@@ -401,28 +600,15 @@ async fn main() {
 
     // 1. Throughput, for each size; the last environment stays for the rest.
     let mut last = None;
+    let mut curves = Vec::new();
     for &objects in &sizes {
-        let sim = SIM_CONFIG.replace("requestsPerWindow: 100000", "requestsPerWindow: 100000000");
-        let env = bench_env("bench-throughput", &sim, "--rate-window=60s", 100000).await;
-        let (ready, before, after) = all_to_ready(&env, "k", objects, concurrency).await;
-        let names: Vec<String> = (0..objects).map(|i| format!("k{i}")).collect();
-        let base_ns = format!("{}-base", env.ns);
-        support::create_namespace(&env.client, &base_ns, &[]).await;
-        let base = baseline(&env.client, &base_ns, &names, concurrency, false).await;
-        let ratio = ready.as_secs_f64() / base.as_secs_f64();
-        rows.push(Row {
-            name: format!("throughput: {objects} objects to Ready (s) vs plain apply + Secret + status"),
-            value: ready.as_secs_f64(),
-            baseline: base.as_secs_f64(),
-            unit: "s",
-            target: "ratio <= 1.5".into(),
-            met: ratio <= 1.5,
-        });
-        let bb = after["total"].as_u64().unwrap_or(0) - before["total"].as_u64().unwrap_or(0);
-        raw.insert(format!("throughput_{objects}_bitbucket_requests"), json!(bb));
-        raw.insert(format!("throughput_{objects}_operator_metrics"), json!(reconcile_counts(&env.operator.metrics().await)));
+        // The previous size's operator would renew its lease in this run's API counts.
+        drop(last.take());
+        let (env, c) = throughput(objects, concurrency, &mut rows, &mut raw).await;
+        curves.push(c);
         last = Some((objects, env));
     }
+    write_svg(&curves);
     let Some((objects, env)) = last else { panic!("BENCH_OBJECTS lists no size") };
 
     // 3. Memory: RSS with the Ready objects, then with unrelated Secrets added.
@@ -513,7 +699,7 @@ async fn main() {
     let mut theirs = Vec::new();
     for i in 0..samples {
         ours.push(one_to_ready(&env.client, &env.ns, &watch, &format!("lat-{i}"), json!({})).await.as_secs_f64() * 1000.0);
-        theirs.push(baseline(&env.client, &base_ns, &[format!("lat-{i}")], 1, true).await.as_secs_f64() * 1000.0);
+        theirs.push(baseline(&env.client, &base_ns, &[format!("lat-{i}")], 1, true).await.0.as_secs_f64() * 1000.0);
     }
     ours.sort_by(f64::total_cmp);
     theirs.sort_by(f64::total_cmp);
@@ -591,6 +777,133 @@ fn write_results(rows: &[Row], mut doc: Value) {
     std::fs::create_dir_all(&out).unwrap();
     std::fs::write(out.join("results.json"), serde_json::to_string_pretty(&doc).unwrap()).unwrap();
     println!("\nwritten to {}", out.join("results.json").display());
+}
+
+/// Size of one chart of the picture, and the colours of its lines.
+const CHART_WIDTH: f64 = 760.0;
+const CHART_HEIGHT: f64 = 300.0;
+const COLOURS: [&str; 6] = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b"];
+
+/// One line of a chart.
+struct Line<'a> {
+    label: String,
+    colour: &'static str,
+    dashed: bool,
+    points: &'a Curve,
+}
+
+/// target/bench/throughput.svg: per size, objects Ready over time for the operator and
+/// the baseline; then the operator's RSS during both runs. Written by hand (SVG 1.1),
+/// so the benchmark needs no plotting crate.
+fn write_svg(runs: &[Curves]) {
+    let mut charts: Vec<String> = runs
+        .iter()
+        .map(|r| {
+            let lines = [
+                Line { label: "operator".into(), colour: COLOURS[0], dashed: false, points: &r.ours },
+                Line { label: "baseline: plain apply + Secret + status".into(), colour: COLOURS[1], dashed: false, points: &r.theirs },
+            ];
+            chart(&format!("Throughput: {} objects to Ready", r.objects), "objects Ready", &lines)
+        })
+        .collect();
+    let rss: Vec<Line> = runs
+        .iter()
+        // Colours of their own: blue and orange stand for operator and baseline above.
+        .zip(COLOURS[2..].iter().cycle())
+        .flat_map(|(r, colour)| {
+            [
+                Line { label: format!("{} objects: operator's run", r.objects), colour, dashed: false, points: &r.rss_ours },
+                Line {
+                    label: format!("{} objects: baseline's run (operator idle)", r.objects),
+                    colour,
+                    dashed: true,
+                    points: &r.rss_theirs,
+                },
+            ]
+        })
+        .collect();
+    charts.push(chart("Operator RSS during the throughput runs", "RSS (MiB)", &rss));
+    let body: String =
+        charts.iter().enumerate().map(|(i, c)| format!("<g transform=\"translate(0,{})\">\n{c}</g>\n", i as f64 * CHART_HEIGHT)).collect();
+    let svg = format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<svg xmlns=\"http://www.w3.org/2000/svg\" version=\"1.1\" width=\"{w}\" height=\"{h}\" \
+         viewBox=\"0 0 {w} {h}\" font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"{w}\" height=\"{h}\" fill=\"white\"/>\n{body}</svg>\n",
+        w = CHART_WIDTH,
+        h = CHART_HEIGHT * charts.len() as f64,
+    );
+    let out = support::root().join("target/bench");
+    std::fs::create_dir_all(&out).unwrap();
+    std::fs::write(out.join("throughput.svg"), svg).unwrap();
+}
+
+/// One chart: `lines` over seconds since the run's start, from 0 on both axes, with ticks,
+/// a light grid, a title and a legend (bottom right, where rising curves leave room).
+fn chart(title: &str, y_label: &str, lines: &[Line]) -> String {
+    let (left, top, right, bottom) = (70.0, 40.0, CHART_WIDTH - 20.0, CHART_HEIGHT - 50.0);
+    let (x_step, x_max) = axis(lines.iter().flat_map(|l| l.points.iter().map(|p| p.0)));
+    let (y_step, y_max) = axis(lines.iter().flat_map(|l| l.points.iter().map(|p| p.1)));
+    let px = |x: f64| left + x / x_max * (right - left);
+    let py = |y: f64| bottom - y / y_max * (bottom - top);
+    let mut s =
+        format!("<text x=\"{}\" y=\"24\" text-anchor=\"middle\" font-size=\"15\" font-weight=\"bold\">{title}</text>\n", CHART_WIDTH / 2.0);
+    for i in 0..=(x_max / x_step).round() as usize {
+        let (v, x) = (i as f64 * x_step, px(i as f64 * x_step));
+        s += &format!("<line x1=\"{x:.1}\" y1=\"{top}\" x2=\"{x:.1}\" y2=\"{bottom}\" stroke=\"#e5e5e5\"/>\n");
+        s += &format!("<text x=\"{x:.1}\" y=\"{}\" text-anchor=\"middle\">{}</text>\n", bottom + 16.0, tick_label(v, x_step));
+    }
+    for i in 0..=(y_max / y_step).round() as usize {
+        let (v, y) = (i as f64 * y_step, py(i as f64 * y_step));
+        s += &format!("<line x1=\"{left}\" y1=\"{y:.1}\" x2=\"{right}\" y2=\"{y:.1}\" stroke=\"#e5e5e5\"/>\n");
+        s += &format!("<text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\">{}</text>\n", left - 6.0, y + 4.0, tick_label(v, y_step));
+    }
+    s += &format!("<path d=\"M{left},{top} V{bottom} H{right}\" fill=\"none\" stroke=\"black\"/>\n");
+    s += &format!(
+        "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">seconds since the run's start</text>\n",
+        (left + right) / 2.0,
+        bottom + 36.0
+    );
+    s += &format!(
+        "<text x=\"18\" y=\"{y}\" text-anchor=\"middle\" transform=\"rotate(-90 18 {y})\">{y_label}</text>\n",
+        y = (top + bottom) / 2.0
+    );
+    for l in lines {
+        let points: Vec<String> = l.points.iter().map(|(x, y)| format!("{:.1},{:.1}", px(*x), py(*y))).collect();
+        let dash = if l.dashed { " stroke-dasharray=\"6 4\"" } else { "" };
+        s += &format!("<polyline points=\"{}\" fill=\"none\" stroke=\"{}\" stroke-width=\"1.5\"{dash}/>\n", points.join(" "), l.colour);
+    }
+    let (width, height) = (300.0, 8.0 + 18.0 * lines.len() as f64);
+    let (lx, ly) = (right - width - 10.0, bottom - height - 10.0);
+    s += &format!("<rect x=\"{lx}\" y=\"{ly}\" width=\"{width}\" height=\"{height}\" fill=\"white\" stroke=\"#999\"/>\n");
+    for (i, l) in lines.iter().enumerate() {
+        let y = ly + 16.0 + 18.0 * i as f64;
+        let dash = if l.dashed { " stroke-dasharray=\"6 4\"" } else { "" };
+        s += &format!(
+            "<line x1=\"{}\" y1=\"{}\" x2=\"{}\" y2=\"{}\" stroke=\"{}\" stroke-width=\"2\"{dash}/>\n",
+            lx + 8.0,
+            y - 4.0,
+            lx + 32.0,
+            y - 4.0,
+            l.colour
+        );
+        s += &format!("<text x=\"{}\" y=\"{y}\">{}</text>\n", lx + 40.0, l.label);
+    }
+    s
+}
+
+/// A round tick step (1, 2 or 5 times a power of ten) for about five ticks up to the
+/// largest of `values`, and the axis' end: the first tick at or above it.
+fn axis(values: impl Iterator<Item = f64>) -> (f64, f64) {
+    let max = values.fold(0.0, f64::max);
+    let max = if max > 0.0 { max } else { 1.0 };
+    let magnitude = 10f64.powf((max / 5.0).log10().floor());
+    let step = [1.0, 2.0, 5.0, 10.0].into_iter().map(|m| m * magnitude).find(|s| s * 5.0 >= max).unwrap_or(magnitude * 10.0);
+    (step, (max / step).ceil() * step)
+}
+
+/// A tick's value with as many decimals as its step needs.
+fn tick_label(value: f64, step: f64) -> String {
+    let decimals = (-step.log10().floor()).max(0.0) as usize;
+    format!("{value:.decimals$}")
 }
 
 /// The operator's own counters: reconciles per controller and Bitbucket requests.

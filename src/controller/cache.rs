@@ -34,28 +34,24 @@ pub(crate) struct Caches {
     listings: Mutex<HashMap<String, Listing>>,
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.locked()
-}
-
 impl Caches {
     pub(crate) fn add_workspace_store(&self, namespace: Option<String>, store: Store<BitbucketWorkspace>) {
-        lock(&self.workspaces).push((namespace, store));
+        self.workspaces.locked().push((namespace, store));
     }
 
     pub(crate) fn set_cluster_workspace_store(&self, store: Store<ClusterBitbucketWorkspace>) {
-        lock(&self.cluster_workspaces).get_or_insert(store);
+        self.cluster_workspaces.locked().get_or_insert(store);
     }
 
     /// The workspace as last seen by the watch; None when unknown (not synced yet, or
     /// just created), and the caller asks the API server.
     pub(crate) fn workspace(&self, namespace: &str, name: &str) -> Option<std::sync::Arc<BitbucketWorkspace>> {
         let key = ObjectRef::new(name).within(namespace);
-        lock(&self.workspaces).iter().filter(|(ns, _)| ns.as_deref().is_none_or(|n| n == namespace)).find_map(|(_, s)| s.get(&key))
+        self.workspaces.locked().iter().filter(|(ns, _)| ns.as_deref().is_none_or(|n| n == namespace)).find_map(|(_, s)| s.get(&key))
     }
 
     pub(crate) fn cluster_workspace(&self, name: &str) -> Option<std::sync::Arc<ClusterBitbucketWorkspace>> {
-        lock(&self.cluster_workspaces).as_ref().and_then(|s| s.get(&ObjectRef::new(name)))
+        self.cluster_workspaces.locked().as_ref().and_then(|s| s.get(&ObjectRef::new(name)))
     }
 
     /// A target's keys, listed at most `max_age` ago: concurrent callers share one
@@ -66,7 +62,7 @@ impl Caches {
         Fut: Future<Output = Result<Vec<DeployKey>, bitbucket::Error>>,
     {
         let cell = {
-            let mut map = lock(&self.listings);
+            let mut map = self.listings.locked();
             map.retain(|_, c| c.get().is_none_or(|(at, _)| at.elapsed() < max_age));
             map.entry(key).or_default().clone()
         };
@@ -76,7 +72,7 @@ impl Caches {
 
     /// Whether a listing under `key` younger than `max_age` is there to share.
     pub(crate) fn has_listing(&self, key: &str, max_age: Duration) -> bool {
-        lock(&self.listings).get(key).and_then(|c| c.get()).is_some_and(|(at, _)| at.elapsed() < max_age)
+        self.listings.locked().get(key).and_then(|c| c.get()).is_some_and(|(at, _)| at.elapsed() < max_age)
     }
 
     /// Marks a Secret as being written: its watch event may arrive before the write's
@@ -87,7 +83,7 @@ impl Caches {
 
     /// A write that failed leaves no echo to wait for.
     pub(crate) fn write_failed(&self, namespace: &str, name: &str) {
-        lock(&self.own_writes).remove(&(namespace.to_string(), name.to_string()));
+        self.own_writes.locked().remove(&(namespace.to_string(), name.to_string()));
     }
 
     /// Records the version of a Secret this operator just wrote.
@@ -97,7 +93,7 @@ impl Caches {
     }
 
     fn remember_write(&self, namespace: String, name: String, version: String) {
-        let mut map = lock(&self.own_writes);
+        let mut map = self.own_writes.locked();
         if map.len() >= OWN_WRITES_MAX {
             map.clear();
         }
@@ -107,7 +103,7 @@ impl Caches {
     /// Whether a watch event is the echo of this operator's own write.
     pub(crate) fn is_own_write(&self, secret: &PartialObjectMeta<Secret>) -> bool {
         let key = (secret.namespace().unwrap_or_default(), secret.name_any());
-        let map = lock(&self.own_writes);
+        let map = self.own_writes.locked();
         if secret.meta().deletion_timestamp.is_some() {
             return false;
         }
