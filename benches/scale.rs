@@ -378,6 +378,15 @@ async fn throughput(objects: usize, concurrency: usize, rows: &mut Vec<Row>, raw
         target: "report".into(),
         met: true,
     });
+    rows.push(Row {
+        name: format!("API reads per object, operator vs baseline ({objects} objects)"),
+        value: api_ours["reads_total"].as_f64().unwrap_or(0.0),
+        baseline: api_theirs["reads_total"].as_f64().unwrap_or(0.0),
+        unit: "requests",
+        target: "report".into(),
+        met: true,
+    });
+    raw.insert(format!("throughput_{objects}_etcd_mib"), json!(storage_mib(&env.client).await));
     println!("API requests per object, {objects} objects: operator {}", summary(&api_ours));
     println!("API requests per object, {objects} objects: baseline {}", summary(&api_theirs));
     let bb = after["total"].as_u64().unwrap_or(0) - before["total"].as_u64().unwrap_or(0);
@@ -390,6 +399,20 @@ async fn throughput(objects: usize, concurrency: usize, rows: &mut Vec<Row>, raw
         json!({"operator_run": curve_json(&rss_ours), "baseline_run": curve_json(&rss_theirs)}),
     );
     (env, Curves { objects, ours, theirs, rss_ours, rss_theirs })
+}
+
+/// The size of the control plane's database as the API server reports it
+/// (`apiserver_storage_size_bytes`, summed over its etcd clusters), in MiB; None when the
+/// server does not expose it.
+async fn storage_mib(client: &Client) -> Option<f64> {
+    let request = kube::core::Request::new("").get("metrics", &Default::default()).unwrap();
+    let text = client.request_text(request).await.ok()?;
+    let sizes: Vec<f64> = text
+        .lines()
+        .filter(|l| l.starts_with("apiserver_storage_size_bytes"))
+        .filter_map(|l| l.rsplit_once(' ')?.1.trim().parse().ok())
+        .collect();
+    (!sizes.is_empty()).then(|| sizes.iter().sum::<f64>() / (1024.0 * 1024.0))
 }
 
 /// Requests counted by (resource with its subresource, verb, code).
@@ -642,6 +665,16 @@ async fn main() {
         target: "flat (ratio <= 1.1)".into(),
         met: (rss_after as f64) <= rss_before as f64 * 1.1,
     });
+    if let Some(mib) = storage_mib(&env.client).await {
+        rows.push(Row {
+            name: format!("etcd database after this run's objects and {unrelated} unrelated Secrets (MiB) vs the quota of the test etcd (8 GiB; etcd's default is 2 GiB)"),
+            value: mib,
+            baseline: 8192.0,
+            unit: "MiB",
+            target: "report".into(),
+            met: true,
+        });
+    }
     rows.push(Row {
         name: format!("memory: peak RSS with {objects} objects created and {unrelated} unrelated Secrets (MiB) vs 64 MiB"),
         value: peak as f64 / 1024.0,

@@ -306,16 +306,55 @@ struct Wiring {
 
 impl Wiring {
     fn controllers(&mut self, namespaces: &[String]) {
+        let auth_secrets = self.auth_secret_watches(namespaces);
+        let handle_for = |ns: &str| auth_secrets.iter().find(|(s, _)| s.as_deref().is_none_or(|s| s == ns)).map(|(_, h)| h.clone());
         let (cws_store, cws) = self.shared_watch(Api::<ClusterBitbucketWorkspace>::all(self.client.clone()), &None);
         self.ctx.caches.set_cluster_workspace_store(cws_store.clone());
-        self.run(Controller::for_shared_stream(cws.clone(), cws_store).with_config(self.config.clone()), workspace::reconcile_cluster);
+        let cr_namespace = self.ctx.settings.cluster_resource_namespace.clone();
+        let controller = Controller::for_shared_stream(cws.clone(), cws_store).with_config(self.config.clone());
+        let auth = handle_for(&cr_namespace);
+        let controller = woken_by_auth_secret(controller, auth, move |w: &ClusterBitbucketWorkspace| {
+            (Some(cr_namespace.clone()), workspace::auth_secret_name(&w.spec.settings()))
+        });
+        self.run(controller, workspace::reconcile_cluster);
         for ns in scopes(namespaces) {
             let (ws_store, ws) = self.shared_watch(scoped::<BitbucketWorkspace>(&self.client, &ns), &ns);
             self.ctx.caches.add_workspace_store(ns.clone(), ws_store.clone());
-            self.run(Controller::for_shared_stream(ws.clone(), ws_store).with_config(self.config.clone()), workspace::reconcile_namespaced);
+            let controller = Controller::for_shared_stream(ws.clone(), ws_store).with_config(self.config.clone());
+            let auth = auth_secrets.iter().find(|(s, _)| *s == ns).map(|(_, h)| h.clone());
+            let controller = woken_by_auth_secret(controller, auth, |w: &BitbucketWorkspace| {
+                (w.namespace(), workspace::auth_secret_name(&w.spec.settings()))
+            });
+            self.run(controller, workspace::reconcile_namespaced);
             self.access_keys(&ns, ws, cws.clone());
             self.oauth_consumers(&ns);
         }
+    }
+
+    /// Metadata watches of the Secrets labelled as workspace auth Secrets: one per scope,
+    /// and one in the cluster-resource namespace unless a scope covers it. Reconciles find
+    /// there whether the credential they parsed before is still current; they read the
+    /// Secret when it is not there, so these caches are not waited for.
+    fn auth_secret_watches(&mut self, namespaces: &[String]) -> Vec<(Option<String>, reflector::ReflectHandle<PartialObjectMeta<Secret>>)> {
+        let mut all = scopes(namespaces);
+        let cr_namespace = &self.ctx.settings.cluster_resource_namespace;
+        if !all.iter().any(|s| s.as_ref().is_none_or(|s| s == cr_namespace)) {
+            all.push(Some(cr_namespace.clone()));
+        }
+        all.into_iter()
+            .map(|ns| {
+                let (store, writer) = reflector::store_shared(SHARED_BUFFER);
+                let handle = writer.subscribe().expect("a shared store can be subscribed to");
+                self.ctx.caches.add_auth_secret_store(ns.clone(), store);
+                let config = watcher::Config::default().labels(workspace::AUTH_SECRET_LABEL);
+                let watch = watcher(scoped::<PartialObjectMeta<Secret>>(&self.client, &ns), config)
+                    .default_backoff()
+                    .modify(|s| s.managed_fields_mut().clear())
+                    .reflect_shared(writer);
+                self.tasks.push(watch.take_until(self.shutdown.clone()).for_each(|_| futures::future::ready(())).boxed());
+                (ns, handle)
+            })
+            .collect()
     }
 
     /// One watch of `K` whose cache and events controllers share; driving it is a task.
@@ -451,6 +490,26 @@ impl Wiring {
 }
 
 use futures::FutureExt as _;
+
+/// A workspace controller that an edit of its objects' auth Secret wakes (the admin who
+/// rotates it sees the workspace checked again at once). `auth_of` says which Secret
+/// (namespace, name) a workspace's auth is in.
+fn woken_by_auth_secret<K>(
+    controller: Controller<K>,
+    secrets: Option<reflector::ReflectHandle<PartialObjectMeta<Secret>>>,
+    auth_of: impl Fn(&K) -> (Option<String>, String) + Send + Sync + 'static,
+) -> Controller<K>
+where
+    K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+{
+    let Some(secrets) = secrets else { return controller };
+    let workspaces = controller.store();
+    controller.watches_shared_stream(secrets, move |secret: Arc<PartialObjectMeta<Secret>>| {
+        let this = (secret.namespace(), secret.name_any());
+        let refers = |w: &K| auth_of(w) == this;
+        workspaces.state().into_iter().filter(|w| refers(w)).map(|w| ObjectRef::from_obj(&*w)).collect::<Vec<_>>()
+    })
+}
 
 /// What the caches keep of an object: not its managed fields, nor the copy of the whole
 /// object `kubectl apply` leaves in an annotation (as large as the object itself).

@@ -1,5 +1,6 @@
 //! What reconciles would otherwise read every time: workspace objects (from the watches
-//! the controllers run anyway), which Secret versions this operator wrote itself (so that
+//! the controllers run anyway), the credentials in workspaces' auth Secrets (parsed once
+//! per version of the Secret, the version known from a metadata watch), which Secret versions this operator wrote itself (so that
 //! its own writes do not wake their owners up again), and Bitbucket's key listings shared
 //! by the drift checks of objects on the same repository or project.
 
@@ -14,7 +15,7 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Resource, ResourceExt};
 
 use crate::api::{BitbucketWorkspace, ClusterBitbucketWorkspace};
-use crate::bitbucket::{self, DeployKey};
+use crate::bitbucket::{self, Auth, DeployKey};
 use crate::sync::Locked;
 
 type Listing = Arc<tokio::sync::OnceCell<(Instant, Arc<Vec<DeployKey>>)>>;
@@ -32,6 +33,29 @@ pub(crate) struct Caches {
     cluster_workspaces: Mutex<Option<Store<ClusterBitbucketWorkspace>>>,
     own_writes: Mutex<HashMap<(String, String), String>>,
     listings: Mutex<HashMap<String, Listing>>,
+    /// Metadata of the Secrets labelled as workspace auth Secrets: one store per watched
+    /// namespace (or one for all), and the cluster-resource namespace's.
+    auth_secret_stores: Mutex<Vec<(Option<String>, SecretStore)>>,
+    /// Credentials read from those Secrets, each valid while the store shows the version
+    /// it was read at. Only Secrets in a store are kept, so this is bounded by them.
+    auth_secrets: Mutex<HashMap<AuthKey, AuthSecret>>,
+}
+
+/// A store of Secrets' metadata.
+type SecretStore = Store<PartialObjectMeta<Secret>>;
+
+/// An auth Secret's namespace, name and which credential it holds (`true`: an API token):
+/// a workspace that switches from one to the other does not get the other's parse.
+type AuthKey = (String, String, bool);
+
+/// What a reconcile needs of a workspace's auth Secret.
+#[derive(Clone, Debug)]
+pub(crate) struct AuthSecret {
+    pub auth: Auth,
+    pub finalizers: Vec<String>,
+    /// Whether it carries the label of workspace auth Secrets (so its watch sees it).
+    pub labelled: bool,
+    pub resource_version: String,
 }
 
 impl Caches {
@@ -52,6 +76,39 @@ impl Caches {
 
     pub(crate) fn cluster_workspace(&self, name: &str) -> Option<std::sync::Arc<ClusterBitbucketWorkspace>> {
         self.cluster_workspaces.locked().as_ref().and_then(|s| s.get(&ObjectRef::new(name)))
+    }
+
+    pub(crate) fn add_auth_secret_store(&self, namespace: Option<String>, store: Store<PartialObjectMeta<Secret>>) {
+        self.auth_secret_stores.locked().push((namespace, store));
+    }
+
+    fn auth_secret_meta(&self, namespace: &str, name: &str) -> Option<Arc<PartialObjectMeta<Secret>>> {
+        let key = ObjectRef::new(name).within(namespace);
+        self.auth_secret_stores
+            .locked()
+            .iter()
+            .filter(|(ns, _)| ns.as_deref().is_none_or(|n| n == namespace))
+            .find_map(|(_, s)| s.get(&key))
+    }
+
+    /// The credential of an auth Secret as read before, if the watch shows the Secret
+    /// unchanged since; None and the caller reads it (and hands it to `remember_auth_secret`).
+    pub(crate) fn auth_secret(&self, namespace: &str, name: &str, api_token: bool) -> Option<AuthSecret> {
+        let meta = self.auth_secret_meta(namespace, name)?;
+        let version = meta.resource_version()?;
+        let key = (namespace.to_string(), name.to_string(), api_token);
+        self.auth_secrets.locked().get(&key).filter(|a| a.resource_version == version).cloned()
+    }
+
+    /// Keeps a credential just read, if its Secret is one the watch follows; drops those
+    /// of Secrets the watch no longer has.
+    pub(crate) fn remember_auth_secret(&self, namespace: &str, name: &str, api_token: bool, read: &AuthSecret) {
+        if !read.labelled {
+            return;
+        }
+        let mut map = self.auth_secrets.locked();
+        map.retain(|(ns, n, _), _| self.auth_secret_meta(ns, n).is_some());
+        map.insert((namespace.to_string(), name.to_string(), api_token), read.clone());
     }
 
     /// A target's keys, listed at most `max_age` ago: concurrent callers share one
@@ -161,5 +218,40 @@ mod tests {
         assert!(c.is_own_write(&event("12")), "an event during our write is its echo");
         c.wrote(&Secret { metadata: meta("a", "12"), ..Default::default() });
         assert!(!c.is_own_write(&event("13")), "a later edit is not ours");
+    }
+
+    fn auth(rv: &str, labelled: bool) -> AuthSecret {
+        let auth = Auth::ApiToken { email: "ci@example.com".into(), token: crate::sensitive::SecretString::new(format!("token-{rv}")) };
+        AuthSecret { auth, finalizers: vec![], labelled, resource_version: rv.into() }
+    }
+
+    #[test]
+    fn an_auth_secret_is_read_again_when_its_version_its_namespace_or_its_kind_differs() {
+        let c = Caches::default();
+        let (store, mut writer) = kube::runtime::reflector::store::<PartialObjectMeta<Secret>>();
+        c.add_auth_secret_store(None, store);
+        let seen = |ns: &str, rv: &str| PartialObjectMeta::<Secret> {
+            metadata: ObjectMeta { namespace: Some(ns.into()), ..meta("auth", rv) },
+            ..Default::default()
+        };
+        writer.apply_watcher_event(&kube::runtime::watcher::Event::Apply(seen("ns", "5")));
+        assert!(c.auth_secret("ns", "auth", true).is_none(), "nothing read yet");
+        c.remember_auth_secret("ns", "auth", true, &auth("5", true));
+        assert_eq!(c.auth_secret("ns", "auth", true).map(|a| a.resource_version), Some("5".into()));
+        assert!(c.auth_secret("ns", "auth", false).is_none(), "read as an API token, not as an OAuth consumer");
+        // A tenant's Secret of the same name, labelled alike, in another namespace.
+        writer.apply_watcher_event(&kube::runtime::watcher::Event::Apply(seen("tenant", "6")));
+        assert!(c.auth_secret("tenant", "auth", true).is_none(), "another namespace's Secret is never this one");
+        writer.apply_watcher_event(&kube::runtime::watcher::Event::Apply(seen("ns", "7")));
+        assert!(c.auth_secret("ns", "auth", true).is_none(), "an edited Secret is read again");
+        c.remember_auth_secret("ns", "auth", true, &auth("7", true));
+        assert!(c.auth_secret("ns", "auth", true).is_some());
+        c.remember_auth_secret("ns", "other", true, &auth("8", false));
+        assert!(c.auth_secrets.locked().len() == 1, "an unlabelled Secret (no watch sees its changes) is not kept");
+        writer.apply_watcher_event(&kube::runtime::watcher::Event::Delete(seen("ns", "7")));
+        assert!(c.auth_secret("ns", "auth", true).is_none(), "a deleted Secret is gone");
+        c.remember_auth_secret("tenant", "auth", true, &auth("6", true));
+        let kept: Vec<_> = c.auth_secrets.locked().keys().map(|(ns, _, _)| ns.clone()).collect();
+        assert_eq!(kept, vec!["tenant".to_string()], "only Secrets the watch still has are kept");
     }
 }

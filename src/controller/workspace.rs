@@ -11,6 +11,7 @@ use kube::runtime::controller::Action;
 use kube::{Api, Resource, ResourceExt};
 use serde_json::json;
 
+use super::cache::AuthSecret;
 use super::{Context, Error, Result, condition, set_condition};
 use crate::api::{
     BitbucketAccessKey, BitbucketWorkspace, ClusterBitbucketWorkspace, FINALIZER, IN_USE_FINALIZER, WorkspaceKind, WorkspaceRef,
@@ -143,19 +144,36 @@ impl Resolved {
 const API_TOKEN_KEYS: &str = "`email` and `token`";
 const OAUTH_KEYS: &str = "`key` and `secret`";
 
-/// The credential in a workspace's auth Secret, read afresh (nothing tells the operator
-/// when an admin rotates it, so it is not cached).
-async fn read_auth(ctx: &Context, namespace: &str, settings: &WorkspaceSettings<'_>) -> Result<Auth> {
-    read_auth_secret(&ctx.client, namespace, settings).await.map(|(auth, _)| auth)
+/// The label the workspace controller puts on the auth Secrets it reads: a metadata watch
+/// of the Secrets that carry it wakes their workspaces when an admin edits one, and tells
+/// reconciles whether the credential parsed before is still the Secret's.
+pub(crate) const AUTH_SECRET_LABEL: &str = "bitbucket.credentials.dev/workspace-auth-secret";
+
+/// The credential in a workspace's auth Secret and the Secret's finalizers: parsed again
+/// only when the watch shows a new version of the Secret (or does not know it).
+async fn auth_secret(ctx: &Context, namespace: &str, settings: &WorkspaceSettings<'_>) -> Result<AuthSecret> {
+    let name = auth_secret_name(settings);
+    let api_token = settings.auth.api_token.is_some();
+    if let Some(known) = ctx.caches.auth_secret(namespace, &name, api_token) {
+        return Ok(known);
+    }
+    let read = fetch_auth_secret(&ctx.client, namespace, settings).await?;
+    ctx.caches.remember_auth_secret(namespace, &name, api_token, &read);
+    Ok(read)
 }
 
 /// The credential and the finalizers of the Secret that holds it (in `namespace`: the
-/// workspace's own, or the cluster-resource namespace for a ClusterBitbucketWorkspace).
+/// workspace's own, or the cluster-resource namespace for a ClusterBitbucketWorkspace),
+/// read from the API server.
 pub(crate) async fn read_auth_secret(
     client: &kube::Client,
     namespace: &str,
     settings: &WorkspaceSettings<'_>,
 ) -> Result<(Auth, Vec<String>)> {
+    fetch_auth_secret(client, namespace, settings).await.map(|a| (a.auth, a.finalizers))
+}
+
+async fn fetch_auth_secret(client: &kube::Client, namespace: &str, settings: &WorkspaceSettings<'_>) -> Result<AuthSecret> {
     let (source, keys) = match (&settings.auth.api_token, &settings.auth.oauth_consumer) {
         (Some(s), _) => (s, API_TOKEN_KEYS),
         (None, Some(s)) => (s, OAUTH_KEYS),
@@ -189,7 +207,12 @@ pub(crate) async fn read_auth_secret(
     } else {
         Auth::OAuthConsumer { key: field("key")?.expose().to_string(), secret: field("secret")? }
     };
-    Ok((auth, secret.finalizers().to_vec()))
+    Ok(AuthSecret {
+        auth,
+        finalizers: secret.finalizers().to_vec(),
+        labelled: secret.labels().contains_key(AUTH_SECRET_LABEL),
+        resource_version: secret.resource_version().unwrap_or_default(),
+    })
 }
 
 /// The name of the Secret a workspace's auth refers to.
@@ -270,7 +293,7 @@ async fn resolve_with(ctx: &Context, namespace: &str, r: &WorkspaceRef, need_rea
             if need_ready {
                 require_ready(ws.status.as_ref(), &display)?;
             }
-            let (auth, secret_finalizers) = read_auth_secret(&ctx.client, namespace, &settings).await?;
+            let AuthSecret { auth, finalizers: secret_finalizers, .. } = auth_secret(ctx, namespace, &settings).await?;
             let protection = Protection {
                 kind: WorkspaceKind::BitbucketWorkspace,
                 namespace: Some(namespace.into()),
@@ -306,7 +329,7 @@ async fn resolve_with(ctx: &Context, namespace: &str, r: &WorkspaceRef, need_rea
             // The cert-manager rule: a cluster resource's Secrets come only from the
             // operator's own namespace, never from a tenant's.
             let secret_namespace = ctx.settings.cluster_resource_namespace.clone();
-            let (auth, secret_finalizers) = read_auth_secret(&ctx.client, &secret_namespace, &settings).await?;
+            let AuthSecret { auth, finalizers: secret_finalizers, .. } = auth_secret(ctx, &secret_namespace, &settings).await?;
             let protection = Protection {
                 kind: WorkspaceKind::ClusterBitbucketWorkspace,
                 namespace: None,
@@ -350,6 +373,21 @@ pub(crate) fn selector_matches(
     by_label && by_expr
 }
 
+/// Labels an auth Secret so that its watch follows it. A Secret the operator may only read
+/// (namespaced mode, the cluster-resource namespace) stays as it is and is read afresh
+/// every time.
+async fn label_auth_secret(ctx: &Context, namespace: &str, name: &str) -> Result<()> {
+    let patch = json!({"metadata": {"labels": {AUTH_SECRET_LABEL: "true"}}});
+    match Api::<Secret>::namespaced(ctx.client.clone(), namespace).patch(name, &PatchParams::default(), &Patch::Merge(patch)).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 403 || e.code == 404 => {
+            tracing::debug!(secret = name, code = e.code, "auth Secret not labelled; it is read on every use");
+            Ok(())
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// Checks the credentials of a workspace object and publishes the outcome as `Ready`.
 async fn check<K>(obj: Arc<K>, ctx: Arc<Context>, settings: WorkspaceSettings<'_>, secret_namespace: &str, api: Api<K>) -> Result<Action>
 where
@@ -361,7 +399,10 @@ where
     let uid = obj.meta().uid.clone().unwrap_or_default();
     let outcome = async {
         check_urls(&ctx, &settings)?;
-        let auth = read_auth(&ctx, secret_namespace, &settings).await?;
+        let AuthSecret { auth, labelled, .. } = auth_secret(&ctx, secret_namespace, &settings).await?;
+        if !labelled {
+            label_auth_secret(&ctx, secret_namespace, &auth_secret_name(&settings)).await?;
+        }
         let client = client_for(&ctx, &settings, &auth)?;
         // The same secret (one credential per proven secret) verified a moment ago, for
         // the same spec: the wake-up of our own status write costs no request.

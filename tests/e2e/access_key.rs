@@ -321,6 +321,35 @@ async fn credentials_without_write_scope_are_reported_as_forbidden() {
     env.assert_no_secret_leaked(&[]).await;
 }
 
+/// An edit of the auth Secret reaches its workspace at once (the Secret's watch wakes it;
+/// a Ready workspace would otherwise check again only after ten minutes), and access keys
+/// reconciled afterwards use the new credential, not the one parsed before.
+#[tokio::test]
+async fn an_edited_auth_secret_is_checked_at_once_and_used_from_then_on() {
+    let env = Env::new("auth-edited").await;
+    env.workspace().await;
+    let label = "bitbucket.credentials.dev/workspace-auth-secret";
+    eventually("the auth Secret labelled", READY, || async {
+        env.secret("bb-admin").await?.metadata.labels?.contains_key(label).then_some(())
+    })
+    .await;
+    env.apply(&access_key("first", "  repositories: [api]\n")).await;
+    env.wait_ready("bitbucketaccesskeys", "first", READY).await;
+    let auth = |email: &str, token: &str| {
+        format!("apiVersion: v1\nkind: Secret\nmetadata: {{name: bb-admin}}\nstringData: {{email: {email}, token: {token}}}\n")
+    };
+    env.apply(&auth("admin@acme.test", "tok-revoked-0123456789")).await;
+    let soon = Duration::from_secs(20);
+    let m = env.wait_reason("bitbucketworkspaces", "acme", "Unauthorized", soon).await;
+    assert!(!m.contains("tok-revoked"), "{m}");
+    env.apply(&auth("reader@acme.test", "tok-reader-0123456789")).await;
+    env.wait_ready("bitbucketworkspaces", "acme", soon).await;
+    env.apply(&access_key("second", "  repositories: [web]\n")).await;
+    let m = env.wait_reason("bitbucketaccesskeys", "second", "Forbidden", READY).await;
+    assert!(m.contains("web"), "{m}");
+    env.assert_no_secret_leaked(&["tok-revoked-0123456789".into()]).await;
+}
+
 /// Stops the operator at each crash point between two steps, restarts it, and checks
 /// that it converges with exactly one key per target, no orphan and a usable Secret.
 #[tokio::test]
