@@ -90,7 +90,7 @@ impl KeyPair {
     }
 
     /// Generation off the async workers, so an RSA key never stalls other reconciles.
-    pub async fn generate_blocking(spec: KeySpec, comment: String) -> Result<Self, KeyError> {
+    pub async fn generate_in_background(spec: KeySpec, comment: String) -> Result<Self, KeyError> {
         // An ed25519 key takes microseconds: a thread of the blocking pool would cost more.
         if spec.key_type == KeyType::Ed25519 {
             return Self::generate(spec, &comment);

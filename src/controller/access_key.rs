@@ -568,7 +568,7 @@ async fn apply(obj: &BitbucketAccessKey, ctx: &Context, inputs: Inputs) -> Resul
     let now = jiff::Timestamp::now();
     if plan::plan(&observed, now).is_err() {
         let mark = mark(obj, &ctx.settings.cluster_name);
-        observed.new_key = Some(KeyPair::generate_blocking(observed.key_spec, mark).await?);
+        observed.new_key = Some(KeyPair::generate_in_background(observed.key_spec, mark).await?);
     }
     let steps = plan::plan(&observed, now).map_err(|_| Error::Internal("a reconcile planned two new keys".into()))?;
     let mut run = Run::new(obj, ctx, ws, &observed, existing, schedule.listing_age);
