@@ -333,7 +333,7 @@ mod tests {
 
     /// One error of each kind. The matches have no wildcard: a new variant does not
     /// compile until it is listed here, and so in the table.
-    fn every_error() -> Vec<Error> {
+    fn every_bitbucket_error() -> Vec<Bb> {
         let s = || String::from("x");
         let bitbucket = vec![
             Bb::Unauthorized(s()),
@@ -388,7 +388,13 @@ mod tests {
                 | Bb::Decode(_) => {}
             }
         }
-        let mut all: Vec<Error> = bitbucket.into_iter().map(|e| Error::bitbucket("t", e)).collect();
+        bitbucket
+    }
+
+    /// One error of each kind, a Bitbucket error of each kind among them.
+    fn every_error() -> Vec<Error> {
+        let s = || String::from("x");
+        let mut all: Vec<Error> = every_bitbucket_error().into_iter().map(|e| Error::bitbucket("t", e)).collect();
         all.extend([
             Error::Kube(kube::Error::LinesCodecMaxLineLengthExceeded),
             Error::Kube(kube::Error::Api(Box::new(kube::core::Status { code: 403, ..Default::default() }))),
