@@ -58,9 +58,15 @@ impl super::Reconciled for BitbucketAccessKey {
     /// key keeps working through Bitbucket's own failures (Degraded).
     async fn record_failure(&self, ctx: &Context, error: &Error, delay: Duration) -> Result<bool> {
         // The status as stored now: the cached copy this reconcile started from may
-        // predate the last status write.
-        let latest = self.api(ctx.client.clone()).get_status(&self.name_any()).await.ok().filter(|o| o.metadata.uid == self.metadata.uid);
-        let mut status = latest.and_then(|o| o.status).or_else(|| self.status.clone()).unwrap_or_default();
+        // predate a status write of this reconcile (a Register stopped part-way saves
+        // what it registered), and applying the condition onto it would erase that.
+        // Read as the object (the chart grants `get` on it, not on its /status); if it
+        // cannot be read, nothing is written rather than an older status.
+        let latest = self.api(ctx.client.clone()).get(&self.name_any()).await?;
+        if latest.metadata.uid != self.metadata.uid {
+            return Ok(false);
+        }
+        let mut status = latest.status.unwrap_or_default();
         let message = super::failure_message(error, delay, "");
         let changed = super::record_failure(&mut status.conditions, error, message, self.metadata.generation, true);
         super::patch_status(self, ctx, &status).await?;
@@ -291,9 +297,17 @@ impl<'a> Run<'a> {
     /// there, and keys of this object that are not in `keep` (fingerprints) are removed.
     /// Without, the key is created directly; after a 400 (of any text) the target is
     /// listed and the key adopted if it is there.
-    async fn register_on(&self, key: &KeyPair, targets: &[Target], lookup: Lookup, keep: &BTreeSet<String>) -> Result<Vec<Registration>> {
+    /// `key` on each of `targets`. Every target is tried, a failure on one stops none of
+    /// the others: the registrations made come back with the first error.
+    async fn register_on(
+        &self,
+        key: &KeyPair,
+        targets: &[Target],
+        lookup: Lookup,
+        keep: &BTreeSet<String>,
+    ) -> std::result::Result<Vec<Registration>, plan::Stopped> {
         let label = label(self.obj, &self.ctx.settings.cluster_name);
-        let regs: Vec<Registration> = futures::stream::iter(targets.iter().cloned())
+        let results: Vec<Result<Registration>> = futures::stream::iter(targets.iter().cloned())
             .map(|target| {
                 let label = label.clone();
                 async move {
@@ -345,11 +359,23 @@ impl<'a> Run<'a> {
                 }
             })
             .buffer_unordered(TARGET_CONCURRENCY)
-            .try_collect()
-            .await?;
-        let mut regs = regs;
-        regs.sort();
-        Ok(regs)
+            .collect()
+            .await;
+        let mut found = Vec::new();
+        let mut first_error = None;
+        for r in results {
+            match r {
+                Ok(r) => found.push(r),
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        found.sort();
+        match first_error {
+            None => Ok(found),
+            Some(error) => Err(plan::Stopped { found, error }),
+        }
     }
 
     /// Removes registrations. One with id 0 is a target where the key may be (a crash
@@ -406,7 +432,13 @@ impl Effects for Run<'_> {
         Ok(())
     }
 
-    async fn register(&mut self, key: &KeyPair, targets: &[Target], lookup: Lookup, keep: &BTreeSet<String>) -> Result<Vec<Registration>> {
+    async fn register(
+        &mut self,
+        key: &KeyPair,
+        targets: &[Target],
+        lookup: Lookup,
+        keep: &BTreeSet<String>,
+    ) -> std::result::Result<Vec<Registration>, plan::Stopped> {
         self.register_on(key, targets, lookup, keep).await
     }
 

@@ -270,7 +270,7 @@ where
 /// The message of a failure condition: the error and when the next attempt comes.
 pub(crate) fn failure_message(error: &Error, delay: Duration, kept: &str) -> String {
     let when = if error.is_transient() { "retrying" } else { "checking again" };
-    format!("{error}{kept}; {when} in {}s", delay.as_secs())
+    format!("{error}{kept}; {when} in {}s", requeue_delay(delay).as_secs())
 }
 
 /// Applies `status` as the operator's field manager.
@@ -316,7 +316,12 @@ pub(crate) const MAX_REQUEUE: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// A requeue after `d`, at least a second and at most `MAX_REQUEUE` away.
 pub(crate) fn requeue(d: Duration) -> Action {
-    Action::requeue(d.clamp(Duration::from_secs(1), MAX_REQUEUE))
+    Action::requeue(requeue_delay(d))
+}
+
+/// The delay a requeue of `d` waits: at least a second, at most `MAX_REQUEUE`.
+fn requeue_delay(d: Duration) -> Duration {
+    d.clamp(Duration::from_secs(1), MAX_REQUEUE)
 }
 
 /// Runs one reconcile as a task of its own with a deadline: a panic in it (a bug meeting

@@ -222,6 +222,30 @@ async fn a_tenant_limited_to_one_request_an_hour_does_not_hold_up_another() {
     assert!(message.contains("retrying in"), "{message}");
 }
 
+/// A budget that lets two requests go at a time (20 per scaled hour of 10 s) and an
+/// object with twelve repositories: each attempt keeps what it registered, so the object
+/// gets Ready with one create per repository. (Attempts that forgot it paid again for
+/// the repositories already done, a create and its 400 and a listing each, and under a
+/// spent budget never got past them: a thousand such objects stalled on one credential.)
+#[tokio::test]
+async fn more_targets_than_the_budget_admits_at_once_are_registered_attempt_by_attempt() {
+    let repos: Vec<String> = (0..12).map(|i| format!("r{i}")).collect();
+    let listed = repos.iter().map(|r| format!("{{slug: {r}}}")).collect::<Vec<_>>().join(", ");
+    let config = SIM_CONFIG.replace("{slug: tools}, {slug: infra}]", &format!("{{slug: tools}}, {{slug: infra}}, {listed}]"));
+    let env = Env::with("hostile-burst", &config, &["--drift-check-interval=1h", "--rate-window=10s"]).await;
+    env.apply(&workspace_yaml(&env.sim.url, "  requestsPerHour: 20\n")).await;
+    env.wait_ready("bitbucketworkspaces", "acme", READY).await;
+    let before = env.sim.requests().await;
+    env.apply(&access_key("many", &format!("  repositories: [{}]\n", repos.join(", ")))).await;
+    env.wait_ready("bitbucketaccesskeys", "many", Duration::from_secs(120)).await;
+    let after = env.sim.requests().await;
+    let delta = |endpoint: &str| after["byEndpoint"][endpoint].as_u64().unwrap_or(0) - before["byEndpoint"][endpoint].as_u64().unwrap_or(0);
+    let (creates, lists) = (delta("repo_key_create"), delta("repo_keys_list"));
+    assert_eq!((creates, lists), (12, 0), "creates and listings for twelve repositories");
+    let message = env.operator.logs();
+    assert!(message.contains("RateLimited"), "the budget never stopped an attempt: the test proves nothing");
+}
+
 #[tokio::test]
 async fn narrowing_a_workspace_s_policy_removes_the_keys_it_no_longer_allows() {
     let pc = PrivateCluster::start("hostile-revoke");

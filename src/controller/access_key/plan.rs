@@ -71,11 +71,14 @@ pub(super) enum Step<'a> {
         point: &'static str,
     },
     /// `key` on every target; the registrations found fill in the planned status.
+    /// `partial` is status as the steps before leave it: what is stored, with the
+    /// registrations made so far, if the step stops part-way.
     Register {
         key: &'a KeyPair,
         targets: Vec<Target>,
         lookup: Lookup,
         keep: BTreeSet<String>,
+        partial: Box<AccessKeyStatus>,
         point: &'static str,
     },
     /// Registrations removed (see `Run::delete_registrations`).
@@ -264,7 +267,8 @@ impl<'a> Planner<'a> {
         keep.insert(current.fingerprint().into());
         self.record_intent(&obs.targets, current, Some(next));
         let targets = obs.targets.clone();
-        self.steps.push(Step::Register { key: next, targets, lookup: Lookup::Fresh, keep, point: "next-key-registered" });
+        let partial = Box::new(self.st.clone());
+        self.steps.push(Step::Register { key: next, targets, lookup: Lookup::Fresh, keep, partial, point: "next-key-registered" });
         let targets = self.recorded.clone();
         self.steps.push(Step::WriteSecret { current: next, pending: None, targets, point: "secret-switched" });
         retire_current(&mut self.st, obs.grace, self.now);
@@ -319,6 +323,7 @@ impl<'a> Planner<'a> {
         let kept = |r: &&Registration| r.id != 0 && wanted.contains(&target_of(r)) && !to_check.contains(&target_of(r));
         let mut regs: Vec<Registration> = self.st.registrations.iter().filter(kept).cloned().collect();
         self.record_intent(&to_check, current, None);
+        let partial = Box::new(self.st.clone());
         let lookup = match (self.list, spec_changed(&self.obs.status, self.obs.generation)) {
             (false, _) => Lookup::Create,
             (true, true) => Lookup::Fresh,
@@ -328,7 +333,7 @@ impl<'a> Planner<'a> {
         regs.sort();
         self.st.registrations = regs;
         let point = "current-key-registered";
-        self.steps.push(Step::Register { key: current, targets: to_check, lookup, keep, point });
+        self.steps.push(Step::Register { key: current, targets: to_check, lookup, keep, partial, point });
         if self.list || self.st.last_verified_time.is_none() {
             self.st.last_verified_time = Some(Time(self.now));
         }
@@ -372,7 +377,13 @@ impl<'a> Planner<'a> {
 #[allow(async_fn_in_trait)]
 pub(super) trait Effects {
     async fn write_secret(&mut self, current: &KeyPair, pending: Option<&KeyPair>, targets: &BTreeSet<Target>) -> Result<()>;
-    async fn register(&mut self, key: &KeyPair, targets: &[Target], lookup: Lookup, keep: &BTreeSet<String>) -> Result<Vec<Registration>>;
+    async fn register(
+        &mut self,
+        key: &KeyPair,
+        targets: &[Target],
+        lookup: Lookup,
+        keep: &BTreeSet<String>,
+    ) -> std::result::Result<Vec<Registration>, Stopped>;
     async fn unregister(&mut self, registrations: &[Registration], fingerprint: Option<&str>, on_record: &BTreeSet<Target>) -> Result<()>;
     async fn sync_secret(&mut self, current: &KeyPair, targets: &BTreeSet<Target>) -> Result<()>;
     async fn save_status(&mut self, status: &AccessKeyStatus) -> Result<()>;
@@ -390,10 +401,19 @@ pub(super) async fn execute<E: Effects>(plan: Plan<'_>, observed: &AccessKeyStat
         let point = step.point();
         match step {
             Step::WriteSecret { current, pending, targets, .. } => fx.write_secret(current, pending, &targets).await?,
-            Step::Register { key, targets, lookup, keep, .. } => {
-                let found = fx.register(key, &targets, lookup, &keep).await?;
-                fill_in(&mut status, key, &found);
-            }
+            Step::Register { key, targets, lookup, keep, partial, .. } => match fx.register(key, &targets, lookup, &keep).await {
+                Ok(found) => fill_in(&mut status, key, &found),
+                Err(Stopped { found, error }) => {
+                    // What it did register is recorded: the next attempt goes on from
+                    // there instead of paying again for those targets (with the budget
+                    // spent, every attempt would stop before it got past them).
+                    let mut partial = *partial;
+                    if record_found(&mut partial, key, &found) && partial != *observed {
+                        fx.save_status(&partial).await?;
+                    }
+                    return Err(error);
+                }
+            },
             Step::Unregister { registrations, fingerprint, on_record } => {
                 fx.unregister(&registrations, fingerprint.as_deref(), &on_record).await?
             }
@@ -406,6 +426,43 @@ pub(super) async fn execute<E: Effects>(plan: Plan<'_>, observed: &AccessKeyStat
         fx.passed(point)?;
     }
     Ok(status)
+}
+
+/// A `Register` that stopped at `error`, with the registrations it made or found before.
+#[derive(Debug)]
+pub(super) struct Stopped {
+    pub found: Vec<Registration>,
+    pub error: crate::controller::Error,
+}
+
+impl From<crate::controller::Error> for Stopped {
+    fn from(error: crate::controller::Error) -> Self {
+        Stopped { found: Vec::new(), error }
+    }
+}
+
+/// The ids a stopped `Register` found for `key`, into `status` if it records that key;
+/// whether anything changed.
+fn record_found(status: &mut AccessKeyStatus, key: &KeyPair, found: &[Registration]) -> bool {
+    if status.fingerprint.as_deref() != Some(key.fingerprint()) {
+        return false;
+    }
+    let mut changed = false;
+    for f in found.iter().filter(|f| f.id > 0) {
+        match status.registrations.iter_mut().find(|r| target_of(r) == target_of(f)) {
+            Some(r) if r.id == f.id => {}
+            Some(r) => {
+                r.id = f.id;
+                changed = true;
+            }
+            None => {
+                status.registrations.push(f.clone());
+                changed = true;
+            }
+        }
+    }
+    status.registrations.sort();
+    changed
 }
 
 /// The ids `Register` found for `key`, in place of the planned `REGISTERING`.
@@ -452,6 +509,8 @@ mod tests {
         generation: i64,
         rotate_request: Option<String>,
         events: Vec<&'static str>,
+        /// Bitbucket requests sent by `Register` steps.
+        requests: usize,
     }
 
     fn repo(r: &str) -> Target {
@@ -472,6 +531,7 @@ mod tests {
                 generation: 1,
                 rotate_request: None,
                 events: Vec::new(),
+                requests: 0,
             }
         }
 
@@ -503,10 +563,12 @@ mod tests {
         }
     }
 
-    /// The effects on the world; `budget` failpoints pass before the crash.
+    /// The effects on the world; `budget` failpoints pass before the crash, and
+    /// `requests` Bitbucket requests before the operator's budget is spent.
     struct Model<'w> {
         w: &'w mut World,
         budget: Option<usize>,
+        requests: Option<usize>,
     }
 
     impl Model<'_> {
@@ -535,10 +597,23 @@ mod tests {
             targets: &[Target],
             lookup: Lookup,
             keep: &BTreeSet<String>,
-        ) -> Result<Vec<Registration>> {
+        ) -> std::result::Result<Vec<Registration>, Stopped> {
             let mut found = Vec::new();
             for t in targets {
                 let fp = key.fingerprint().to_string();
+                let keys = self.w.keys.entry(t.clone()).or_default();
+                let there = keys.iter().any(|(_, k)| *k == fp);
+                // A listing and a create, or a create whose 400 sends for the listing.
+                let cost = if lookup != Lookup::Create || there { 2 } else { 1 };
+                match &mut self.requests {
+                    Some(left) if *left < cost => {
+                        let error = Error::bitbucket(t, crate::bitbucket::Error::BudgetExhausted { retry_after: Duration::from_secs(1) });
+                        return Err(Stopped { found, error });
+                    }
+                    Some(left) => *left -= cost,
+                    None => {}
+                }
+                self.w.requests += cost;
                 let keys = self.w.keys.entry(t.clone()).or_default();
                 if lookup != Lookup::Create {
                     keys.retain(|(_, k)| k == STRANGER || *k == fp || keep.contains(k));
@@ -553,7 +628,9 @@ mod tests {
                     }
                 };
                 found.push(registration(t, id));
-                self.tick()?;
+                if let Err(error) = self.tick() {
+                    return Err(Stopped { found, error });
+                }
             }
             Ok(found)
         }
@@ -591,13 +668,18 @@ mod tests {
 
     /// One reconcile; with a budget, it stops after that many failpoints. Whether it ran to the end.
     async fn reconcile(w: &mut World, budget: Option<usize>) -> bool {
+        reconcile_with(w, budget, None).await
+    }
+
+    /// One reconcile that may also send only `requests` Bitbucket requests.
+    async fn reconcile_with(w: &mut World, budget: Option<usize>, requests: Option<usize>) -> bool {
         let mut observed = w.observe();
         if plan(&observed, w.now).is_err() {
             observed.new_key = Some(KeyPair::generate(observed.key_spec, "test").unwrap());
         }
         let steps = plan(&observed, w.now).expect("one new key is enough");
         let now = w.now;
-        let done = execute(steps, &observed.status, &mut Model { w, budget }).await.is_ok();
+        let done = execute(steps, &observed.status, &mut Model { w, budget, requests }).await.is_ok();
         w.now = now + jiff::SignedDuration::from_secs(1);
         done
     }
@@ -686,6 +768,19 @@ mod tests {
         let mut w = World::new(targets);
         converge(&mut w, "setup").await;
         w
+    }
+
+    #[tokio::test]
+    async fn under_a_spent_budget_each_attempt_keeps_what_it_registered() {
+        let targets: Vec<Target> = (0..12).map(|i| repo(&format!("r{i}"))).collect();
+        let mut w = World::new(&targets);
+        let mut attempts = 1;
+        while !reconcile_with(&mut w, None, Some(3)).await {
+            attempts += 1;
+            assert!(attempts <= 8, "not Ready after {attempts} attempts of 3 requests: {} requests sent", w.requests);
+        }
+        assert_converged(&w, "three requests an attempt");
+        assert_eq!((attempts, w.requests), (4, 12), "each target paid for once");
     }
 
     #[tokio::test]
