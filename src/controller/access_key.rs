@@ -296,16 +296,9 @@ impl<'a> Run<'a> {
     /// With a listing, each target's keys are read first: the key is adopted if it is
     /// there, and keys of this object that are not in `keep` (fingerprints) are removed.
     /// Without, the key is created directly; after a 400 (of any text) the target is
-    /// listed and the key adopted if it is there.
-    /// `key` on each of `targets`. Every target is tried, a failure on one stops none of
-    /// the others: the registrations made come back with the first error.
-    async fn register_on(
-        &self,
-        key: &KeyPair,
-        targets: &[Target],
-        lookup: Lookup,
-        keep: &BTreeSet<String>,
-    ) -> std::result::Result<Vec<Registration>, plan::Stopped> {
+    /// listed and the key adopted if it is there. Every target is tried, a failure on one
+    /// stops none of the others: the registrations made come back with the first error.
+    async fn register_on(&self, key: &KeyPair, targets: &[Target], lookup: Lookup, keep: &BTreeSet<String>) -> plan::Registered {
         let label = label(self.obj, &self.ctx.settings.cluster_name);
         let results: Vec<Result<Registration>> = futures::stream::iter(targets.iter().cloned())
             .map(|target| {
@@ -432,13 +425,7 @@ impl Effects for Run<'_> {
         Ok(())
     }
 
-    async fn register(
-        &mut self,
-        key: &KeyPair,
-        targets: &[Target],
-        lookup: Lookup,
-        keep: &BTreeSet<String>,
-    ) -> std::result::Result<Vec<Registration>, plan::Stopped> {
+    async fn register(&mut self, key: &KeyPair, targets: &[Target], lookup: Lookup, keep: &BTreeSet<String>) -> plan::Registered {
         self.register_on(key, targets, lookup, keep).await
     }
 

@@ -377,13 +377,7 @@ impl<'a> Planner<'a> {
 #[allow(async_fn_in_trait)]
 pub(super) trait Effects {
     async fn write_secret(&mut self, current: &KeyPair, pending: Option<&KeyPair>, targets: &BTreeSet<Target>) -> Result<()>;
-    async fn register(
-        &mut self,
-        key: &KeyPair,
-        targets: &[Target],
-        lookup: Lookup,
-        keep: &BTreeSet<String>,
-    ) -> std::result::Result<Vec<Registration>, Stopped>;
+    async fn register(&mut self, key: &KeyPair, targets: &[Target], lookup: Lookup, keep: &BTreeSet<String>) -> Registered;
     async fn unregister(&mut self, registrations: &[Registration], fingerprint: Option<&str>, on_record: &BTreeSet<Target>) -> Result<()>;
     async fn sync_secret(&mut self, current: &KeyPair, targets: &BTreeSet<Target>) -> Result<()>;
     async fn save_status(&mut self, status: &AccessKeyStatus) -> Result<()>;
@@ -427,6 +421,9 @@ pub(super) async fn execute<E: Effects>(plan: Plan<'_>, observed: &AccessKeyStat
     }
     Ok(status)
 }
+
+/// What a `Register` step comes back with: every registration, or those it made before it stopped.
+pub(super) type Registered = std::result::Result<Vec<Registration>, Stopped>;
 
 /// A `Register` that stopped at `error`, with the registrations it made or found before.
 #[derive(Debug)]
@@ -591,13 +588,7 @@ mod tests {
             Ok(())
         }
 
-        async fn register(
-            &mut self,
-            key: &KeyPair,
-            targets: &[Target],
-            lookup: Lookup,
-            keep: &BTreeSet<String>,
-        ) -> std::result::Result<Vec<Registration>, Stopped> {
+        async fn register(&mut self, key: &KeyPair, targets: &[Target], lookup: Lookup, keep: &BTreeSet<String>) -> Registered {
             let mut found = Vec::new();
             for t in targets {
                 let fp = key.fingerprint().to_string();
