@@ -72,13 +72,14 @@ pub(super) enum Step<'a> {
     },
     /// `key` on every target; the registrations found fill in the planned status.
     /// `partial` is status as the steps before leave it: what is stored, with the
-    /// registrations made so far, if the step stops part-way.
+    /// registrations made so far, if the step stops part-way. None where status has no
+    /// place for them (the next key of a rotation).
     Register {
         key: &'a KeyPair,
         targets: Vec<Target>,
         lookup: Lookup,
         keep: BTreeSet<String>,
-        partial: Box<AccessKeyStatus>,
+        partial: Option<Box<AccessKeyStatus>>,
         point: &'static str,
     },
     /// Registrations removed (see `Run::delete_registrations`).
@@ -267,8 +268,7 @@ impl<'a> Planner<'a> {
         keep.insert(current.fingerprint().into());
         self.record_intent(&obs.targets, current, Some(next));
         let targets = obs.targets.clone();
-        let partial = Box::new(self.st.clone());
-        self.steps.push(Step::Register { key: next, targets, lookup: Lookup::Fresh, keep, partial, point: "next-key-registered" });
+        self.steps.push(Step::Register { key: next, targets, lookup: Lookup::Fresh, keep, partial: None, point: "next-key-registered" });
         let targets = self.recorded.clone();
         self.steps.push(Step::WriteSecret { current: next, pending: None, targets, point: "secret-switched" });
         retire_current(&mut self.st, obs.grace, self.now);
@@ -323,7 +323,7 @@ impl<'a> Planner<'a> {
         let kept = |r: &&Registration| r.id != 0 && wanted.contains(&target_of(r)) && !to_check.contains(&target_of(r));
         let mut regs: Vec<Registration> = self.st.registrations.iter().filter(kept).cloned().collect();
         self.record_intent(&to_check, current, None);
-        let partial = Box::new(self.st.clone());
+        let partial = Some(Box::new(self.st.clone()));
         let lookup = match (self.list, spec_changed(&self.obs.status, self.obs.generation)) {
             (false, _) => Lookup::Create,
             (true, true) => Lookup::Fresh,
@@ -401,8 +401,10 @@ pub(super) async fn execute<E: Effects>(plan: Plan<'_>, observed: &AccessKeyStat
                     // What it did register is recorded: the next attempt goes on from
                     // there instead of paying again for those targets (with the budget
                     // spent, every attempt would stop before it got past them).
-                    let mut partial = *partial;
-                    if record_found(&mut partial, key, &found) && partial != *observed {
+                    if let Some(mut partial) = partial
+                        && record_found(&mut partial, key, &found)
+                        && *partial != *observed
+                    {
                         fx.save_status(&partial).await?;
                     }
                     return Err(error);
@@ -430,12 +432,6 @@ pub(super) type Registered = std::result::Result<Vec<Registration>, Stopped>;
 pub(super) struct Stopped {
     pub found: Vec<Registration>,
     pub error: crate::controller::Error,
-}
-
-impl From<crate::controller::Error> for Stopped {
-    fn from(error: crate::controller::Error) -> Self {
-        Stopped { found: Vec::new(), error }
-    }
 }
 
 /// The ids a stopped `Register` found for `key`, into `status` if it records that key;
@@ -592,8 +588,7 @@ mod tests {
             let mut found = Vec::new();
             for t in targets {
                 let fp = key.fingerprint().to_string();
-                let keys = self.w.keys.entry(t.clone()).or_default();
-                let there = keys.iter().any(|(_, k)| *k == fp);
+                let there = self.w.keys.get(t).is_some_and(|keys| keys.iter().any(|(_, k)| *k == fp));
                 // A listing and a create, or a create whose 400 sends for the listing.
                 let cost = if lookup != Lookup::Create || there { 2 } else { 1 };
                 match &mut self.requests {
