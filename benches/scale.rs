@@ -347,18 +347,20 @@ async fn throughput(objects: usize, concurrency: usize, rows: &mut Vec<Row>, raw
     support::create_namespace(&env.client, &base_ns, &[]).await;
     let pid = env.operator.proc.as_ref().unwrap().child.id();
 
-    let api_before = api_requests(&env.client).await;
+    let (api_before, cpu_before) = (api_requests(&env.client).await, cpu_seconds(pid));
     let rss = RssSampler::start(pid);
     let (ready, ours, before, after) = all_to_ready(&env, "k", objects, concurrency).await;
     let rss_ours = rss.stop().await;
+    let cpu_ours = cpu_per_object(&cpu_before, &cpu_seconds(pid), objects);
     // Events are published in the background: let the last ones land in this run's counts.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let api_ours = per_object(&api_before, &api_requests(&env.client).await, objects);
 
-    let api_before = api_requests(&env.client).await;
+    let (api_before, cpu_before) = (api_requests(&env.client).await, cpu_seconds(pid));
     let rss = RssSampler::start(pid);
     let (base, theirs) = baseline(&env.client, &base_ns, &names, concurrency, false).await;
     let rss_theirs = rss.stop().await;
+    let cpu_theirs = cpu_per_object(&cpu_before, &cpu_seconds(pid), objects);
     let api_theirs = per_object(&api_before, &api_requests(&env.client).await, objects);
 
     let ratio = ready.as_secs_f64() / base.as_secs_f64();
@@ -389,6 +391,9 @@ async fn throughput(objects: usize, concurrency: usize, rows: &mut Vec<Row>, raw
     raw.insert(format!("throughput_{objects}_etcd_mib"), json!(storage_mib(&env.client).await));
     println!("API requests per object, {objects} objects: operator {}", summary(&api_ours));
     println!("API requests per object, {objects} objects: baseline {}", summary(&api_theirs));
+    println!("CPU ms per object, {objects} objects: operator run {}", cpu_summary(&cpu_ours));
+    println!("CPU ms per object, {objects} objects: baseline run {}", cpu_summary(&cpu_theirs));
+    raw.insert(format!("throughput_{objects}_cpu_ms_per_object"), json!({"operator_run": cpu_ours, "baseline_run": cpu_theirs}));
     let bb = after["total"].as_u64().unwrap_or(0) - before["total"].as_u64().unwrap_or(0);
     raw.insert(format!("throughput_{objects}_bitbucket_requests"), json!(bb));
     raw.insert(format!("throughput_{objects}_operator_metrics"), json!(reconcile_counts(&env.operator.metrics().await)));
@@ -487,6 +492,67 @@ fn summary(per_object: &Value) -> String {
         })
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// CPU time (user + system, seconds) of the processes that share the machine during a
+/// run, by part: the API server, etcd, the controller manager, the simulator, the operator
+/// (`operator_pid`) and this benchmark; the rest of the machine as `other`. Where the time
+/// of a run goes is the profile that says which part is the floor.
+fn cpu_seconds(operator_pid: u32) -> BTreeMap<String, f64> {
+    // SAFETY: sysconf has no preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let mut by_part = BTreeMap::new();
+    let me = std::process::id();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
+        // The command is in parentheses and may hold spaces: the fields follow the last ')'.
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else { continue };
+        let comm = &stat[open + 1..close];
+        let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+        // utime and stime are fields 14 and 15 of stat, 12 and 13 after the command.
+        let Some(t) = fields.get(11).zip(fields.get(12)).and_then(|(u, s)| Some(u.parse::<f64>().ok()? + s.parse::<f64>().ok()?)) else {
+            continue;
+        };
+        let part = match comm {
+            _ if pid == operator_pid => "operator",
+            _ if pid == me => "bench",
+            "kube-apiserver" => "kube-apiserver",
+            "etcd" => "etcd",
+            "kube-controller" => "kube-controller-manager",
+            "bitbucket-sim" => "bitbucket-sim",
+            _ => "other",
+        };
+        *by_part.entry(part.to_string()).or_insert(0.0) += t / ticks;
+    }
+    by_part
+}
+
+/// CPU milliseconds per object between two `cpu_seconds` readings, with the total. A
+/// process that ended in between (or started) is left out of `other` as best it can be:
+/// only growth counts.
+fn cpu_per_object(before: &BTreeMap<String, f64>, after: &BTreeMap<String, f64>, objects: usize) -> Value {
+    let mut out = serde_json::Map::new();
+    let mut total = 0.0;
+    for (part, t) in after {
+        let ms = ((t - before.get(part).unwrap_or(&0.0)).max(0.0) * 1000.0 / objects as f64 * 100.0).round() / 100.0;
+        total += ms;
+        out.insert(part.clone(), json!(ms));
+    }
+    out.insert("total".into(), json!((total * 100.0).round() / 100.0));
+    Value::Object(out)
+}
+
+/// One line of `cpu_per_object`'s figures: "total 4.10 (etcd 0.80, kube-apiserver 2.10, ...)".
+fn cpu_summary(cpu: &Value) -> String {
+    let parts: Vec<String> = cpu
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter(|(k, _)| *k != "total")
+        .map(|(k, v)| format!("{k} {:.2}", v.as_f64().unwrap_or(0.0)))
+        .collect();
+    format!("total {:.2} ({})", cpu["total"].as_f64().unwrap_or(0.0), parts.join(", "))
 }
 
 /// Samples a process's RSS every 250 ms until stopped: (seconds since the start, MiB).

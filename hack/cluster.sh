@@ -68,6 +68,7 @@ run() {
       --bind-address=127.0.0.1 --secure-port="$ap" --advertise-address=127.0.0.1 \
       --endpoint-reconciler-type=none --service-cluster-ip-range=10.0.0.0/24 --allow-privileged=true \
       --authorization-mode=RBAC "$admission" \
+      --feature-gates=MutatingAdmissionPolicy=true --runtime-config=admissionregistration.k8s.io/v1beta1=true \
       --service-account-issuer="https://127.0.0.1:$ap/" --service-account-key-file="$dir/sa.pub" \
       --service-account-signing-key-file="$dir/sa.key" --token-auth-file="$dir/tokens.csv" \
       >>"$dir/logs/kube-apiserver.log" 2>&1 &

@@ -20,8 +20,11 @@ use crate::sync::Locked;
 
 type Listing = Arc<tokio::sync::OnceCell<(Instant, Arc<Vec<DeployKey>>)>>;
 
-/// Secret versions remembered (the last write per namespace/name), at most this many.
-const OWN_WRITES_MAX: usize = 100_000;
+/// How long the echo of a Secret write is waited for. A watch delivers it within moments;
+/// one that comes later wakes the Secret's owner once, and that reconcile finds nothing to
+/// do. So the record of writes holds those of the last minute, not one per Secret ever
+/// written.
+const ECHO_WINDOW: Duration = Duration::from_secs(60);
 
 /// The mark of a write whose answer has not come yet.
 const IN_FLIGHT: &str = "";
@@ -31,7 +34,7 @@ pub(crate) struct Caches {
     /// Stores of namespaced workspaces: one per watched namespace, or one for all (None).
     workspaces: Mutex<Vec<(Option<String>, Store<BitbucketWorkspace>)>>,
     cluster_workspaces: Mutex<Option<Store<ClusterBitbucketWorkspace>>>,
-    own_writes: Mutex<HashMap<(String, String), String>>,
+    own_writes: Mutex<OwnWrites>,
     listings: Mutex<HashMap<String, Listing>>,
     /// Metadata of the Secrets labelled as workspace auth Secrets: one store per watched
     /// namespace (or one for all), and the cluster-resource namespace's.
@@ -39,6 +42,26 @@ pub(crate) struct Caches {
     /// Credentials read from those Secrets, each valid while the store shows the version
     /// it was read at. Only Secrets in a store are kept, so this is bounded by them.
     auth_secrets: Mutex<HashMap<AuthKey, AuthSecret>>,
+}
+
+/// The last write of each Secret this operator wrote within `ECHO_WINDOW`: its version
+/// (`IN_FLIGHT` until the answer comes) and when. Pruned as it grows: the size it may reach
+/// before the next pruning doubles what the last one left.
+#[derive(Default)]
+struct OwnWrites {
+    by_secret: HashMap<(String, String), (String, Instant)>,
+    prune_at: usize,
+}
+
+impl OwnWrites {
+    fn insert(&mut self, key: (String, String), version: String, window: Duration) {
+        if self.by_secret.len() >= self.prune_at {
+            self.by_secret.retain(|_, (_, at)| at.elapsed() < window);
+            self.by_secret.shrink_to(self.by_secret.len() * 2);
+            self.prune_at = (self.by_secret.len() * 2).max(1024);
+        }
+        self.by_secret.insert(key, (version, Instant::now()));
+    }
 }
 
 /// A store of Secrets' metadata.
@@ -140,7 +163,7 @@ impl Caches {
 
     /// A write that failed leaves no echo to wait for.
     pub(crate) fn write_failed(&self, namespace: &str, name: &str) {
-        self.own_writes.locked().remove(&(namespace.to_string(), name.to_string()));
+        self.own_writes.locked().by_secret.remove(&(namespace.to_string(), name.to_string()));
     }
 
     /// Records the version of a Secret this operator just wrote.
@@ -150,11 +173,7 @@ impl Caches {
     }
 
     fn remember_write(&self, namespace: String, name: String, version: String) {
-        let mut map = self.own_writes.locked();
-        if map.len() >= OWN_WRITES_MAX {
-            map.clear();
-        }
-        map.insert((namespace, name), version);
+        self.own_writes.locked().insert((namespace, name), version, ECHO_WINDOW);
     }
 
     /// Whether a watch event is the echo of this operator's own write.
@@ -165,7 +184,9 @@ impl Caches {
             return false;
         }
         // Entries stay: every controller's Secret watch sees the same event.
-        map.get(&key).is_some_and(|rv| rv == IN_FLIGHT || Some(rv) == secret.resource_version().as_ref())
+        map.by_secret
+            .get(&key)
+            .is_some_and(|(rv, at)| at.elapsed() < ECHO_WINDOW && (rv == IN_FLIGHT || Some(rv) == secret.resource_version().as_ref()))
     }
 }
 
@@ -218,6 +239,22 @@ mod tests {
         assert!(c.is_own_write(&event("12")), "an event during our write is its echo");
         c.wrote(&Secret { metadata: meta("a", "12"), ..Default::default() });
         assert!(!c.is_own_write(&event("13")), "a later edit is not ours");
+    }
+
+    #[test]
+    fn the_record_of_own_writes_keeps_only_recent_ones() {
+        let mut w = OwnWrites::default();
+        let key = |i: usize| ("ns".to_string(), format!("s{i}"));
+        for i in 0..5000 {
+            w.insert(key(i), "1".into(), Duration::from_secs(60));
+        }
+        assert_eq!(w.by_secret.len(), 5000, "writes within the window are all kept");
+        // Once the window has passed them, the next pruning drops them.
+        for i in 5000..10_000 {
+            w.insert(key(i), "1".into(), Duration::ZERO);
+        }
+        assert!(w.by_secret.len() < 5000, "{} writes kept of 10,000 whose window had passed", w.by_secret.len());
+        assert!(w.by_secret.contains_key(&key(9999)), "the latest write is kept");
     }
 
     fn auth(rv: &str, labelled: bool) -> AuthSecret {

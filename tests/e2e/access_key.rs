@@ -575,3 +575,73 @@ async fn bitbucket_failing_at_the_workspace_re_check_leaves_it_and_its_keys_read
     })
     .await;
 }
+
+/// The field managers that own `metadata.finalizers` of an object, with their operation.
+fn finalizer_owners(o: &kube::api::DynamicObject) -> Vec<String> {
+    let entries = o.metadata.managed_fields.iter().flatten();
+    entries
+        .filter(|m| m.fields_v1.as_ref().is_some_and(|f| f.0["f:metadata"].get("f:finalizers").is_some()))
+        .map(|m| format!("{}/{}", m.manager.clone().unwrap_or_default(), m.operation.clone().unwrap_or_default()))
+        .collect()
+}
+
+fn finalizers(o: &kube::api::DynamicObject) -> Vec<String> {
+    o.metadata.finalizers.clone().unwrap_or_default()
+}
+
+/// What the API server makes of a new access key, without keeping it (a dry run passes
+/// through admission).
+async fn admitted(env: &Env, name: &str) -> kube::api::DynamicObject {
+    let yaml = access_key(name, "  repositories: [api]\n");
+    let value: Value = serde_saphyr::from_str(&yaml).unwrap();
+    let params = PatchParams::apply("e2e-test").force().dry_run();
+    env.api("bitbucketaccesskeys").patch(name, &params, &Patch::Apply(value)).await.unwrap()
+}
+
+#[tokio::test]
+async fn the_api_server_puts_the_cleanup_finalizer_on_new_keys_and_the_operator_adds_none() {
+    let env = Env::new("finalizer-policy").await;
+    env.workspace().await;
+    // The chart's policy is bound to this namespace (support::apply_finalizer_policy); the
+    // API server loads it within moments.
+    eventually("the finalizer policy applies", READY, || async {
+        finalizers(&admitted(&env, "probe").await).contains(&"bitbucket.credentials.dev/cleanup".to_string()).then_some(())
+    })
+    .await;
+    env.apply(&access_key("ci", "  repositories: [api, web]\n")).await;
+    let o = env.wait_ready("bitbucketaccesskeys", "ci", READY).await;
+    assert_eq!(finalizers(&o), ["bitbucket.credentials.dev/cleanup"]);
+    // Set at creation by admission, never by the operator's own patch.
+    assert!(!finalizer_owners(&o).iter().any(|m| m.starts_with("bitbucket-credentials-operator")), "{:?}", finalizer_owners(&o));
+    // Applying the same manifest again (an UPDATE without finalizers) keeps it.
+    env.apply(&access_key("ci", "  repositories: [api, web]\n")).await;
+    let again = env.get("bitbucketaccesskeys", "ci").await.unwrap();
+    assert_eq!(finalizers(&again), ["bitbucket.credentials.dev/cleanup"], "a re-apply by the same manager kept the finalizer");
+    assert_eq!(env.sim.keys().await.len(), 2);
+    // And the finalizer does its work: deletion removes the keys, then the object goes.
+    env.api("bitbucketaccesskeys").delete("ci", &DeleteParams::default()).await.unwrap();
+    eventually("the object is gone", READY, || async { env.get("bitbucketaccesskeys", "ci").await.is_none().then_some(()) }).await;
+    assert!(env.sim.keys().await.is_empty(), "no key is left behind");
+}
+
+#[tokio::test]
+async fn without_the_finalizer_policy_the_operator_adds_the_finalizer_itself() {
+    let env = Env::new("finalizer-no-policy").await;
+    let binding = crate::support::finalizer_policy_binding(&env.ns);
+    let out = crate::support::kubectl(&crate::support::cluster().kubeconfig, &["delete", "mutatingadmissionpolicybinding", &binding]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    env.workspace().await;
+    eventually("the finalizer policy no longer applies", READY, || async {
+        finalizers(&admitted(&env, "probe").await).is_empty().then_some(())
+    })
+    .await;
+    env.apply(&access_key("ci", "  repositories: [api]\n")).await;
+    let o = env.wait_ready("bitbucketaccesskeys", "ci", READY).await;
+    assert_eq!(finalizers(&o), ["bitbucket.credentials.dev/cleanup"]);
+    // Added by the operator's patch (an Update), not by the apply that created it.
+    let owners = finalizer_owners(&o);
+    assert!(owners.iter().all(|m| !m.starts_with("e2e-test")) && owners.iter().any(|m| m.ends_with("/Update")), "{owners:?}");
+    env.api("bitbucketaccesskeys").delete("ci", &DeleteParams::default()).await.unwrap();
+    eventually("the object is gone", READY, || async { env.get("bitbucketaccesskeys", "ci").await.is_none().then_some(()) }).await;
+    assert!(env.sim.keys().await.is_empty(), "no key is left behind");
+}

@@ -274,7 +274,18 @@ impl Operator {
         self.proc = None;
         self.runs += 1;
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_bitbucket-credentials-operator"))
+        // BCO_OPERATOR_WRAPPER runs the operator under a profiler (e.g. `heaptrack -o
+        // /tmp/op`); figures read from the process are then the wrapper's.
+        let wrapper: Vec<String> = std::env::var("BCO_OPERATOR_WRAPPER").unwrap_or_default().split_whitespace().map(String::from).collect();
+        let mut command = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(env!("CARGO_BIN_EXE_bitbucket-credentials-operator"));
+                c
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_bitbucket-credentials-operator")),
+        };
+        let child = command
             .arg("run")
             .args(&self.args)
             .args([format!("--metrics-addr=127.0.0.1:{}", self.metrics_port), format!("--health-addr=127.0.0.1:{}", self.health_port)])
@@ -638,6 +649,7 @@ fn as_chart_service_account(dir: &Path, args: &[String]) -> PathBuf {
     assert!(out.status.success(), "helm template: {}", String::from_utf8_lossy(&out.stderr));
     let (ok, err) = kubectl_stdin(&cluster().kubeconfig, &["apply", "-f", "-"], &String::from_utf8_lossy(&out.stdout));
     assert!(ok, "applying the chart's RBAC: {err}");
+    apply_finalizer_policy(&release, &ns, &watched(args));
     let mut kc = Kubeconfig::read_from(&cluster().kubeconfig).expect("kubeconfig");
     for user in &mut kc.auth_infos {
         if let Some(auth) = &mut user.auth_info {
@@ -647,6 +659,48 @@ fn as_chart_service_account(dir: &Path, args: &[String]) -> PathBuf {
     let path = dir.join("operator.kubeconfig");
     std::fs::write(&path, serde_json::to_vec(&kc).unwrap()).unwrap();
     path
+}
+
+/// The chart's finalizer policy (templates/finalizer-policy.yaml) as `helm install` renders
+/// it on a cluster that serves MutatingAdmissionPolicy (the test control plane enables it),
+/// bound to the namespaces the operator watches: new access keys there get the cleanup
+/// finalizer from the API server. Tests of the operator adding it itself remove the binding
+/// (`finalizer_policy_binding`).
+fn apply_finalizer_policy(release: &str, ns: &str, watched: &[String]) {
+    assert!(!watched.is_empty(), "an operator of the tests watches named namespaces");
+    let out = Command::new(tools().join("helm"))
+        .args(["template", "e2e", root().join("charts/bitbucket-credentials-operator").to_str().unwrap(), "--namespace", ns])
+        .args(["--kube-version", server_version(), "--api-versions", "admissionregistration.k8s.io/v1beta1/MutatingAdmissionPolicy"])
+        .args(["--set", &format!("fullnameOverride={release}"), "--set-json", &format!("watchNamespaces={}", json!(watched))])
+        .args(["--show-only", "templates/finalizer-policy.yaml"])
+        .output()
+        .expect("run helm");
+    assert!(out.status.success(), "helm template: {}", String::from_utf8_lossy(&out.stderr));
+    let (ok, err) = kubectl_stdin(&cluster().kubeconfig, &["apply", "-f", "-"], &String::from_utf8_lossy(&out.stdout));
+    assert!(ok, "applying the chart's finalizer policy: {err}");
+    // Until the API server has loaded the policy, and has the access key's schema (its
+    // OpenAPI is read every few seconds after the CRDs appear), a create in `ns` either
+    // lacks the finalizer or is refused with 503: tests start once a dry run carries it.
+    let probe = format!(
+        "apiVersion: bitbucket.credentials.dev/v1alpha1\nkind: BitbucketAccessKey\nmetadata: {{name: policy-probe, namespace: {ns}}}\nspec: {{workspaceRef: {{name: acme}}, repositories: [api]}}\n"
+    );
+    let args = ["create", "--dry-run=server", "-o", "jsonpath={.metadata.finalizers}", "-f", "-"];
+    let started = Instant::now();
+    loop {
+        let (ok, out) = kubectl_stdin(&cluster().kubeconfig, &args, &probe);
+        if ok && out.contains("bitbucket.credentials.dev/cleanup") {
+            return;
+        }
+        assert!(started.elapsed() < Duration::from_secs(60), "the finalizer policy never applied to {ns}: {out}");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// The name of the binding of the finalizer policy for the operator of namespace `ns`.
+pub fn finalizer_policy_binding(ns: &str) -> String {
+    let mut release = format!("bco-{ns}");
+    release.truncate(63);
+    format!("{}-cleanup-finalizer", release.trim_end_matches('-'))
 }
 
 /// The local "Bitbucket git endpoint": real OpenSSH sshd serving bare repositories to the
