@@ -63,6 +63,9 @@ run() {
   echo "$ep" >"$dir/etcd-port"
   local admission=--disable-admission-plugins=ServiceAccount
   [ -n "$node" ] && admission=--enable-admission-plugins=ServiceAccount
+  # MutatingAdmissionPolicy is beta and off by default in 1.35 (on in 1.36): enabled, the
+  # chart's finalizer policy is exercised as clusters of 1.36 will run it (the tests that
+  # delete its binding cover clusters without it).
   start_apiserver() {
     "$bin/kube-apiserver" --etcd-servers="http://127.0.0.1:$ep" --cert-dir="$dir/pki" \
       --bind-address=127.0.0.1 --secure-port="$ap" --advertise-address=127.0.0.1 \
