@@ -395,7 +395,6 @@ where
     K: HasWorkspaceStatus,
 {
     let generation = obj.meta().generation;
-    let ready_now = obj.status().and_then(|s| ready_condition(&s.conditions)).is_some_and(|c| c.status == "True");
     let uid = obj.meta().uid.clone().unwrap_or_default();
     let outcome = async {
         check_urls(&ctx, &settings)?;
@@ -405,18 +404,22 @@ where
         }
         let client = client_for(&ctx, &settings, &auth)?;
         // The same secret (one credential per proven secret) verified a moment ago, for
-        // the same spec: the wake-up of our own status write costs no request.
+        // the same spec: the wake-up of our own status write, or of the label put on the
+        // auth Secret, costs no request. The object at hand may predate the status that
+        // verification wrote (the cache lags the write), so whether it shows Ready does
+        // not matter: a second verification could find a small budget spent and report
+        // the credential RateLimited for the rest of the hour.
         let stamp = (Arc::as_ptr(client.credential()) as usize, generation);
-        if ready_now && ctx.recently_verified(&uid, stamp, RECHECK / 2) {
-            return Ok(());
+        if ctx.recently_verified(&uid, stamp, RECHECK / 2) {
+            return Ok(false);
         }
         client.verify().await.map_err(|e| Error::bitbucket(format!("workspace {}", settings.workspace), e))?;
         ctx.verified(&uid, stamp);
-        Ok::<(), Error>(())
+        Ok::<bool, Error>(true)
     }
     .await;
     // A failure is recorded by the reconcile around this (`Reconciled::record_failure`).
-    outcome?;
+    let fresh = outcome?;
     let previous = obj.status().map(|s| s.conditions.clone()).unwrap_or_default();
     let mut conditions = previous.clone();
     set_condition(
@@ -428,7 +431,7 @@ where
     if obj.status() != Some(&status) {
         let was_ready = obj.status().and_then(|s| ready_condition(&s.conditions)).map(|c| c.status == "True");
         api.patch_status(&obj.name_any(), &PatchParams::apply(super::FIELD_MANAGER), &Patch::Merge(json!({ "status": status }))).await?;
-        if was_ready != Some(true) {
+        if was_ready != Some(true) && fresh {
             ctx.event(&*obj, false, "Verified", "credentials verified with Bitbucket".into()).await;
         }
     }
