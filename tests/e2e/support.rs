@@ -628,11 +628,7 @@ pub fn server_version() -> &'static str {
 /// namespaced mode for the watched namespaces instead.
 fn as_chart_service_account(dir: &Path, args: &[String]) -> PathBuf {
     let ns = namespace_of(args);
-    // One set of cluster-scoped RBAC objects per operator namespace (a test's own); the
-    // chart cuts full names at 63 characters.
-    let mut release = format!("bco-{ns}");
-    release.truncate(63);
-    let release = release.trim_end_matches('-').to_string();
+    let release = release_name(&ns);
     let namespaced = std::env::var("BCO_E2E_RBAC").is_ok_and(|v| v == "namespaced");
     let mut helm = Command::new(tools().join("helm"));
     helm.args(["template", "e2e", root().join("charts/bitbucket-credentials-operator").to_str().unwrap(), "--namespace", &ns])
@@ -696,11 +692,18 @@ fn apply_finalizer_policy(release: &str, ns: &str, watched: &[String]) {
     }
 }
 
-/// The name of the binding of the finalizer policy for the operator of namespace `ns`.
-pub fn finalizer_policy_binding(ns: &str) -> String {
+/// The chart's full name for the operator of namespace `ns`: one set of cluster-scoped RBAC
+/// objects per operator namespace (a test's own); the chart cuts full names at 63
+/// characters.
+fn release_name(ns: &str) -> String {
     let mut release = format!("bco-{ns}");
     release.truncate(63);
-    format!("{}-cleanup-finalizer", release.trim_end_matches('-'))
+    release.trim_end_matches('-').to_string()
+}
+
+/// The name of the binding of the finalizer policy for the operator of namespace `ns`.
+pub fn finalizer_policy_binding(ns: &str) -> String {
+    format!("{}-cleanup-finalizer", release_name(ns))
 }
 
 /// The local "Bitbucket git endpoint": real OpenSSH sshd serving bare repositories to the
